@@ -1,0 +1,1 @@
+"""Pytest fixtures for the fal emulator (filled in with the emulator)."""
