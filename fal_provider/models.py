@@ -1,0 +1,291 @@
+"""Typed shapes of what fal sends and what the provider passes between tasks.
+
+fal adds fields over time, so every wire model ignores unknown keys instead of failing; the
+provider's own shapes (request reference, options) forbid them, so a typo in a DAG is an error
+at parse time rather than a silently ignored option.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+_NAMESPACES = ("workflows", "comfy")
+
+
+class RequestState(str, Enum):
+    """fal's queue states. Failure is not a state: it is ``COMPLETED`` with an ``error``."""
+
+    IN_QUEUE = "IN_QUEUE"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+
+
+@dataclass(frozen=True)
+class AppId:
+    """An endpoint id split the way fal's clients split it.
+
+    Submit and run URLs use the whole id (``fal-ai/flux/dev``); status, result and cancel URLs use
+    only ``[namespace/]owner/app`` (``fal-ai/flux``), so both forms are kept.
+    """
+
+    owner: str
+    alias: str
+    path: str = ""
+    namespace: str = ""
+
+    @classmethod
+    def parse(cls, app_id: str) -> AppId:
+        if not isinstance(app_id, str) or not app_id.strip():
+            raise ValueError(f"fal app id must be a non-empty string like 'fal-ai/flux/dev', got {app_id!r}")
+        parts = [p for p in app_id.strip().strip("/").split("/") if p]
+        if len(parts) == 1:
+            legacy = parts[0].split("-", 1)
+            if len(legacy) == 2 and legacy[0].isdigit():
+                return cls(owner=legacy[0], alias=legacy[1])
+            raise ValueError(
+                f"Invalid fal app id {app_id!r}: expected 'owner/app[/path]' (e.g. 'fal-ai/flux/dev'), "
+                "or 'workflows/owner/app' / 'comfy/owner/app'."
+            )
+        namespace = ""
+        if parts[0] in _NAMESPACES:
+            namespace, parts = parts[0], parts[1:]
+            if len(parts) < 2:
+                raise ValueError(f"Invalid fal app id {app_id!r}: expected '{namespace}/owner/app[/path]'.")
+        return cls(owner=parts[0], alias=parts[1], path="/".join(parts[2:]), namespace=namespace)
+
+    @property
+    def base(self) -> str:
+        """``[namespace/]owner/app``: the prefix of ``/requests/`` URLs."""
+        prefix = f"{self.namespace}/" if self.namespace else ""
+        return f"{prefix}{self.owner}/{self.alias}"
+
+    @property
+    def full(self) -> str:
+        """The whole id, as used for submit and run."""
+        return f"{self.base}/{self.path}" if self.path else self.base
+
+    def __str__(self) -> str:
+        return self.full
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class LogEntry(_Wire):
+    message: str = ""
+    level: str | None = None
+    source: str | None = None
+    timestamp: str | None = None
+
+
+class _StatusBase(_Wire):
+    request_id: str | None = None
+    response_url: str | None = None
+    status_url: str | None = None
+    cancel_url: str | None = None
+    logs: list[LogEntry] | None = None
+
+
+class QueuedStatus(_StatusBase):
+    status: Literal["IN_QUEUE"]
+    queue_position: int | None = None
+
+
+class InProgressStatus(_StatusBase):
+    status: Literal["IN_PROGRESS"]
+
+
+class CompletedStatus(_StatusBase):
+    status: Literal["COMPLETED"]
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+    error_type: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None or self.error_type is not None
+
+
+FalStatus = Annotated[QueuedStatus | InProgressStatus | CompletedStatus, Field(discriminator="status")]
+_STATUS_ADAPTER: TypeAdapter[QueuedStatus | InProgressStatus | CompletedStatus] = TypeAdapter(FalStatus)
+
+
+def parse_status(data: Any) -> QueuedStatus | InProgressStatus | CompletedStatus:
+    """Parse a status body; an unknown ``status`` value is an error, as in fal's own client."""
+    try:
+        return _STATUS_ADAPTER.validate_python(data)
+    except ValidationError as err:
+        raise ValueError(
+            f"Unexpected fal status body {str(data)[:200]!r}: {err.errors()[0]['msg']}"
+        ) from None
+
+
+class FalRequestRef(BaseModel):
+    """Everything needed to find a queued request again: small, JSON, safe to put in XCom.
+
+    It carries no credentials; the URLs are fal's own (or the emulator's) and the connection
+    supplies the key when they are used.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    app_id: str
+    request_id: str
+    status_url: str | None = None
+    response_url: str | None = None
+    cancel_url: str | None = None
+    gateway_request_id: str | None = None
+    queue_position: int | None = None
+    webhook_url: str | None = None
+
+    @field_validator("app_id")
+    @classmethod
+    def _valid_app_id(cls, value: str) -> str:
+        AppId.parse(value)
+        return value
+
+    @field_validator("request_id")
+    @classmethod
+    def _valid_request_id(cls, value: str) -> str:
+        if not value or "/" in value:
+            raise ValueError(f"request_id must be a non-empty id without '/', got {value!r}")
+        return value
+
+    @classmethod
+    def coerce(cls, value: Any) -> FalRequestRef:
+        """Accept what upstream tasks produce: a ref, its dict (XCom), or its JSON string."""
+        if isinstance(value, FalRequestRef):
+            return value
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        if not isinstance(value, dict):
+            raise ValueError(
+                "A fal request reference must be a dict with 'app_id' and 'request_id' (the XCom value of "
+                f"FalSubmitOperator), got {type(value).__name__}: {str(value)[:120]!r}"
+            )
+        try:
+            return cls.model_validate(value)
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in err.errors()
+            )
+            raise ValueError(
+                f"Invalid fal request reference {str(value)[:200]!r}: {problems}. Expected the XCom value of "
+                "FalSubmitOperator, or {'app_id': 'owner/app', 'request_id': '...'}."
+            ) from None
+
+    def to_xcom(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+_LIFECYCLE_WORDS = {"never": -1, "immediate": 60, "1h": 3600, "1d": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
+_LIFECYCLE_WORDS["1y"] = 365 * 86400
+
+
+class RequestOptions(BaseModel):
+    """fal's platform headers as typed, validated options.
+
+    Validation happens when the options are built, so a wrong value fails the task before any paid
+    request is sent. ``None`` means "leave fal's default".
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    priority: Literal["normal", "low"] | None = None
+    runner_hint: str | None = None
+    start_timeout: float | None = Field(default=None, gt=0.1, description="Seconds fal may take to start it.")
+    no_retry: bool | None = None
+    store_io: bool | None = None
+    object_lifecycle: int | str | None = Field(
+        default=None, description="Seconds to keep generated files, or never/immediate/1h/1d/7d/30d/1y."
+    )
+    disable_fallback: bool | None = None
+    max_queue_length: int | None = Field(default=None, ge=0)
+
+    @field_validator("start_timeout")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("start_timeout must be a finite number of seconds")
+        return value
+
+    @field_validator("object_lifecycle")
+    @classmethod
+    def _lifecycle(cls, value: int | str | None) -> int | str | None:
+        if value is None:
+            return None
+        if isinstance(value, str) and value not in _LIFECYCLE_WORDS:
+            raise ValueError(
+                f"object_lifecycle must be seconds or one of {sorted(_LIFECYCLE_WORDS)}, got {value!r}"
+            )
+        if isinstance(value, int) and value < 0:
+            raise ValueError("object_lifecycle seconds must be >= 0")
+        return value
+
+    @classmethod
+    def build(
+        cls, options: RequestOptions | dict[str, Any] | None = None, **overrides: Any
+    ) -> RequestOptions:
+        """Merge a dict/instance with keyword overrides (``None`` overrides are ignored); raise ValueError."""
+        base = options.model_dump() if isinstance(options, RequestOptions) else dict(options or {})
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls.model_validate(base)
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}={e.get('input')!r}: {e['msg']}" for e in err.errors()
+            )
+            raise ValueError(f"Invalid fal request options: {problems}") from None
+
+    def headers(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        if self.priority:
+            out["X-Fal-Queue-Priority"] = self.priority
+        if self.runner_hint:
+            out["X-Fal-Runner-Hint"] = self.runner_hint
+        if self.start_timeout is not None:
+            # Both names: the newer one wins at fal, the older one is what fal's own client still sends.
+            out["X-Fal-Request-Start-Timeout"] = str(float(self.start_timeout))
+            out["X-Fal-Request-Timeout"] = str(float(self.start_timeout))
+        if self.no_retry is not None:
+            out["X-Fal-No-Retry"] = "1" if self.no_retry else "0"
+        if self.store_io is not None:
+            out["X-Fal-Store-IO"] = "1" if self.store_io else "0"
+        if self.object_lifecycle is not None:
+            seconds = (
+                _LIFECYCLE_WORDS[self.object_lifecycle]
+                if isinstance(self.object_lifecycle, str)
+                else self.object_lifecycle
+            )
+            out["X-Fal-Object-Lifecycle-Preference"] = json.dumps({"expiration_duration_seconds": seconds})
+        if self.disable_fallback is not None:
+            out["x-app-fal-disable-fallback"] = "true" if self.disable_fallback else "false"
+        return out
+
+    def query_params(self) -> dict[str, str]:
+        return {} if self.max_queue_length is None else {"fal_max_queue_length": str(self.max_queue_length)}
+
+
+class WebhookPayload(_Wire):
+    """The body fal POSTs to ``fal_webhook``. ``status`` is ``OK``/``ERROR``, not a queue state."""
+
+    request_id: str
+    gateway_request_id: str | None = None
+    status: Literal["OK", "ERROR"]
+    payload: Any = None
+    error: str | None = None
+    payload_error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "OK" and self.payload_error is None
