@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine (Python 3.11, pip, make):
+#   make demo   - set everything up, run the example pipeline DAG against the embedded fal emulator
+#   make test   - set everything up, run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint compose-check clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/python scripts/run_example.py
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: setup
+	$(BIN)/ruff check fal_provider tests dags benchmarks scripts
+	$(BIN)/ruff format --check fal_provider tests dags benchmarks scripts
+	$(BIN)/mypy
+
+compose-check:
+	docker compose -f docker/compose.yaml config --quiet
+
+clean:
+	rm -rf $(VENV) output .pytest_cache .mypy_cache .ruff_cache
