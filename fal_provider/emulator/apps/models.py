@@ -1,0 +1,205 @@
+"""Stand-ins for real fal models under their real ids, with deterministic outputs.
+
+Field names follow the models' public schemas; pixel sizes are scaled down (see README.md) so
+tests stay fast while outputs remain real, fetchable image files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fal_provider.emulator import png
+from fal_provider.emulator.apps.base import (
+    AppResponse,
+    EmulatedApp,
+    InputError,
+    RunContext,
+    as_int,
+    as_number,
+    field_error,
+    require_str,
+)
+
+# fal's named sizes (real pixels); the emulator draws them at 1/4 size, never above MAX_SIDE.
+IMAGE_SIZES = {
+    "square_hd": (1024, 1024),
+    "square": (512, 512),
+    "portrait_4_3": (768, 1024),
+    "portrait_16_9": (576, 1024),
+    "landscape_4_3": (1024, 768),
+    "landscape_16_9": (1024, 576),
+}
+SCALE_DOWN = 4
+MAX_SIDE = 256
+UPSCALE_MAX_SIDE = 1024
+
+
+def seed_from(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
+
+
+def emulated_size(value: Any) -> tuple[int, int]:
+    """Real fal size → small emulator size (1/4, capped at MAX_SIDE, aspect kept)."""
+    if isinstance(value, str):
+        if value not in IMAGE_SIZES:
+            raise InputError(
+                [field_error("image_size", f"Input should be one of {sorted(IMAGE_SIZES)}", "enum", value)]
+            )
+        width, height = IMAGE_SIZES[value]
+    elif isinstance(value, dict) and isinstance(value.get("width"), int) and isinstance(value.get("height"), int):
+        width, height = value["width"], value["height"]
+        if not (0 < width <= 14142 and 0 < height <= 14142):
+            raise InputError([field_error("image_size", "Image size out of range", "value_error", value)])
+    else:
+        raise InputError([field_error("image_size", "Input should be a size name or {width, height}",
+                                      "value_error", value)])
+    width, height = max(1, width // SCALE_DOWN), max(1, height // SCALE_DOWN)
+    factor = min(1.0, MAX_SIDE / max(width, height))
+    return max(1, int(width * factor)), max(1, int(height * factor))
+
+
+class FluxApp(EmulatedApp):
+    """``fal-ai/flux/schnell`` and ``fal-ai/flux/dev`` text-to-image."""
+
+    def __init__(self, app_id: str, default_steps: int, max_steps: int, base_seconds: float) -> None:
+        self.app_id = app_id
+        self.description = "Text-to-image stand-in (PNG pattern seeded by prompt+seed)."
+        self._default_steps = default_steps
+        self._max_steps = max_steps
+        self._base_seconds = base_seconds
+
+    async def call(self, ctx: RunContext, arguments: dict[str, Any], path: str) -> AppResponse:
+        prompt = require_str(arguments, "prompt")
+        width, height = emulated_size(arguments.get("image_size", "landscape_4_3"))
+        num_images = as_int(arguments, "num_images", 1, minimum=1, maximum=4)
+        steps = as_int(arguments, "num_inference_steps", self._default_steps, minimum=1, maximum=self._max_steps)
+        seed = arguments.get("seed")
+        if seed is None:
+            seed = seed_from(prompt)
+        seed = as_int({"seed": seed}, "seed", 0)
+        output_format = arguments.get("output_format", "png")
+        if output_format not in ("png", "jpeg"):
+            raise InputError([field_error("output_format", "Input should be 'jpeg' or 'png'", "enum",
+                                          output_format)])
+        ctx.log(f"Generating {num_images} image(s) with {steps} steps")
+        await ctx.sleep(self._base_seconds)
+        images = []
+        for index in range(num_images):
+            data = png.draw_pattern(f"{prompt}|{seed}|{index}", width, height, output_format.upper())
+            content_type = f"image/{output_format}"
+            name = f"{seed}-{index}.{'png' if output_format == 'png' else 'jpg'}"
+            if arguments.get("sync_mode"):
+                from base64 import b64encode
+
+                url = f"data:{content_type};base64,{b64encode(data).decode()}"
+            else:
+                url = ctx.store_file(data, content_type, name)
+            images.append({"url": url, "width": width, "height": height, "content_type": content_type})
+        body = {
+            "images": images,
+            "timings": {"inference": self._base_seconds * ctx.config.latency_scale},
+            "seed": seed,
+            "has_nsfw_concepts": [False] * num_images,
+            "prompt": prompt,
+        }
+        return AppResponse(200, body)
+
+
+class _ImageInputApp(EmulatedApp):
+    async def load_input(self, ctx: RunContext, arguments: dict[str, Any]) -> bytes:
+        url = require_str(arguments, "image_url")
+        try:
+            data, _ = await ctx.fetch(url)
+            png.open_image(data)
+        except RuntimeError:
+            raise
+        except Exception as exc:
+            raise InputError(
+                [field_error("image_url", f"Failed to load the image: {type(exc).__name__}", "image_load_error",
+                             url)]
+            ) from exc
+        return data
+
+
+class EsrganApp(_ImageInputApp):
+    """``fal-ai/esrgan`` upscaler: returns the input enlarged by ``scale`` (output capped at 1024 px)."""
+
+    app_id = "fal-ai/esrgan"
+    description = "Upscaler stand-in (nearest-neighbour resize)."
+
+    async def call(self, ctx: RunContext, arguments: dict[str, Any], path: str) -> AppResponse:
+        scale = as_number(arguments, "scale", 2.0, minimum=1.0)
+        if scale > 8:
+            raise InputError([field_error("scale", "Input should be less than or equal to 8", "less_than_equal",
+                                          scale, le=8)])
+        data = await self.load_input(ctx, arguments)
+        await ctx.sleep(0.1)
+        output, width, height = png.upscale(data, scale, UPSCALE_MAX_SIDE)
+        url = ctx.store_file(output, "image/png", "upscaled.png")
+        image = {
+            "url": url,
+            "width": width,
+            "height": height,
+            "content_type": "image/png",
+            "file_name": "upscaled.png",
+            "file_size": len(output),
+        }
+        return AppResponse(200, {"image": image})
+
+
+class FlorenceCaptionApp(_ImageInputApp):
+    """``fal-ai/florence-2-large/more-detailed-caption``: a caption naming size and average colour."""
+
+    app_id = "fal-ai/florence-2-large/more-detailed-caption"
+    description = "Captioner stand-in (describes size and average colour)."
+
+    async def call(self, ctx: RunContext, arguments: dict[str, Any], path: str) -> AppResponse:
+        data = await self.load_input(ctx, arguments)
+        await ctx.sleep(0.1)
+        width, height, (red, green, blue) = png.describe(data)
+        caption = (
+            f"The image is {width} by {height} pixels. Its average colour is "
+            f"rgb({red}, {green}, {blue}), with a pattern of stripes and an ellipse."
+        )
+        return AppResponse(200, {"results": caption})
+
+
+class AnyLlmApp(EmulatedApp):
+    """``fal-ai/any-llm`` with ``/stream``: deterministic text emitted token by token."""
+
+    app_id = "fal-ai/any-llm"
+    description = "LLM stand-in; /stream emits growing output with partial=true."
+    has_stream = True
+
+    def _text(self, arguments: dict[str, Any]) -> str:
+        prompt = require_str(arguments, "prompt")
+        model = arguments.get("model", "google/gemini-flash-1.5")
+        words = prompt.split()[:12]
+        return f"[{model}] You asked about: {' '.join(words)}. This is an emulated answer."
+
+    async def call(self, ctx: RunContext, arguments: dict[str, Any], path: str) -> AppResponse:
+        text = self._text(arguments)
+        await asyncio.sleep(ctx.config.llm_token_interval_s * len(text.split()))
+        return AppResponse(200, {"output": text, "partial": False, "error": None})
+
+    async def stream(self, ctx: RunContext, arguments: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        tokens = self._text(arguments).split(" ")
+        output = ""
+        for token in tokens:
+            await asyncio.sleep(ctx.config.llm_token_interval_s)
+            output = f"{output} {token}" if output else token
+            yield {"output": output, "partial": True, "error": None}
+        yield {"output": output, "partial": False, "error": None}
+
+
+def model_apps() -> list[EmulatedApp]:
+    return [
+        FluxApp("fal-ai/flux/schnell", default_steps=4, max_steps=12, base_seconds=0.1),
+        FluxApp("fal-ai/flux/dev", default_steps=28, max_steps=50, base_seconds=0.2),
+        EsrganApp(),
+        FlorenceCaptionApp(),
+        AnyLlmApp(),
+    ]
