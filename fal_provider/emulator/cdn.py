@@ -40,7 +40,9 @@ class FileStore:
     def new_id(self) -> str:
         return secrets.token_hex(8)
 
-    def put(self, data: bytes, content_type: str, name: str, base_url: str, file_id: str | None = None) -> str:
+    def put(
+        self, data: bytes, content_type: str, name: str, base_url: str, file_id: str | None = None
+    ) -> str:
         file_id = file_id or self.new_id()
         safe_name = name.replace("/", "_") or "file.bin"
         self.files[file_id] = StoredFile(data, content_type, safe_name)

@@ -241,7 +241,9 @@ class QueueEngine:
         if not response.ok:
             body = response.body if isinstance(response.body, dict) else {}
             detail = body.get("detail")
-            request.error = detail if isinstance(detail, str) else f"Invalid status code: {response.status_code}"
+            request.error = (
+                detail if isinstance(detail, str) else f"Invalid status code: {response.status_code}"
+            )
             request.error_type = body.get("error_type") or _header(response, "x-fal-error-type")
             if request.error_type is None and isinstance(detail, list) and detail:
                 request.error_type = detail[0].get("type")
@@ -252,7 +254,9 @@ class QueueEngine:
         if request.state != IN_QUEUE:
             return
         self.queues[request.app_id].remove(request)
-        self._finish(request, infrastructure_error("startup_timeout", **{"X-Fal-Request-Timeout-Type": "user"}))
+        self._finish(
+            request, infrastructure_error("startup_timeout", **{"X-Fal-Request-Timeout-Type": "user"})
+        )
         for waiting in self.queues[request.app_id].all_waiting():
             waiting.touch()
 

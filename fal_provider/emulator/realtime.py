@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import MutableMapping
 from typing import Any
 
 import msgpack
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from fal_provider.emulator.apps import EmulatedApp, NAMESPACES
+from fal_provider.emulator.apps import NAMESPACES, EmulatedApp
 from fal_provider.emulator.auth import auth_error
 from fal_provider.emulator.netfaults import abort_connection
 from fal_provider.emulator.state import EmulatorState
@@ -97,7 +98,7 @@ async def _serve(state: EmulatorState, websocket: WebSocket, app: EmulatedApp) -
         return
 
 
-def _decode(message: dict[str, Any]) -> Any:
+def _decode(message: MutableMapping[str, Any]) -> Any:
     if message.get("bytes") is not None:
         return msgpack.unpackb(message["bytes"], raw=False)
     text = message.get("text") or ""

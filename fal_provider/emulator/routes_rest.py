@@ -42,7 +42,9 @@ def rest_routes(state: EmulatorState) -> list[Route]:
             detail = [{"loc": ["body", "allowed_apps"], "msg": "Field required", "type": "missing"}]
             return JSONResponse({"detail": detail}, status_code=422)
         if not isinstance(ttl, int) or not 1 <= ttl <= MAX_REALTIME_TTL_S:
-            detail = [{"loc": ["body", "token_expiration"], "msg": "Invalid expiration", "type": "value_error"}]
+            detail = [
+                {"loc": ["body", "token_expiration"], "msg": "Invalid expiration", "type": "value_error"}
+            ]
             return JSONResponse({"detail": detail}, status_code=422)
         token = state.signer.issue({"scope": "realtime", "allowed_apps": apps}, ttl)
         return JSONResponse(token)

@@ -134,7 +134,9 @@ class EmulatorState:
         return cfg.webhook_attempts, cfg.webhook_base_delay_s, cfg.webhook_timeout_s, cfg.user_id
 
     def _on_webhook_event(self, event: str, request_id: str, detail: dict[str, Any]) -> None:
-        self.stats.webhooks[{"attempt": "attempts", "success": "successes", "failure": "failures"}[event]] += 1
+        self.stats.webhooks[
+            {"attempt": "attempts", "success": "successes", "failure": "failures"}[event]
+        ] += 1
         request = self.engine.requests.get(request_id)
         if request is not None:
             request.webhook_events.append({"event": event, **detail})

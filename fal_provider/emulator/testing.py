@@ -1,8 +1,8 @@
 """Run the emulator inside a test process and point clients (provider, fal_client) at it.
 
-    with run_emulator(key="id:secret") as emu:
-        with emu.patch_fal_client():
-            fal_client.subscribe("emulator/echo", {"x": 1})
+with run_emulator(key="id:secret") as emu:
+    with emu.patch_fal_client():
+        fal_client.subscribe("emulator/echo", {"x": 1})
 """
 
 from __future__ import annotations

@@ -135,8 +135,15 @@ def as_number(arguments: dict[str, Any], name: str, default: float, *, minimum: 
         raise InputError([field_error(name, "Input should be a valid number", "float_parsing", value)])
     if value < minimum:
         raise InputError(
-            [field_error(name, f"Input should be greater than or equal to {minimum}", "greater_than_equal",
-                         value, ge=minimum)]
+            [
+                field_error(
+                    name,
+                    f"Input should be greater than or equal to {minimum}",
+                    "greater_than_equal",
+                    value,
+                    ge=minimum,
+                )
+            ]
         )
     return float(value)
 
@@ -149,13 +156,27 @@ def as_int(
         raise InputError([field_error(name, "Input should be a valid integer", "int_parsing", value)])
     if value < minimum:
         raise InputError(
-            [field_error(name, f"Input should be greater than or equal to {minimum}", "greater_than_equal",
-                         value, ge=minimum)]
+            [
+                field_error(
+                    name,
+                    f"Input should be greater than or equal to {minimum}",
+                    "greater_than_equal",
+                    value,
+                    ge=minimum,
+                )
+            ]
         )
     if maximum is not None and value > maximum:
         raise InputError(
-            [field_error(name, f"Input should be less than or equal to {maximum}", "less_than_equal",
-                         value, le=maximum)]
+            [
+                field_error(
+                    name,
+                    f"Input should be less than or equal to {maximum}",
+                    "less_than_equal",
+                    value,
+                    le=maximum,
+                )
+            ]
         )
     return value
 

@@ -49,13 +49,22 @@ def emulated_size(value: Any) -> tuple[int, int]:
                 [field_error("image_size", f"Input should be one of {sorted(IMAGE_SIZES)}", "enum", value)]
             )
         width, height = IMAGE_SIZES[value]
-    elif isinstance(value, dict) and isinstance(value.get("width"), int) and isinstance(value.get("height"), int):
+    elif (
+        isinstance(value, dict)
+        and isinstance(value.get("width"), int)
+        and isinstance(value.get("height"), int)
+    ):
         width, height = value["width"], value["height"]
         if not (0 < width <= 14142 and 0 < height <= 14142):
             raise InputError([field_error("image_size", "Image size out of range", "value_error", value)])
     else:
-        raise InputError([field_error("image_size", "Input should be a size name or {width, height}",
-                                      "value_error", value)])
+        raise InputError(
+            [
+                field_error(
+                    "image_size", "Input should be a size name or {width, height}", "value_error", value
+                )
+            ]
+        )
     width, height = max(1, width // SCALE_DOWN), max(1, height // SCALE_DOWN)
     factor = min(1.0, MAX_SIDE / max(width, height))
     return max(1, int(width * factor)), max(1, int(height * factor))
@@ -75,15 +84,18 @@ class FluxApp(EmulatedApp):
         prompt = require_str(arguments, "prompt")
         width, height = emulated_size(arguments.get("image_size", "landscape_4_3"))
         num_images = as_int(arguments, "num_images", 1, minimum=1, maximum=4)
-        steps = as_int(arguments, "num_inference_steps", self._default_steps, minimum=1, maximum=self._max_steps)
+        steps = as_int(
+            arguments, "num_inference_steps", self._default_steps, minimum=1, maximum=self._max_steps
+        )
         seed = arguments.get("seed")
         if seed is None:
             seed = seed_from(prompt)
         seed = as_int({"seed": seed}, "seed", 0)
         output_format = arguments.get("output_format", "png")
         if output_format not in ("png", "jpeg"):
-            raise InputError([field_error("output_format", "Input should be 'jpeg' or 'png'", "enum",
-                                          output_format)])
+            raise InputError(
+                [field_error("output_format", "Input should be 'jpeg' or 'png'", "enum", output_format)]
+            )
         ctx.log(f"Generating {num_images} image(s) with {steps} steps")
         await ctx.sleep(self._base_seconds)
         images = []
@@ -118,8 +130,14 @@ class _ImageInputApp(EmulatedApp):
             raise
         except Exception as exc:
             raise InputError(
-                [field_error("image_url", f"Failed to load the image: {type(exc).__name__}", "image_load_error",
-                             url)]
+                [
+                    field_error(
+                        "image_url",
+                        f"Failed to load the image: {type(exc).__name__}",
+                        "image_load_error",
+                        url,
+                    )
+                ]
             ) from exc
         return data
 
@@ -133,8 +151,13 @@ class EsrganApp(_ImageInputApp):
     async def call(self, ctx: RunContext, arguments: dict[str, Any], path: str) -> AppResponse:
         scale = as_number(arguments, "scale", 2.0, minimum=1.0)
         if scale > 8:
-            raise InputError([field_error("scale", "Input should be less than or equal to 8", "less_than_equal",
-                                          scale, le=8)])
+            raise InputError(
+                [
+                    field_error(
+                        "scale", "Input should be less than or equal to 8", "less_than_equal", scale, le=8
+                    )
+                ]
+            )
         data = await self.load_input(ctx, arguments)
         await ctx.sleep(0.1)
         output, width, height = png.upscale(data, scale, UPSCALE_MAX_SIDE)

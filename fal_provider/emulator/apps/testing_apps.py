@@ -59,7 +59,9 @@ class FailApp(EmulatedApp):
         await ctx.sleep(as_number(arguments, "duration_s", 0.0), scaled=False)
         kind = arguments.get("kind", "server")
         if kind == "validation":
-            detail = [field_error("prompt", "Emulated validation failure", "value_error", arguments.get("prompt"))]
+            detail = [
+                field_error("prompt", "Emulated validation failure", "value_error", arguments.get("prompt"))
+            ]
             return AppResponse(422, {"detail": detail}, {"X-Fal-Retryable": "false"})
         if kind == "runner":
             body = {"detail": "Runner disconnected", "error_type": "runner_disconnected"}
