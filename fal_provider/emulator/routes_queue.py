@@ -123,7 +123,7 @@ def queue_routes(state: EmulatorState) -> list[Route]:
             return _json({"detail": str(exc)}, 429)
         state.stats.submits[app.app_id] += 1
         body = {
-            "status": record.state,
+            "status": IN_QUEUE,  # fal always acknowledges a submit as queued, even if it starts at once
             "request_id": record.request_id,
             "gateway_request_id": record.request_id,
             "queue_position": state.engine.position(record) if record.state == IN_QUEUE else 0,
