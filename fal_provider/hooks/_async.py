@@ -1,0 +1,192 @@
+"""Async twins of FalHook's calls, for triggers and async tasks.
+
+They build exactly the same calls as the sync methods and never block the event loop: the
+connection comes from ``BaseHook.aget_connection``, local files are read in a thread, and HTTP goes
+through the loop's shared ``httpx.AsyncClient`` (one connection pool for every trigger on the loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from websockets.asyncio.client import connect as ws_connect_async
+
+from fal_provider.hooks._calls import (
+    USER_AGENT,
+    CallBuilder,
+    json_body,
+    parse_cancel,
+    parse_status_response,
+    parse_submit,
+    parse_token,
+)
+from fal_provider.hooks._realtime import (
+    OPEN_TIMEOUT,
+    WS_OPEN_ERRORS,
+    AsyncRealtimeSession,
+    handshake_error,
+    realtime_url,
+)
+from fal_provider.hooks._settings import FalSettings
+from fal_provider.hooks._sse import aiter_model_events, aiter_status_events
+from fal_provider.hooks._transport import Call, asend, close_shared_async_client, shared_async_client
+from fal_provider.hooks._upload import CdnTokenCache, access_url, check_size, guess_content_type, read_source
+from fal_provider.models import (
+    AppId,
+    CompletedStatus,
+    FalRequestRef,
+    InProgressStatus,
+    QueuedStatus,
+    RequestOptions,
+)
+
+Status = QueuedStatus | InProgressStatus | CompletedStatus
+Options = RequestOptions | Mapping[str, Any] | None
+
+
+class FalAsyncMixin:
+    """The ``a*`` methods of :class:`~fal_provider.hooks.fal.FalHook`."""
+
+    log: Any
+    _cdn_tokens: CdnTokenCache
+
+    async def aget_settings(self) -> FalSettings:  # implemented by FalHook
+        raise NotImplementedError
+
+    @staticmethod
+    async def aclose_shared_client() -> None:
+        """Close the running loop's shared async client (end of a test or of a loop)."""
+        await close_shared_async_client()
+
+    async def _acalls(self) -> CallBuilder:
+        return CallBuilder(await self.aget_settings())
+
+    async def _asend(self, call: Call, *, stream: bool = False) -> httpx.Response:
+        settings = await self.aget_settings()
+        return await asend(shared_async_client(), call, settings, self.log, stream=stream)
+
+    async def asubmit(
+        self,
+        app_id: str,
+        arguments: Mapping[str, Any],
+        *,
+        path: str = "",
+        options: Options = None,
+        headers: Mapping[str, str] | None = None,
+        webhook_url: str | None = None,
+    ) -> FalRequestRef:
+        call, app = (await self._acalls()).submit(
+            app_id, arguments, path=path, options=options, headers=headers, webhook_url=webhook_url
+        )
+        ref = parse_submit(await self._asend(call), app, webhook_url)
+        self.log.info("Submitted fal request %s to %s", ref.request_id, app.full)
+        return ref
+
+    async def aget_status(self, request: FalRequestRef | Mapping[str, Any], *, logs: bool = False) -> Status:
+        call, _ = (await self._acalls()).status(request, logs=logs)
+        return parse_status_response(await self._asend(call), call.label)
+
+    async def aiter_status(
+        self, request: FalRequestRef | Mapping[str, Any], *, logs: bool = False
+    ) -> AsyncIterator[Status]:
+        call, _ = (await self._acalls()).status_stream(request, logs=logs)
+        response = await self._asend(call, stream=True)
+        try:
+            async for status in aiter_status_events(response, call.label):
+                yield status
+        finally:
+            await response.aclose()
+
+    async def aget_result(self, request: FalRequestRef | Mapping[str, Any]) -> Any:
+        call, _ = (await self._acalls()).result(request)
+        return json_body(await self._asend(call), call.label)
+
+    async def acancel(self, request: FalRequestRef | Mapping[str, Any]) -> str:
+        call, ref = (await self._acalls()).cancel(request)
+        outcome = parse_cancel(await self._asend(call))
+        self.log.info("Cancel of fal request %s on %s: %s", ref.request_id, ref.app_id, outcome)
+        return outcome
+
+    async def arun(
+        self,
+        app_id: str,
+        arguments: Mapping[str, Any],
+        *,
+        path: str = "",
+        options: Options = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        builder = await self._acalls()
+        call, _ = builder.run(app_id, arguments, path=path, options=options, headers=headers, timeout=timeout)
+        return json_body(await self._asend(call), call.label)
+
+    async def astream(
+        self,
+        app_id: str,
+        arguments: Mapping[str, Any],
+        *,
+        path: str = "/stream",
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Any]:
+        call, _ = (await self._acalls()).stream(
+            app_id, arguments, path=path, headers=headers, timeout=timeout
+        )
+        response = await self._asend(call, stream=True)
+        try:
+            async for event in aiter_model_events(response, call.label):
+                yield event
+        finally:
+            await response.aclose()
+
+    @asynccontextmanager
+    async def arealtime(
+        self,
+        app_id: str,
+        *,
+        path: str = "/realtime",
+        max_buffering: int | None = None,
+        token_expiration: int = 120,
+    ) -> AsyncIterator[AsyncRealtimeSession]:
+        app = AppId.parse(app_id)
+        settings = await self.aget_settings()
+        realtime_url(settings.run_url, app, path, "check", max_buffering)
+        call = (await self._acalls()).realtime_token(app, token_expiration)
+        token = parse_token(await self._asend(call), call.label)
+        url = realtime_url(settings.run_url, app, path, token, max_buffering)
+        try:
+            connection = await ws_connect_async(
+                url, open_timeout=OPEN_TIMEOUT, max_size=None, user_agent_header=USER_AGENT
+            )
+        except WS_OPEN_ERRORS as exc:
+            raise handshake_error(exc, app) from None
+        session = AsyncRealtimeSession(connection, app)
+        try:
+            yield session
+        finally:
+            await session.close()
+
+    async def aupload(
+        self,
+        data: bytes | str | os.PathLike[str],
+        *,
+        content_type: str | None = None,
+        file_name: str | None = None,
+    ) -> str:
+        payload, name = await asyncio.to_thread(read_source, data, file_name)
+        check_size(payload, name)
+        builder = await self._acalls()
+        token = self._cdn_tokens.get()
+        if token is None:
+            token_call = builder.storage_token()
+            token = self._cdn_tokens.remember(json_body(await self._asend(token_call), token_call.label))
+        call = builder.upload(
+            payload, content_type=guess_content_type(content_type, name), file_name=name, token=token
+        )
+        return access_url(json_body(await self._asend(call), call.label), call.label)

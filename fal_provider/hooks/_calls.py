@@ -1,0 +1,370 @@
+"""Pure descriptions of every fal HTTP call, and the parsing of fal's answers.
+
+Nothing here does I/O: the sync and async hook methods build the same :class:`Call`, send it with
+their own client, and parse the answer with the same function. That keeps the two halves of the
+hook from drifting apart, and lets unit tests check URLs, headers and validation without a server.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from fal_provider import __version__
+from fal_provider.exceptions import FalServerError, error_from_response
+from fal_provider.hooks._retry import IDEMPOTENT, SUBMIT
+from fal_provider.hooks._settings import FalSettings
+from fal_provider.hooks._transport import Call, default_timeout
+from fal_provider.models import (
+    AppId,
+    CompletedStatus,
+    FalRequestRef,
+    InProgressStatus,
+    QueuedStatus,
+    RequestOptions,
+    parse_status,
+)
+
+USER_AGENT = f"airflow-provider-fal/{__version__}"
+_JSON_SCALARS = (str, int, float, bool, type(None))
+_MSGPACK_SCALARS = (*_JSON_SCALARS, bytes, bytearray, memoryview)
+
+
+def find_unencodable(value: Any, path: str, scalars: tuple[type, ...]) -> str | None:
+    """Describe the first value a JSON/msgpack encoder would reject, by its path, or ``None``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{path} is {value!r} (not a finite number)"
+    if isinstance(value, scalars):
+        return None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{path} has a key {key!r} of type {type(key).__name__} (keys must be strings)"
+            problem = find_unencodable(item, f"{path}[{key!r}]", scalars)
+            if problem:
+                return problem
+        return None
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            problem = find_unencodable(item, f"{path}[{index}]", scalars)
+            if problem:
+                return problem
+        return None
+    return f"{path} is of type {type(value).__name__}"
+
+
+def encode_arguments(arguments: Any, app: AppId) -> bytes:
+    """JSON body for a model call; a ValueError naming the bad key comes before any network call."""
+    if not isinstance(arguments, Mapping):
+        raise ValueError(
+            f"Arguments for fal app {app.full!r} must be a JSON object (a dict), got {type(arguments).__name__}"
+        )
+    problem = find_unencodable(arguments, "arguments", _JSON_SCALARS)
+    if problem:
+        raise ValueError(f"Arguments for fal app {app.full!r} are not JSON-serialisable: {problem}")
+    return json.dumps(arguments, allow_nan=False, separators=(",", ":")).encode()
+
+
+def check_msgpack(message: Any, app: AppId) -> None:
+    if not isinstance(message, Mapping):
+        raise ValueError(
+            f"Realtime messages for {app.full!r} must be a mapping, got {type(message).__name__}"
+        )
+    problem = find_unencodable(message, "message", _MSGPACK_SCALARS)
+    if problem:
+        raise ValueError(f"Realtime message for {app.full!r} cannot be encoded with msgpack: {problem}")
+
+
+def merge_headers(*layers: Mapping[str, str] | None) -> dict[str, str]:
+    """Later layers win, compared case-insensitively (HTTP header names are)."""
+    merged: dict[str, tuple[str, str]] = {}
+    for layer in layers:
+        for name, value in (layer or {}).items():
+            merged[name.lower()] = (name, str(value))
+    return dict(merged.values())
+
+
+def _join(base: str, *parts: str) -> str:
+    tail = "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+    return f"{base.rstrip('/')}/{tail}" if tail else base.rstrip("/")
+
+
+def build_options(options: RequestOptions | Mapping[str, Any] | None) -> RequestOptions:
+    if options is None or isinstance(options, RequestOptions):
+        return RequestOptions.build(options)
+    if not isinstance(options, Mapping):
+        raise ValueError(f"options must be RequestOptions or a mapping, got {type(options).__name__}")
+    return RequestOptions.build(dict(options))
+
+
+class CallBuilder:
+    """Builds the calls for one set of settings."""
+
+    def __init__(self, settings: FalSettings) -> None:
+        self.settings = settings
+
+    def headers(self, *layers: Mapping[str, str] | None) -> dict[str, str]:
+        """User-Agent, connection/hook defaults, then per-call layers; the key always last."""
+        return merge_headers(
+            {"User-Agent": USER_AGENT},
+            self.settings.headers,
+            *layers,
+            {"Authorization": f"Key {self.settings.key}"},
+        )
+
+    def _json_headers(self, *layers: Mapping[str, str] | None) -> dict[str, str]:
+        return self.headers({"Content-Type": "application/json", "Accept": "application/json"}, *layers)
+
+    # -- queue -------------------------------------------------------------------------------------
+    def submit(
+        self,
+        app_id: str,
+        arguments: Any,
+        *,
+        path: str = "",
+        options: RequestOptions | Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        webhook_url: str | None = None,
+    ) -> tuple[Call, AppId]:
+        app = AppId.parse(app_id)
+        opts = build_options(options)
+        body = encode_arguments(arguments, app)
+        params = opts.query_params()
+        if webhook_url:
+            if urlsplit(webhook_url).scheme not in ("http", "https"):
+                raise ValueError(f"webhook_url must be an http(s) URL, got {webhook_url!r}")
+            params["fal_webhook"] = webhook_url
+        call = Call(
+            method="POST",
+            url=_join(self.settings.queue_url, app.full, path),
+            label=f"submit to {app.full}",
+            policy=SUBMIT,
+            headers=self._json_headers(headers, opts.headers()),
+            timeout=default_timeout(self.settings),
+            params=params,
+            content=body,
+        )
+        return call, app
+
+    def request_ref(self, app_id: str, request_id: str) -> FalRequestRef:
+        """URLs built the way ``fal_client`` builds them from an id (sub-path dropped)."""
+        app = AppId.parse(app_id)
+        base = _join(self.settings.queue_url, app.base, "requests", request_id)
+        return FalRequestRef(
+            app_id=app.full,
+            request_id=request_id,
+            response_url=base,
+            status_url=f"{base}/status",
+            cancel_url=f"{base}/cancel",
+        )
+
+    def _urls(self, request: FalRequestRef | Mapping[str, Any] | str) -> FalRequestRef:
+        ref = FalRequestRef.coerce(request)
+        built = self.request_ref(ref.app_id, ref.request_id)
+        return ref.model_copy(
+            update={
+                "status_url": ref.status_url or built.status_url,
+                "response_url": ref.response_url or built.response_url,
+                "cancel_url": ref.cancel_url or built.cancel_url,
+            }
+        )
+
+    def _get(
+        self,
+        url: str,
+        label: str,
+        params: Mapping[str, str] | None = None,
+        *,
+        method: str = "GET",
+        accept: str = "application/json",
+        answers: frozenset[int] = frozenset(),
+    ) -> Call:
+        return Call(
+            method=method,
+            url=url,
+            label=label,
+            policy=IDEMPOTENT,
+            headers=self.headers({"Accept": accept}),
+            timeout=default_timeout(self.settings),
+            params=dict(params or {}),
+            accept=answers,
+        )
+
+    def status(self, request: Any, *, logs: bool = False) -> tuple[Call, FalRequestRef]:
+        ref = self._urls(request)
+        label = f"status of {ref.request_id} on {ref.app_id}"
+        return self._get(str(ref.status_url), label, {"logs": "1" if logs else "0"}), ref
+
+    def status_stream(self, request: Any, *, logs: bool = False) -> tuple[Call, FalRequestRef]:
+        ref = self._urls(request)
+        url = _join(str(ref.status_url), "stream")
+        label = f"status stream of {ref.request_id} on {ref.app_id}"
+        return self._get(url, label, {"logs": "1" if logs else "0"}, accept="text/event-stream"), ref
+
+    def result(self, request: Any) -> tuple[Call, FalRequestRef]:
+        ref = self._urls(request)
+        return self._get(str(ref.response_url), f"result of {ref.request_id} on {ref.app_id}"), ref
+
+    def cancel(self, request: Any) -> tuple[Call, FalRequestRef]:
+        ref = self._urls(request)
+        label = f"cancel of {ref.request_id} on {ref.app_id}"
+        return self._get(str(ref.cancel_url), label, method="PUT", answers=frozenset({400, 404})), ref
+
+    # -- direct calls ------------------------------------------------------------------------------
+    def run(
+        self,
+        app_id: str,
+        arguments: Any,
+        *,
+        path: str = "",
+        options: RequestOptions | Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> tuple[Call, AppId]:
+        app = AppId.parse(app_id)
+        opts = build_options(options)
+        body = encode_arguments(arguments, app)
+        call = Call(
+            method="POST",
+            url=_join(self.settings.run_url, app.full, path),
+            label=f"run of {app.full}",
+            policy=SUBMIT,
+            headers=self._json_headers(headers, opts.headers()),
+            timeout=default_timeout(self.settings, timeout),
+            params=opts.query_params(),
+            content=body,
+        )
+        return call, app
+
+    def stream(
+        self,
+        app_id: str,
+        arguments: Any,
+        *,
+        path: str = "/stream",
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> tuple[Call, AppId]:
+        app = AppId.parse(app_id)
+        body = encode_arguments(arguments, app)
+        call = Call(
+            method="POST",
+            url=_join(self.settings.run_url, app.full, path),
+            label=f"stream of {app.full}",
+            policy=SUBMIT,
+            headers=self.headers(
+                {
+                    "Content-Type": "application/json",
+                    "Accept": "text/event-stream",
+                    "Cache-Control": "no-store",
+                },
+                headers,
+            ),
+            timeout=default_timeout(self.settings, timeout),
+            content=body,
+        )
+        return call, app
+
+    def realtime_token(self, app: AppId, token_expiration: int) -> Call:
+        if not isinstance(token_expiration, int) or token_expiration <= 0:
+            raise ValueError(
+                f"token_expiration must be a positive number of seconds, got {token_expiration!r}"
+            )
+        body = json.dumps({"allowed_apps": [app.alias], "token_expiration": token_expiration}).encode()
+        return Call(
+            method="POST",
+            url=_join(self.settings.rest_url, "tokens") + "/",
+            label=f"realtime token for {app.full}",
+            policy=IDEMPOTENT,
+            headers=self._json_headers(),
+            timeout=default_timeout(self.settings),
+            content=body,
+        )
+
+    def storage_token(self) -> Call:
+        return Call(
+            method="POST",
+            url=_join(self.settings.rest_url, "storage/auth/token"),
+            label="CDN storage token",
+            policy=IDEMPOTENT,
+            headers=self._json_headers(),
+            timeout=default_timeout(self.settings),
+            params={"storage_type": "fal-cdn-v3"},
+            content=b"{}",
+        )
+
+    def upload(
+        self, data: bytes, *, content_type: str, file_name: str | None, token: Mapping[str, Any]
+    ) -> Call:
+        headers = merge_headers(
+            {"User-Agent": USER_AGENT, "Content-Type": content_type},
+            {"X-Fal-File-Name": file_name} if file_name else None,
+            {"Authorization": f"{token.get('token_type', 'Bearer')} {token['token']}"},
+        )
+        return Call(
+            method="POST",
+            url=_join(self.settings.cdn_url, "files/upload"),
+            label=f"upload of {file_name or 'data'} ({len(data)} bytes)",
+            policy=IDEMPOTENT,
+            headers=headers,
+            timeout=default_timeout(self.settings),
+            content=data,
+        )
+
+
+# -- answers ---------------------------------------------------------------------------------------
+def json_body(response: httpx.Response, label: str) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        raise FalServerError(
+            f"{label}: fal answered HTTP {response.status_code} with a body that is not JSON "
+            f"({response.headers.get('content-type', 'no content type')})",
+            status_code=response.status_code,
+        ) from None
+
+
+def parse_submit(response: httpx.Response, app: AppId, webhook_url: str | None) -> FalRequestRef:
+    body = json_body(response, f"submit to {app.full}")
+    if not isinstance(body, Mapping) or not body.get("request_id"):
+        raise FalServerError(f"submit to {app.full}: fal's answer has no request_id: {str(body)[:200]!r}")
+    return FalRequestRef.model_validate({**body, "app_id": app.full, "webhook_url": webhook_url})
+
+
+def parse_status_response(
+    response: httpx.Response, label: str
+) -> QueuedStatus | InProgressStatus | CompletedStatus:
+    try:
+        return parse_status(json_body(response, label))
+    except ValueError as err:
+        raise FalServerError(f"{label}: {err}") from None
+
+
+def parse_cancel(response: httpx.Response) -> str:
+    """fal answers a cancel with 202/400/404 and a ``status`` word; all three are normal outcomes."""
+    if response.is_success:
+        return "CANCELLATION_REQUESTED"
+    try:
+        word = response.json().get("status")
+    except (ValueError, AttributeError):
+        word = None
+    expected = {400: "ALREADY_COMPLETED", 404: "NOT_FOUND"}[response.status_code]
+    if word == expected or (response.status_code == 404 and word is None):
+        return expected
+    raise error_from_response(response.status_code, response.headers, response.content, context="cancel")
+
+
+def parse_token(response: httpx.Response, label: str) -> str:
+    data = json_body(response, label)
+    if isinstance(data, str):
+        return data
+    if isinstance(data, Mapping):
+        for name in ("token", "detail"):
+            if isinstance(data.get(name), str):
+                return str(data[name])
+    raise FalServerError(f"{label}: unexpected token answer shape ({type(data).__name__})")

@@ -1,0 +1,199 @@
+"""fal realtime sessions: a WebSocket carrying msgpack frames to one app, many inputs per session.
+
+The key never travels on the WebSocket: the hook first asks the REST API for a short-lived token
+scoped to the app, and the session connects with ``?fal_jwt_token=...`` as fal's client does.
+Incoming text frames are control messages: ``x-fal-error`` raises :class:`FalRealtimeError`,
+``x-fal-message`` (timings and the like) is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import msgpack
+from websockets.asyncio.client import ClientConnection as AsyncConnection
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.sync.client import ClientConnection
+
+from fal_provider.exceptions import (
+    FalAuthError,
+    FalConnectionError,
+    FalError,
+    FalNotFoundError,
+    FalStreamError,
+    FalTimeoutError,
+)
+from fal_provider.hooks._calls import check_msgpack
+from fal_provider.models import AppId
+
+#: fal's accepted range for ``max_buffering``.
+MAX_BUFFERING_RANGE = (1, 60)
+OPEN_TIMEOUT = 90.0
+#: What opening a WebSocket can raise (mapped by :func:`handshake_error`).
+WS_OPEN_ERRORS = (InvalidHandshake, InvalidURI, OSError, TimeoutError, asyncio.TimeoutError)
+
+
+class FalRealtimeError(FalStreamError):
+    """The realtime endpoint sent an ``x-fal-error`` frame. ``error`` and ``reason`` are fal's fields."""
+
+    def __init__(
+        self, message: str, *, error: str, reason: str = "", payload: Mapping[str, Any] | None = None
+    ):
+        super().__init__(message, error_type=error, detail=dict(payload or {}))
+        self.error = error
+        self.reason = reason
+        self.payload = dict(payload or {})
+
+
+def realtime_url(run_url: str, app: AppId, path: str, token: str, max_buffering: int | None) -> str:
+    """``wss://fal.run/owner/app[/sub]/realtime?fal_jwt_token=...`` (``ws://`` for an http run URL)."""
+    parts = urlsplit(run_url)
+    scheme = "ws" if parts.scheme == "http" else "wss"
+    route = "/".join(p.strip("/") for p in (parts.path, app.full, path) if p.strip("/"))
+    query: dict[str, str] = {"fal_jwt_token": token}
+    if max_buffering is not None:
+        low, high = MAX_BUFFERING_RANGE
+        if (
+            isinstance(max_buffering, bool)
+            or not isinstance(max_buffering, int)
+            or not low <= max_buffering <= high
+        ):
+            raise ValueError(f"max_buffering must be an integer from {low} to {high}, got {max_buffering!r}")
+        query["max_buffering"] = str(max_buffering)
+    return urlunsplit((scheme, parts.netloc, f"/{route}", urlencode(query), ""))
+
+
+def encode_message(message: Mapping[str, Any], app: AppId) -> bytes:
+    check_msgpack(message, app)
+    try:
+        return msgpack.packb(dict(message), use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise ValueError(f"Realtime message for {app.full!r} cannot be encoded with msgpack: {err}") from None
+
+
+def decode_frame(frame: str | bytes, app: AppId) -> dict[str, Any] | None:
+    """A decoded message, or ``None`` for frames to skip."""
+    if isinstance(frame, (bytes, bytearray, memoryview)):
+        try:
+            data = msgpack.unpackb(bytes(frame), raw=False)
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as err:
+            raise FalStreamError(
+                f"realtime session with {app.full}: undecodable binary frame ({err})"
+            ) from None
+        return data if isinstance(data, dict) else {"type": "value", "payload": data}
+    try:
+        payload = json.loads(frame)
+    except ValueError:
+        return {"type": "text", "payload": frame}
+    if not isinstance(payload, dict):
+        return {"type": "text", "payload": payload}
+    kind = payload.get("type")
+    if kind == "x-fal-error":
+        error = str(payload.get("error") or "UNKNOWN_ERROR")
+        reason = str(payload.get("reason") or "")
+        raise FalRealtimeError(
+            f"realtime session with {app.full} failed: {error}" + (f": {reason}" if reason else ""),
+            error=error,
+            reason=reason,
+            payload=payload,
+        )
+    if kind == "x-fal-message":
+        return None
+    return payload
+
+
+def handshake_error(exc: BaseException, app: AppId) -> FalError:
+    """Map a failed WebSocket opening to the error a caller can act on."""
+    if isinstance(exc, InvalidStatus):
+        status = exc.response.status_code
+        if status in (401, 403):
+            return FalAuthError(
+                f"realtime connection to {app.full} refused: HTTP {status}", status_code=status
+            )
+        if status == 404:
+            return FalNotFoundError(
+                f"fal app {app.full!r} has no realtime endpoint (HTTP 404 on the WebSocket)",
+                status_code=status,
+            )
+        return FalStreamError(f"realtime connection to {app.full} failed: HTTP {status}", status_code=status)
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return FalTimeoutError(f"realtime connection to {app.full} timed out")
+    return FalConnectionError(f"realtime connection to {app.full} failed: {type(exc).__name__}: {exc}")
+
+
+def closed_error(exc: ConnectionClosed, app: AppId) -> FalStreamError:
+    code = exc.rcvd.code if exc.rcvd is not None else None
+    reason = exc.rcvd.reason if exc.rcvd is not None else ""
+    return FalStreamError(
+        f"realtime session with {app.full} closed (code {code}{', ' + reason if reason else ''})"
+    )
+
+
+class RealtimeSession:
+    """A live sync session. ``send`` a mapping, ``recv`` the next decoded reply."""
+
+    def __init__(self, connection: ClientConnection, app: AppId) -> None:
+        self._ws = connection
+        self.app = app
+
+    def __repr__(self) -> str:
+        return f"RealtimeSession(app={self.app.full!r})"
+
+    def send(self, message: Mapping[str, Any]) -> None:
+        data = encode_message(message, self.app)
+        try:
+            self._ws.send(data)
+        except ConnectionClosed as exc:
+            raise closed_error(exc, self.app) from exc
+
+    def recv(self, timeout: float | None = None) -> dict[str, Any]:
+        while True:
+            try:
+                frame = self._ws.recv(timeout=timeout)
+            except TimeoutError:
+                raise FalTimeoutError(f"no realtime reply from {self.app.full} within {timeout} s") from None
+            except ConnectionClosed as exc:
+                raise closed_error(exc, self.app) from exc
+            decoded = decode_frame(frame, self.app)
+            if decoded is not None:
+                return decoded
+
+    def close(self) -> None:
+        self._ws.close()
+
+
+class AsyncRealtimeSession:
+    """Async twin of :class:`RealtimeSession`."""
+
+    def __init__(self, connection: AsyncConnection, app: AppId) -> None:
+        self._ws = connection
+        self.app = app
+
+    def __repr__(self) -> str:
+        return f"AsyncRealtimeSession(app={self.app.full!r})"
+
+    async def send(self, message: Mapping[str, Any]) -> None:
+        data = encode_message(message, self.app)
+        try:
+            await self._ws.send(data)
+        except ConnectionClosed as exc:
+            raise closed_error(exc, self.app) from exc
+
+    async def recv(self, timeout: float | None = None) -> dict[str, Any]:
+        while True:
+            try:
+                frame = await asyncio.wait_for(self._ws.recv(), timeout)
+            except (TimeoutError, asyncio.TimeoutError):
+                raise FalTimeoutError(f"no realtime reply from {self.app.full} within {timeout} s") from None
+            except ConnectionClosed as exc:
+                raise closed_error(exc, self.app) from exc
+            decoded = decode_frame(frame, self.app)
+            if decoded is not None:
+                return decoded
+
+    async def close(self) -> None:
+        await self._ws.close()

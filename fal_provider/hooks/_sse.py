@@ -1,0 +1,111 @@
+"""Reading fal's server-sent event streams: the queue status stream and model ``/stream`` endpoints.
+
+Both streams end by the server closing the connection. For the status stream that is only normal
+after ``COMPLETED``; any other end raises :class:`FalStreamError` so a trigger can fall back to
+polling. For model streams the events are model-specific JSON; a non-JSON event or a broken
+connection is a :class:`FalStreamError` naming the app.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+from httpx_sse import EventSource, ServerSentEvent
+
+from fal_provider.exceptions import FalStreamError
+from fal_provider.hooks._calls import parse_status_response
+from fal_provider.models import CompletedStatus, InProgressStatus, QueuedStatus, parse_status
+
+Status = QueuedStatus | InProgressStatus | CompletedStatus
+
+
+def check_event_stream(response: httpx.Response, label: str) -> None:
+    """A 2xx answer that is not an event stream cannot be read as one."""
+    content_type = response.headers.get("content-type", "")
+    if "text/event-stream" not in content_type:
+        raise FalStreamError(
+            f"{label}: expected an event stream, got HTTP {response.status_code} "
+            f"with content type {content_type or 'none'!r}",
+            status_code=response.status_code,
+        )
+
+
+def _status_from_event(event: ServerSentEvent, label: str) -> Status | None:
+    if not event.data.strip():
+        return None
+    try:
+        data = json.loads(event.data)
+    except ValueError:
+        raise FalStreamError(f"{label}: event is not JSON: {event.data[:120]!r}") from None
+    try:
+        return parse_status(data)
+    except ValueError as err:
+        raise FalStreamError(f"{label}: {err}") from None
+
+
+def _model_event(event: ServerSentEvent, label: str) -> Any:
+    try:
+        return json.loads(event.data)
+    except ValueError:
+        raise FalStreamError(f"{label}: event is not JSON: {event.data[:120]!r}") from None
+
+
+def iter_status_events(response: httpx.Response, label: str) -> Iterator[Status]:
+    check_event_stream(response, label)
+    try:
+        for event in EventSource(response).iter_sse():
+            status = _status_from_event(event, label)
+            if status is None:
+                continue
+            yield status
+            if isinstance(status, CompletedStatus):
+                return
+    except httpx.TransportError as exc:
+        raise FalStreamError(f"{label} broke: {type(exc).__name__}") from exc
+    raise FalStreamError(f"{label} ended before the request COMPLETED; poll the status instead")
+
+
+async def aiter_status_events(response: httpx.Response, label: str) -> AsyncIterator[Status]:
+    check_event_stream(response, label)
+    try:
+        async for event in EventSource(response).aiter_sse():
+            status = _status_from_event(event, label)
+            if status is None:
+                continue
+            yield status
+            if isinstance(status, CompletedStatus):
+                return
+    except httpx.TransportError as exc:
+        raise FalStreamError(f"{label} broke: {type(exc).__name__}") from exc
+    raise FalStreamError(f"{label} ended before the request COMPLETED; poll the status instead")
+
+
+def iter_model_events(response: httpx.Response, label: str) -> Iterator[Any]:
+    check_event_stream(response, label)
+    try:
+        for event in EventSource(response).iter_sse():
+            yield _model_event(event, label)
+    except httpx.TransportError as exc:
+        raise FalStreamError(f"{label} broke mid-stream: {type(exc).__name__}") from exc
+
+
+async def aiter_model_events(response: httpx.Response, label: str) -> AsyncIterator[Any]:
+    check_event_stream(response, label)
+    try:
+        async for event in EventSource(response).aiter_sse():
+            yield _model_event(event, label)
+    except httpx.TransportError as exc:
+        raise FalStreamError(f"{label} broke mid-stream: {type(exc).__name__}") from exc
+
+
+__all__ = [
+    "aiter_model_events",
+    "aiter_status_events",
+    "check_event_stream",
+    "iter_model_events",
+    "iter_status_events",
+    "parse_status_response",
+]

@@ -1,0 +1,163 @@
+"""HTTP clients and the one place where a request is sent, retried and turned into a typed error.
+
+Clients: a hook owns one ``httpx.Client`` (a worker task runs one hook at a time). Triggers create
+many hooks on one event loop, so async calls share ONE ``httpx.AsyncClient`` per loop, whatever the
+connection: credentials and timeouts travel with each request, never with the client, which lets
+every trigger in a triggerer share one connection pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from fal_provider.exceptions import FalConnectionError, FalError, FalTimeoutError, error_from_response
+from fal_provider.hooks._retry import RetryableResponse, RetryPolicy, async_retrying, sync_retrying
+from fal_provider.hooks._settings import FalSettings
+
+#: A worker's hook makes a handful of calls at a time.
+SYNC_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=16, keepalive_expiry=30.0)
+#: ~1,000 deferred tasks on one triggerer, some holding status streams open, share this pool.
+ASYNC_LIMITS = httpx.Limits(max_connections=1024, max_keepalive_connections=256, keepalive_expiry=30.0)
+
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def new_sync_client() -> httpx.Client:
+    return httpx.Client(limits=SYNC_LIMITS, follow_redirects=True)
+
+
+def shared_async_client() -> httpx.AsyncClient:
+    """The running loop's shared client, created on first use (and again if someone closed it)."""
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
+    if client is None or client.is_closed:
+        client = httpx.AsyncClient(limits=ASYNC_LIMITS, follow_redirects=True)
+        _async_clients[loop] = client
+    return client
+
+
+async def close_shared_async_client() -> None:
+    """Close the running loop's shared client (tests, or a triggerer shutting a loop down)."""
+    client = _async_clients.pop(asyncio.get_running_loop(), None)
+    if client is not None:
+        await client.aclose()
+
+
+def default_timeout(settings: FalSettings, read: float | None = None) -> httpx.Timeout:
+    total = settings.timeout if read is None else read
+    return httpx.Timeout(total, connect=min(30.0, total), pool=max(total, 60.0))
+
+
+def redact_url(url: str) -> str:
+    """Drop the query: realtime URLs carry a token there."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+@dataclass(frozen=True)
+class Call:
+    """One HTTP call, described once and sent by either the sync or the async client."""
+
+    method: str
+    url: str
+    label: str
+    policy: RetryPolicy
+    headers: Mapping[str, str]
+    timeout: httpx.Timeout
+    params: Mapping[str, str] = field(default_factory=dict)
+    content: bytes | None = None
+    #: Error statuses that are answers for this call (cancel: 400/404), returned instead of raised.
+    accept: frozenset[int] = frozenset()
+
+    def build(self, client: httpx.Client | httpx.AsyncClient) -> httpx.Request:
+        return client.build_request(
+            self.method,
+            self.url,
+            params=dict(self.params) or None,
+            content=self.content,
+            headers=dict(self.headers),
+            timeout=self.timeout,
+        )
+
+
+def transport_error(call: Call, exc: httpx.TransportError) -> FalError:
+    where = f"{call.label} ({call.method} {redact_url(call.url)})"
+    if isinstance(exc, httpx.TimeoutException):
+        return FalTimeoutError(f"{where} timed out: {type(exc).__name__}")
+    return FalConnectionError(f"{where} failed: {type(exc).__name__}: {exc}")
+
+
+def check_response(call: Call, response: httpx.Response) -> httpx.Response:
+    """Return a usable answer or raise the typed error fal's answer maps to (body already read)."""
+    if response.is_success or response.status_code in call.accept:
+        return response
+    raise error_from_response(response.status_code, response.headers, response.content, context=call.label)
+
+
+def send(
+    client: httpx.Client, call: Call, settings: FalSettings, log: Any, *, stream: bool = False
+) -> httpx.Response:
+    """Send with the call's retry policy; a streamed answer is returned open (caller closes it)."""
+    retrying = sync_retrying(
+        call.policy,
+        limit=settings.retry_limit,
+        min_wait=settings.retry_min_wait,
+        max_wait=settings.retry_max_wait,
+        log=log,
+        label=call.label,
+    )
+    try:
+        for attempt in retrying:
+            with attempt:
+                response = client.send(call.build(client), stream=stream)
+                if call.policy.retry_response(response):
+                    response.read()
+                    response.close()
+                    raise RetryableResponse(response)
+    except RetryableResponse as exc:
+        response = exc.response
+    except httpx.TransportError as exc:
+        raise transport_error(call, exc) from exc
+    if not (response.is_success or response.status_code in call.accept):
+        response.read()
+        response.close()
+    return check_response(call, response)
+
+
+async def asend(
+    client: httpx.AsyncClient, call: Call, settings: FalSettings, log: Any, *, stream: bool = False
+) -> httpx.Response:
+    """Async twin of :func:`send`."""
+    retrying = async_retrying(
+        call.policy,
+        limit=settings.retry_limit,
+        min_wait=settings.retry_min_wait,
+        max_wait=settings.retry_max_wait,
+        log=log,
+        label=call.label,
+    )
+    try:
+        async for attempt in retrying:
+            with attempt:
+                response = await client.send(call.build(client), stream=stream)
+                if call.policy.retry_response(response):
+                    await response.aread()
+                    await response.aclose()
+                    raise RetryableResponse(response)
+    except RetryableResponse as exc:
+        response = exc.response
+    except httpx.TransportError as exc:
+        raise transport_error(call, exc) from exc
+    if not (response.is_success or response.status_code in call.accept):
+        await response.aread()
+        await response.aclose()
+    return check_response(call, response)

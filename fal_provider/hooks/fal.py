@@ -1,0 +1,373 @@
+"""FalHook: every way of calling fal (queue, run, stream, realtime, upload), sync and async.
+
+Each method describes its HTTP call once (``_calls.CallBuilder``); the sync method sends it with the
+hook's own ``httpx.Client`` and the async twin with the event loop's shared ``httpx.AsyncClient``.
+Retries, error mapping and key hygiene live in ``_transport``/``_retry``, so every call behaves the
+same way: bad input is a ``ValueError`` before any network call, fal's error answers become typed
+:class:`~fal_provider.exceptions.FalError` subclasses, and the key never leaves the headers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from functools import cached_property
+from typing import Any
+
+import httpx
+from airflow.sdk import BaseHook
+from websockets.sync.client import connect as ws_connect
+
+from fal_provider.exceptions import FalAuthError, FalError
+from fal_provider.hooks._async import FalAsyncMixin
+from fal_provider.hooks._calls import (
+    USER_AGENT,
+    CallBuilder,
+    json_body,
+    parse_cancel,
+    parse_status_response,
+    parse_submit,
+    parse_token,
+)
+from fal_provider.hooks._realtime import (
+    OPEN_TIMEOUT,
+    WS_OPEN_ERRORS,
+    AsyncRealtimeSession,
+    FalRealtimeError,
+    RealtimeSession,
+    handshake_error,
+    realtime_url,
+)
+from fal_provider.hooks._retry import NO_RETRY
+from fal_provider.hooks._settings import FalSettings, resolve_settings
+from fal_provider.hooks._sse import (
+    iter_model_events,
+    iter_status_events,
+)
+from fal_provider.hooks._transport import (
+    Call,
+    new_sync_client,
+    send,
+)
+from fal_provider.hooks._upload import (
+    CdnTokenCache,
+    access_url,
+    check_size,
+    guess_content_type,
+    read_source,
+)
+from fal_provider.models import (
+    AppId,
+    CompletedStatus,
+    FalRequestRef,
+    InProgressStatus,
+    QueuedStatus,
+    RequestOptions,
+)
+
+try:
+    from airflow.sdk.exceptions import AirflowNotFoundException
+except ImportError:  # pragma: no cover - Airflow < 3.2
+    from airflow.exceptions import AirflowNotFoundException  # type: ignore[no-redef,attr-defined]
+
+Status = QueuedStatus | InProgressStatus | CompletedStatus
+Options = RequestOptions | Mapping[str, Any] | None
+
+__all__ = ["AsyncRealtimeSession", "FalHook", "FalRealtimeError", "FalSettings", "RealtimeSession"]
+
+
+class FalHook(FalAsyncMixin, BaseHook):
+    """Talks to fal.ai (or the fal emulator) with the key of an Airflow connection of type ``fal``.
+
+    Hook arguments override the connection's extras. Without a connection named ``fal_default``
+    the hook still works from ``FAL_KEY`` (or ``FAL_KEY_ID`` + ``FAL_KEY_SECRET``) and fal's hosts.
+    """
+
+    conn_name_attr = "fal_conn_id"
+    default_conn_name = "fal_default"
+    conn_type = "fal"
+    hook_name = "fal.ai"
+
+    def __init__(
+        self,
+        fal_conn_id: str = default_conn_name,
+        *,
+        retry_limit: int | None = None,
+        retry_max_wait: float | None = None,
+        timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.fal_conn_id = fal_conn_id
+        self._overrides: dict[str, Any] = {
+            "retry_limit": retry_limit,
+            "retry_max_wait": retry_max_wait,
+            "timeout": timeout,
+            "headers": dict(headers) if headers else None,
+        }
+        self._client: httpx.Client | None = None
+        self._cdn_tokens = CdnTokenCache()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(fal_conn_id={self.fal_conn_id!r})"
+
+    __str__ = __repr__
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Form metadata for Airflow versions that do not read it from provider info."""
+        return {
+            "hidden_fields": ["login", "schema", "port"],
+            "relabeling": {"password": "API Key", "host": "Queue base URL"},
+            "placeholders": {"password": "key_id:key_secret", "host": "https://queue.fal.run"},
+        }
+
+    # -- settings ----------------------------------------------------------------------------------
+    def _resolve(self, conn: Any, extras: Mapping[str, Any]) -> FalSettings:
+        return resolve_settings(
+            conn_id=self.fal_conn_id,
+            password=getattr(conn, "password", None),
+            host=getattr(conn, "host", None),
+            extras=extras,
+            overrides=self._overrides,
+        )
+
+    def _missing_ok(self) -> bool:
+        # Only the default connection may be absent: a named one that does not exist is a typo.
+        return self.fal_conn_id == self.default_conn_name
+
+    @cached_property
+    def settings(self) -> FalSettings:
+        try:
+            conn = self.get_connection(self.fal_conn_id)
+        except AirflowNotFoundException:
+            if not self._missing_ok():
+                raise
+            conn = None
+        settings = self._resolve(conn, conn.extra_dejson if conn is not None else {})
+        _mask(settings.key)
+        return settings
+
+    async def aget_settings(self) -> FalSettings:
+        """Settings without blocking the event loop (``BaseHook.aget_connection``)."""
+        if "settings" in self.__dict__:
+            return self.__dict__["settings"]
+        try:
+            conn = await _aget_connection(self.fal_conn_id)
+        except AirflowNotFoundException:
+            if not self._missing_ok():
+                raise
+            conn = None
+        extras: Mapping[str, Any] = {}
+        if conn is not None:
+            extras = await conn.aextra_dejson() if hasattr(conn, "aextra_dejson") else _loads(conn.extra)
+        settings = self._resolve(conn, extras)
+        await _amask(settings.key)
+        self.__dict__["settings"] = settings
+        return settings
+
+    # -- plumbing ----------------------------------------------------------------------------------
+    @property
+    def _http(self) -> httpx.Client:
+        if self._client is None or self._client.is_closed:
+            self._client = new_sync_client()
+        return self._client
+
+    def _calls(self) -> CallBuilder:
+        return CallBuilder(self.settings)
+
+    def _send(self, call: Call, *, stream: bool = False) -> httpx.Response:
+        return send(self._http, call, self.settings, self.log, stream=stream)
+
+    def close(self) -> None:
+        """Close the hook's sync client. The async client is shared per loop and stays open."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # -- queue (sync) ------------------------------------------------------------------------------
+    def submit(
+        self,
+        app_id: str,
+        arguments: Mapping[str, Any],
+        *,
+        path: str = "",
+        options: Options = None,
+        headers: Mapping[str, str] | None = None,
+        webhook_url: str | None = None,
+    ) -> FalRequestRef:
+        """Queue a request. The POST is retried only where fal cannot have accepted it (see ``_retry``)."""
+        call, app = self._calls().submit(
+            app_id, arguments, path=path, options=options, headers=headers, webhook_url=webhook_url
+        )
+        ref = parse_submit(self._send(call), app, webhook_url)
+        self.log.info("Submitted fal request %s to %s", ref.request_id, app.full)
+        return ref
+
+    def request_ref(self, app_id: str, request_id: str) -> FalRequestRef:
+        return self._calls().request_ref(app_id, request_id)
+
+    def get_status(self, request: FalRequestRef | Mapping[str, Any], *, logs: bool = False) -> Status:
+        call, _ = self._calls().status(request, logs=logs)
+        return parse_status_response(self._send(call), call.label)
+
+    def iter_status(
+        self, request: FalRequestRef | Mapping[str, Any], *, logs: bool = False
+    ) -> Iterator[Status]:
+        """fal's SSE status stream; ends after COMPLETED, raises FalStreamError if it ends earlier."""
+        call, _ = self._calls().status_stream(request, logs=logs)
+        response = self._send(call, stream=True)
+        try:
+            yield from iter_status_events(response, call.label)
+        finally:
+            response.close()
+
+    def get_result(self, request: FalRequestRef | Mapping[str, Any]) -> Any:
+        call, _ = self._calls().result(request)
+        return json_body(self._send(call), call.label)
+
+    def cancel(self, request: FalRequestRef | Mapping[str, Any]) -> str:
+        """``CANCELLATION_REQUESTED``, ``ALREADY_COMPLETED`` or ``NOT_FOUND``; raises on other errors."""
+        call, ref = self._calls().cancel(request)
+        outcome = parse_cancel(self._send(call))
+        self.log.info("Cancel of fal request %s on %s: %s", ref.request_id, ref.app_id, outcome)
+        return outcome
+
+    # -- direct calls ------------------------------------------------------------------------------
+    def run(
+        self,
+        app_id: str,
+        arguments: Mapping[str, Any],
+        *,
+        path: str = "",
+        options: Options = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Synchronous call on the run host; retried like submit (it starts paid work)."""
+        call, _ = self._calls().run(
+            app_id, arguments, path=path, options=options, headers=headers, timeout=timeout
+        )
+        return json_body(self._send(call), call.label)
+
+    def stream(
+        self,
+        app_id: str,
+        arguments: Mapping[str, Any],
+        *,
+        path: str = "/stream",
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[Any]:
+        """Decoded JSON events of the app's ``/stream`` endpoint, until the server closes it."""
+        call, _ = self._calls().stream(app_id, arguments, path=path, headers=headers, timeout=timeout)
+        response = self._send(call, stream=True)
+        try:
+            yield from iter_model_events(response, call.label)
+        finally:
+            response.close()
+
+    # -- realtime ----------------------------------------------------------------------------------
+    def _realtime_url(self, app: AppId, token: str, path: str, max_buffering: int | None) -> str:
+        return realtime_url(self.settings.run_url, app, path, token, max_buffering)
+
+    @contextmanager
+    def realtime(
+        self,
+        app_id: str,
+        *,
+        path: str = "/realtime",
+        max_buffering: int | None = None,
+        token_expiration: int = 120,
+    ) -> Iterator[RealtimeSession]:
+        """A msgpack WebSocket session with the app, authenticated by a short-lived app-scoped token."""
+        app = AppId.parse(app_id)
+        self._realtime_url(app, "check", path, max_buffering)  # validate before any network call
+        call = self._calls().realtime_token(app, token_expiration)
+        token = parse_token(self._send(call), call.label)
+        url = self._realtime_url(app, token, path, max_buffering)
+        try:
+            connection = ws_connect(
+                url, open_timeout=OPEN_TIMEOUT, max_size=None, user_agent_header=USER_AGENT
+            )
+        except WS_OPEN_ERRORS as exc:
+            raise handshake_error(exc, app) from None
+        session = RealtimeSession(connection, app)
+        try:
+            yield session
+        finally:
+            session.close()
+
+    # -- upload ------------------------------------------------------------------------------------
+    def upload(
+        self,
+        data: bytes | str | os.PathLike[str],
+        *,
+        content_type: str | None = None,
+        file_name: str | None = None,
+    ) -> str:
+        """Upload bytes or a local file to fal's CDN and return its URL (models take file URLs)."""
+        payload, name = read_source(data, file_name)
+        check_size(payload, name)
+        builder = self._calls()
+        token = self._cdn_tokens.get()
+        if token is None:
+            token_call = builder.storage_token()
+            token = self._cdn_tokens.remember(json_body(self._send(token_call), token_call.label))
+        call = builder.upload(
+            payload, content_type=guess_content_type(content_type, name), file_name=name, token=token
+        )
+        return access_url(json_body(self._send(call), call.label), call.label)
+
+    # -- connection test ---------------------------------------------------------------------------
+    def test_connection(self) -> tuple[bool, str]:
+        """One authenticated call (a CDN storage token): proves the key and the REST host work."""
+        try:
+            settings = self.settings
+            call = dataclasses.replace(self._calls().storage_token(), policy=NO_RETRY)
+            self._send(call)
+        except FalAuthError as err:
+            return (
+                False,
+                f"fal rejected the API key of connection {self.fal_conn_id!r} (HTTP {err.http_status})",
+            )
+        except FalError as err:
+            return False, str(err)
+        except Exception as err:
+            return False, f"Could not reach fal: {type(err).__name__}: {err}"
+        return True, f"Connection {self.fal_conn_id!r} authenticated with fal at {settings.rest_url}"
+
+
+def _loads(extra: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(extra) if extra else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+async def _aget_connection(conn_id: str) -> Any:
+    if hasattr(BaseHook, "aget_connection"):
+        return await BaseHook.aget_connection(conn_id)
+    from asgiref.sync import sync_to_async  # pragma: no cover - Airflow < 3.1
+
+    return await sync_to_async(BaseHook.get_connection)(conn_id)  # pragma: no cover
+
+
+def _mask(secret: str) -> None:
+    try:
+        from airflow.sdk.log import mask_secret
+    except ImportError:  # pragma: no cover
+        return
+    mask_secret(secret)
+
+
+async def _amask(secret: str) -> None:
+    try:
+        from airflow.sdk.log import amask_secret
+    except ImportError:  # pragma: no cover
+        return
+    await amask_secret(secret)
