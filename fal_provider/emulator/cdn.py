@@ -74,7 +74,9 @@ def serve_file(store: FileStore, file_id: str) -> Response:
     stored = store.files.get(file_id)
     if stored is None:
         return JSONResponse({"detail": "File not found"}, status_code=404)
-    return Response(stored.data, media_type=stored.content_type, headers={"ETag": etag_for(stored.data)})
+    # Set the header verbatim: Starlette's media_type would append a charset to text/* types.
+    headers = {"content-type": stored.content_type, "ETag": etag_for(stored.data)}
+    return Response(stored.data, headers=headers)
 
 
 async def upload_single(store: FileStore, request: Request, base_url: str) -> Response:
