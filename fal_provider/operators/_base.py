@@ -1,0 +1,279 @@
+"""Shared machinery of the fal operators: the hook, input checks, waiting, completing.
+
+:class:`FalWaitingOperator` holds the whole "wait for a request, then fetch and shape its result"
+flow so the inference and result operators differ only in how they get a request reference.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator, conf
+
+from fal_provider._compat import AirflowFailException
+from fal_provider.models import CompletedStatus, FalRequestRef, RequestOptions
+from fal_provider.operators._completion import raise_unless_success
+from fal_provider.operators._waiting import SyncWaiter
+from fal_provider.operators.links import LINK_XCOM_KEY, FalRequestLink, request_url
+from fal_provider.results import DEFAULT_MAX_XCOM_BYTES, shape_result
+from fal_provider.triggers._wait import completed_event, validate_intervals, validate_wait_mode
+from fal_provider.triggers.fal import FalRequestTrigger
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from fal_provider.hooks.fal import FalHook
+
+#: XCom key of the request reference pushed before waiting (handy for other tasks and debugging).
+REQUEST_XCOM_KEY = "fal_request"
+#: How much later than ``timeout`` Airflow's own deferral timeout fires, as a backstop only.
+DEFER_TIMEOUT_MARGIN = 120.0
+OPTION_NAMES = (
+    "priority",
+    "runner_hint",
+    "start_timeout",
+    "no_retry",
+    "store_io",
+    "object_lifecycle",
+    "disable_fallback",
+    "max_queue_length",
+)
+
+
+def default_deferrable() -> bool:
+    return conf.getboolean("operators", "default_deferrable", fallback=False)
+
+
+def is_templated(value: Any) -> bool:
+    """True when a value is only known after rendering (a Jinja string or an XComArg)."""
+    from airflow.sdk.definitions._internal.mixins import ResolveMixin
+
+    if isinstance(value, ResolveMixin):
+        return True
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    if isinstance(value, Mapping):
+        return any(is_templated(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(is_templated(v) for v in value)
+    return False
+
+
+def merge_options(options: Any, overrides: Mapping[str, Any]) -> Any:
+    """Combine ``options=`` with individual option kwargs; validate now if nothing is templated."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if isinstance(options, RequestOptions):
+        options = options.model_dump(exclude_none=True)
+    if options is not None and not isinstance(options, Mapping):
+        if given:
+            raise ValueError("Pass request options either as options=... or as keyword arguments, not both")
+        return options  # templated as a whole; validated at execute
+    merged = {**dict(options or {}), **given}
+    if not is_templated(merged):
+        RequestOptions.build(merged)
+    return merged
+
+
+def seconds(value: float | timedelta | None, name: str) -> float | None:
+    if value is None:
+        return None
+    result = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if result <= 0:
+        raise ValueError(f"{name} must be a positive duration, got {value!r}")
+    return result
+
+
+def coerce_arguments(arguments: Any) -> dict[str, Any]:
+    """Rendered ``arguments`` as a dict; a JSON string (non-native templating) is accepted too."""
+    if arguments is None:
+        return {}
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except ValueError:
+            pass
+    if not isinstance(arguments, Mapping):
+        raise AirflowFailException(
+            f"arguments must be a dict of model inputs (or a JSON object string), got "
+            f"{type(arguments).__name__}: {str(arguments)[:200]!r}"
+        )
+    return dict(arguments)
+
+
+def coerce_request(request: Any) -> FalRequestRef:
+    try:
+        return FalRequestRef.coerce(request)
+    except ValueError as err:
+        raise AirflowFailException(str(err)) from None
+
+
+class FalBaseOperator(BaseOperator):
+    """Connection, extra headers and the request link, shared by every fal operator.
+
+    :param fal_conn_id: the ``fal`` connection (key, base URLs).
+    :param headers: extra HTTP headers sent with every call this task makes (templated).
+    """
+
+    operator_extra_links = (FalRequestLink(),)
+
+    def __init__(
+        self, *, fal_conn_id: str = "fal_default", headers: Mapping[str, str] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.fal_conn_id = fal_conn_id
+        self.headers = headers
+
+    @cached_property
+    def hook(self) -> FalHook:
+        from fal_provider.hooks.fal import FalHook
+
+        return FalHook(self.fal_conn_id, headers=dict(self.headers) if self.headers else None)
+
+    def push_request(self, context: Context, ref: FalRequestRef) -> None:
+        """Publish the reference and link before any waiting, so both show while deferred."""
+        ti = context["ti"]
+        ti.xcom_push(key=REQUEST_XCOM_KEY, value=ref.to_xcom())
+        try:
+            queue_url = self.hook.settings.queue_url
+        except Exception:
+            queue_url = None
+        url = request_url(ref, queue_url)
+        ti.xcom_push(key=LINK_XCOM_KEY, value=url)
+        self.log.info("fal request %s on %s: %s", ref.request_id, ref.app_id, url)
+
+
+class FalWaitingOperator(FalBaseOperator):
+    """Wait for a request (deferred or on the worker), then fetch and shape its result.
+
+    :param deferrable: wait in the triggerer instead of on the worker (default from
+        ``[operators] default_deferrable``).
+    :param wait_mode: ``poll`` or ``stream`` (status SSE with polling fallback).
+    :param poll_interval: floor of the adaptive poll interval (seconds).
+    :param max_poll_interval: ceiling the interval grows to while queued (seconds).
+    :param timeout: total wait (seconds or timedelta), an absolute deadline; when hit the request is
+        cancelled and the task fails with a retryable ``FalTimeoutError``. Airflow 3 does not bound
+        deferred time by ``execution_timeout``, so set this for long queues.
+    :param max_consecutive_errors: transient status errors in a row tolerated while waiting.
+    :param cancel_on_kill: cancel the fal request when the task is killed / marked failed.
+    :param log_fal_logs: copy fal's log lines and queue position into the task log.
+    :param select: field path(s) of the result to return (``images.0.url``).
+    :param output_path: where to write the full result (URI or ObjectStoragePath); returns a manifest.
+    :param download_media: with ``output_path``, copy media files there and rewrite their URLs.
+    :param max_xcom_bytes: refuse returning a larger value without ``output_path`` (``0``: no limit).
+    """
+
+    def __init__(
+        self,
+        *,
+        deferrable: bool | None = None,
+        wait_mode: str = "poll",
+        poll_interval: float = 1.0,
+        max_poll_interval: float = 30.0,
+        timeout: float | timedelta | None = None,
+        max_consecutive_errors: int = 5,
+        cancel_on_kill: bool = True,
+        log_fal_logs: bool = False,
+        select: str | Sequence[str] | None = None,
+        output_path: Any = None,
+        download_media: bool = False,
+        max_xcom_bytes: int | None = DEFAULT_MAX_XCOM_BYTES,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.deferrable = default_deferrable() if deferrable is None else deferrable
+        self.wait_mode = validate_wait_mode(wait_mode)
+        validate_intervals(poll_interval, max_poll_interval)
+        self.poll_interval = poll_interval
+        self.max_poll_interval = max_poll_interval
+        self.timeout = seconds(timeout, "timeout")
+        self.max_consecutive_errors = max_consecutive_errors
+        self.cancel_on_kill = cancel_on_kill
+        self.log_fal_logs = log_fal_logs
+        self.select = select
+        self.output_path = output_path
+        if download_media and output_path is None:
+            raise ValueError("download_media=True needs output_path=... (where to copy the media files)")
+        self.download_media = download_media
+        self.max_xcom_bytes = max_xcom_bytes
+        self._request: FalRequestRef | None = None
+
+    # -- waiting ---------------------------------------------------------------------------
+
+    def wait_for(self, context: Context, ref: FalRequestRef) -> Any:
+        """Finish now if the request is already done; otherwise defer or wait on the worker."""
+        self._request = ref
+        self.push_request(context, ref)
+        status = self.hook.get_status(ref)
+        if isinstance(status, CompletedStatus):
+            return self.complete(context, completed_event(status, ref))
+        end_time = None if self.timeout is None else time.time() + self.timeout
+        if self.deferrable:
+            self.defer(
+                trigger=self.build_trigger(ref, end_time),
+                method_name="execute_complete",
+                timeout=None
+                if self.timeout is None
+                else timedelta(seconds=self.timeout + DEFER_TIMEOUT_MARGIN),
+            )
+        event = SyncWaiter(
+            self.hook,
+            wait_mode=self.wait_mode,
+            poll_interval=self.poll_interval,
+            max_poll_interval=self.max_poll_interval,
+            end_time=end_time,
+            max_consecutive_errors=self.max_consecutive_errors,
+            log_fal_logs=self.log_fal_logs,
+            log=self.log,
+        ).wait(ref)
+        return self.complete(context, event)
+
+    def build_trigger(self, ref: FalRequestRef, end_time: float | None) -> FalRequestTrigger:
+        return FalRequestTrigger(
+            request=ref.to_xcom(),
+            fal_conn_id=self.fal_conn_id,
+            wait_mode=self.wait_mode,
+            poll_interval=self.poll_interval,
+            max_poll_interval=self.max_poll_interval,
+            end_time=end_time,
+            max_consecutive_errors=self.max_consecutive_errors,
+            cancel_on_kill=self.cancel_on_kill,
+            log_fal_logs=self.log_fal_logs,
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
+        """Resume after the trigger fired; everything needed is in ``event`` (defer kwargs may be lost)."""
+        return self.complete(context, event)
+
+    def complete(self, context: Context, event: Any) -> Any:
+        """The single completion handler (allow-list in :func:`raise_unless_success`)."""
+        ref = raise_unless_success(event, self.hook)
+        self._request = ref
+        result = self.hook.get_result(ref)
+        value = shape_result(
+            result,
+            select=self.select,
+            output_path=self.output_path,
+            download_media=self.download_media,
+            max_xcom_bytes=self.max_xcom_bytes,
+            request_id=ref.request_id,
+        )
+        self.after_success(context, ref)
+        return value
+
+    def after_success(self, context: Context, ref: FalRequestRef) -> None:
+        """Hook for subclasses (the inference operator forgets its stored request here)."""
+
+    def on_kill(self) -> None:
+        """Cancel the request being waited on by this worker (best effort, never raises)."""
+        if self._request is None or not self.cancel_on_kill:
+            return
+        try:
+            outcome = self.hook.cancel(self._request)
+            self.log.info("Cancelled fal request %s on kill: %s", self._request.request_id, outcome)
+        except Exception as err:
+            self.log.warning("Could not cancel fal request %s on kill: %s", self._request.request_id, err)

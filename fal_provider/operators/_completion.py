@@ -1,0 +1,96 @@
+"""The one place that decides what a finished wait means.
+
+The same handler serves a request that was already done before deferring, the non-deferrable
+wait, and ``execute_complete``. It accepts only the statuses it knows (an allow-list): two
+community providers shipped bugs where a ``cancelled`` or ``None`` event was treated as success,
+so anything unexpected here raises.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fal_provider._compat import AirflowException
+from fal_provider.exceptions import (
+    FalAuthError,
+    FalConnectionError,
+    FalError,
+    FalNotFoundError,
+    FalTimeoutError,
+    error_from_completed,
+)
+from fal_provider.models import FalRequestRef
+from fal_provider.triggers._wait import EVENT_STATUSES, error_from_event
+
+log = logging.getLogger(__name__)
+
+#: Errors that describe fetching the result rather than the request's own failure.
+_FETCH_ERRORS = (FalNotFoundError, FalAuthError, FalConnectionError, FalTimeoutError)
+
+
+def validate_event(event: Any) -> tuple[str, FalRequestRef]:
+    """Return ``(status, ref)`` for a well-formed event; raise on anything else."""
+    if not isinstance(event, dict):
+        raise AirflowException(
+            f"Expected a fal trigger event (a dict), got {type(event).__name__}: {event!r}"
+        )
+    status = event.get("status")
+    if status not in EVENT_STATUSES:
+        raise AirflowException(
+            f"Unexpected fal trigger event status {status!r} (allowed: {sorted(EVENT_STATUSES)}): {event!r}"
+        )
+    try:
+        ref = FalRequestRef.coerce(event.get("request"))
+    except ValueError as err:
+        raise AirflowException(f"fal trigger event without a valid request reference: {err}") from None
+    return str(status), ref
+
+
+def failure_error(hook: Any, ref: FalRequestRef, error: str | None, error_type: str | None) -> FalError:
+    """Classify a failed request, preferring the error fal's result endpoint passes through.
+
+    The result endpoint returns the model's own error answer (a 422 with a ``detail`` list for bad
+    input), which says more than the status' ``error`` text and decides retryability. When it is
+    unavailable (expired, network), the status' ``error`` / ``error_type`` decide.
+    """
+    try:
+        hook.get_result(ref)
+    except _FETCH_ERRORS as err:
+        log.info("Could not fetch the error body of fal request %s (%s)", ref.request_id, err)
+    except FalError as err:
+        if err.request_id is None:
+            err.request_id = ref.request_id
+        return err
+    return error_from_completed(error, error_type, app_id=ref.app_id, request_id=ref.request_id)
+
+
+def cancel_quietly(hook: Any, ref: FalRequestRef, reason: str) -> None:
+    """Cancel without letting a cancel problem hide the error that caused it."""
+    try:
+        outcome = hook.cancel(ref)
+        log.info("Cancelled fal request %s (%s): %s", ref.request_id, reason, outcome)
+    except Exception as err:
+        log.warning("Could not cancel fal request %s (%s): %s", ref.request_id, reason, err)
+
+
+def raise_unless_success(event: Any, hook: Any, *, cancel_on_timeout: bool = True) -> FalRequestRef:
+    """Return the request reference when the event says success; raise the right error otherwise.
+
+    ``timeout`` cancels the request (nothing orphaned) and raises a retryable ``FalTimeoutError``;
+    ``failed`` raises fal's classified error; ``error`` re-raises what stopped the wait.
+    """
+    status, ref = validate_event(event)
+    if status == "success":
+        return ref
+    if status == "timeout":
+        if cancel_on_timeout:
+            cancel_quietly(hook, ref, "timeout")
+        raise FalTimeoutError(
+            str(event.get("error") or f"fal request {ref.request_id} timed out"),
+            error_type="timeout",
+            request_id=ref.request_id,
+        )
+    if status == "failed":
+        raise failure_error(hook, ref, event.get("error"), event.get("error_type"))
+    raise error_from_event(event)

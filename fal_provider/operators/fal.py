@@ -1,0 +1,227 @@
+"""Operators that run fal models as Airflow tasks.
+
+* :class:`FalSubmitOperator` - queue a request, return its small reference.
+* :class:`FalInferenceOperator` - submit, wait (deferred or not), return the result: fal's
+  "subscribe" as one task, with reattach-on-retry so a retry does not pay twice.
+* :class:`FalResultOperator` - wait for any request reference and return its result.
+* :class:`FalCancelOperator` - cancel a request; one that already finished is not an error.
+
+The POST happens in ``execute()`` on the worker, once per try; triggers only read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from fal_provider.models import FalRequestRef, RequestOptions
+from fal_provider.operators._base import (
+    OPTION_NAMES,
+    FalBaseOperator,
+    FalWaitingOperator,
+    coerce_arguments,
+    coerce_request,
+    merge_options,
+)
+from fal_provider.operators._reattach import RequestStore, reattachable
+from fal_provider.operators.links import FalRequestLink
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+__all__ = [
+    "FalCancelOperator",
+    "FalInferenceOperator",
+    "FalRequestLink",
+    "FalResultOperator",
+    "FalSubmitOperator",
+]
+
+
+class _SubmitsRequests:
+    """Submit-side parameters shared by the submit and inference operators.
+
+    The typed options can be given as ``options=`` (a dict or ``RequestOptions``) or as keyword
+    arguments (``priority=``, ``runner_hint=``, ``start_timeout=``, ``no_retry=``, ``store_io=``,
+    ``object_lifecycle=``, ``disable_fallback=``, ``max_queue_length=``). They are validated when the
+    DAG is parsed if nothing is templated, and again after rendering, before anything is paid for.
+    """
+
+    app_id: Any
+    arguments: Any
+    path: Any
+    options: Any
+
+    def _init_submit(
+        self, app_id: str, arguments: Any, path: str, options: Any, option_kwargs: Mapping[str, Any]
+    ) -> None:
+        unknown = set(option_kwargs) - set(OPTION_NAMES)
+        if unknown:
+            raise TypeError(f"Unknown fal request option(s): {', '.join(sorted(unknown))}")
+        self.app_id = app_id
+        self.arguments = arguments
+        self.path = path
+        self.options = merge_options(options, option_kwargs)
+
+    def _submit(self, hook: Any) -> FalRequestRef:
+        options = RequestOptions.build(self.options)
+        arguments = coerce_arguments(self.arguments)
+        return hook.submit(str(self.app_id), arguments, path=self.path or "", options=options)
+
+
+class FalSubmitOperator(_SubmitsRequests, FalBaseOperator):
+    """Queue a request on fal and return its reference (app id, request id, URLs) as XCom.
+
+    Pair it with :class:`~fal_provider.sensors.fal.FalRequestSensor` and :class:`FalResultOperator`
+    when waiting should be a separate task (e.g. many submits, one wait).
+    """
+
+    template_fields = ("app_id", "arguments", "path", "headers", "options")
+    template_fields_renderers = {"arguments": "json", "headers": "json", "options": "json"}
+
+    def __init__(
+        self,
+        *,
+        app_id: str,
+        arguments: Any = None,
+        path: str = "",
+        options: RequestOptions | Mapping[str, Any] | None = None,
+        priority: str | None = None,
+        runner_hint: str | None = None,
+        start_timeout: float | None = None,
+        no_retry: bool | None = None,
+        store_io: bool | None = None,
+        object_lifecycle: int | str | None = None,
+        disable_fallback: bool | None = None,
+        max_queue_length: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        option_kwargs = dict(
+            priority=priority,
+            runner_hint=runner_hint,
+            start_timeout=start_timeout,
+            no_retry=no_retry,
+            store_io=store_io,
+            object_lifecycle=object_lifecycle,
+            disable_fallback=disable_fallback,
+            max_queue_length=max_queue_length,
+        )
+        self._init_submit(app_id, arguments, path, options, option_kwargs)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        ref = self._submit(self.hook)
+        self.push_request(context, ref)
+        return ref.to_xcom()
+
+
+class FalInferenceOperator(_SubmitsRequests, FalWaitingOperator):
+    """Run a fal model as one task: submit, wait, return the (shaped) result.
+
+    Chain models by templating one task's output into the next task's ``arguments``, e.g.
+    ``arguments={"image_url": "{{ ti.xcom_pull('t2i')['images'][0]['url'] }}"}`` or an ``XComArg``,
+    and fan out with ``FalInferenceOperator.partial(...).expand(arguments=[...])``.
+
+    :param reattach_on_retry: on a retry, wait for the request a previous try submitted when it is
+        still queued, running or already succeeded, instead of paying for a new one.
+
+    Waiting and result parameters are documented on
+    :class:`~fal_provider.operators._base.FalWaitingOperator`.
+    """
+
+    template_fields = ("app_id", "arguments", "path", "headers", "options", "select", "output_path")
+    template_fields_renderers = {"arguments": "json", "headers": "json", "options": "json"}
+
+    def __init__(
+        self,
+        *,
+        app_id: str,
+        arguments: Any = None,
+        path: str = "",
+        options: RequestOptions | Mapping[str, Any] | None = None,
+        priority: str | None = None,
+        runner_hint: str | None = None,
+        start_timeout: float | None = None,
+        no_retry: bool | None = None,
+        store_io: bool | None = None,
+        object_lifecycle: int | str | None = None,
+        disable_fallback: bool | None = None,
+        max_queue_length: int | None = None,
+        reattach_on_retry: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        option_kwargs = dict(
+            priority=priority,
+            runner_hint=runner_hint,
+            start_timeout=start_timeout,
+            no_retry=no_retry,
+            store_io=store_io,
+            object_lifecycle=object_lifecycle,
+            disable_fallback=disable_fallback,
+            max_queue_length=max_queue_length,
+        )
+        self._init_submit(app_id, arguments, path, options, option_kwargs)
+        self.reattach_on_retry = reattach_on_retry
+
+    def execute(self, context: Context) -> Any:
+        ref = self._previous_request(context) if self.reattach_on_retry else None
+        if ref is None:
+            ref = self._submit(self.hook)
+            # Saved before any wait: a worker lost from here on leaves a request a retry can find.
+            self._request = ref
+            if self.reattach_on_retry:
+                RequestStore(context).save(ref)
+        return self.wait_for(context, ref)
+
+    def _previous_request(self, context: Context) -> FalRequestRef | None:
+        stored = RequestStore(context).load()
+        if stored is None:
+            return None
+        return stored if reattachable(self.hook, stored) else None
+
+    def after_success(self, context: Context, ref: FalRequestRef) -> None:
+        if self.reattach_on_retry:
+            RequestStore(context).clear()
+
+
+class FalResultOperator(FalWaitingOperator):
+    """Return the result of any request reference, XCom-friendly.
+
+    ``request`` is the XCom value of :class:`FalSubmitOperator` (or the sensor), its JSON string,
+    or ``{"app_id": ..., "request_id": ...}``. A request still running is waited for with the same
+    logic as :class:`FalInferenceOperator`; a failed one fails the task with fal's error.
+    """
+
+    template_fields = ("request", "headers", "select", "output_path")
+    template_fields_renderers = {"request": "json", "headers": "json"}
+
+    def __init__(self, *, request: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.request = request
+
+    def execute(self, context: Context) -> Any:
+        return self.wait_for(context, coerce_request(self.request))
+
+
+class FalCancelOperator(FalBaseOperator):
+    """Cancel a fal request. Returns fal's answer: ``CANCELLATION_REQUESTED``, ``ALREADY_COMPLETED``
+    or ``NOT_FOUND``; only other errors fail the task, so it is safe in cleanup paths
+    (e.g. ``trigger_rule="all_done"``).
+    """
+
+    template_fields = ("request", "headers")
+    template_fields_renderers = {"request": "json", "headers": "json"}
+
+    def __init__(self, *, request: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.request = request
+
+    def execute(self, context: Context) -> str:
+        ref = coerce_request(self.request)
+        outcome = self.hook.cancel(ref)
+        if outcome == "NOT_FOUND":
+            self.log.warning("fal does not know request %s (NOT_FOUND); nothing to cancel", ref.request_id)
+        else:
+            self.log.info("Cancel fal request %s: %s", ref.request_id, outcome)
+        return str(outcome)

@@ -1,0 +1,54 @@
+"""The "fal request" extra link.
+
+Airflow 3 materialises extra links on the worker when a try ends, including a try that ends in
+DEFERRED, so the operator pushes the URL before deferring and the link shows while it waits.
+
+fal's dashboard has no documented per-request URL; the pattern defaults to the one commonly used
+(``https://fal.ai/dashboard/requests/{request_id}``) and can be changed with
+``[fal] dashboard_request_url`` (``AIRFLOW__FAL__DASHBOARD_REQUEST_URL``), using ``{request_id}`` and
+``{app_id}`` placeholders. A connection pointing somewhere other than fal (the emulator, a proxy)
+links to the request's status URL instead, which is what that server can show.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from airflow.sdk import BaseOperatorLink
+
+from fal_provider.models import FalRequestRef
+
+if TYPE_CHECKING:
+    from airflow.sdk.types import TaskInstanceKey
+
+LINK_XCOM_KEY = "fal_request_url"
+DEFAULT_DASHBOARD_URL = "https://fal.ai/dashboard/requests/{request_id}"
+_FAL_HOSTS = ("fal.run", "fal.ai", "falrun.com")
+
+
+def _is_fal_host(url: str | None) -> bool:
+    host = (urlparse(url or "").hostname or "").lower()
+    return any(host == name or host.endswith("." + name) for name in _FAL_HOSTS)
+
+
+def request_url(ref: FalRequestRef, queue_url: str | None) -> str:
+    """The page to open for a request: fal's dashboard, or the status URL off fal."""
+    if _is_fal_host(queue_url) or (queue_url is None and _is_fal_host(ref.status_url)):
+        from airflow.sdk import conf
+
+        pattern = conf.get("fal", "dashboard_request_url", fallback=DEFAULT_DASHBOARD_URL)
+        return pattern.format(request_id=ref.request_id, app_id=ref.app_id)
+    return ref.status_url or ""
+
+
+class FalRequestLink(BaseOperatorLink):
+    """Link from the task to the fal request it submitted or waits for."""
+
+    name = "fal request"
+
+    def get_link(self, operator: Any, *, ti_key: TaskInstanceKey) -> str:
+        from airflow.sdk.execution_time.xcom import XCom
+
+        value = XCom.get_value(key=LINK_XCOM_KEY, ti_key=ti_key)
+        return str(value) if value else ""

@@ -1,0 +1,272 @@
+"""Rules that turn a fal result into something that belongs in XCom.
+
+fal results are usually small JSON documents whose media are URLs, so the default is to pass the
+result through unchanged. Two things go wrong at scale, and these rules exist for them:
+
+* a result (or a fan-out of thousands of them) is bigger than the metadata database should hold,
+  so :func:`shape_result` refuses oversized values and points at ``select`` / ``output_path``;
+* fal's media URLs expire, so ``download_media`` copies the files next to the persisted result and
+  rewrites the URLs to the copies.
+
+The functions are deliberately independent of any operator so the streaming and realtime operators
+can apply the same rules to their final values.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import mimetypes
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import httpx
+
+from fal_provider._compat import AirflowFailException
+
+#: Default ceiling for a value returned to XCom without ``output_path`` (bytes of JSON).
+DEFAULT_MAX_XCOM_BYTES = 256 * 1024
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class ResultShapeError(AirflowFailException, ValueError):
+    """The result rules cannot be applied; the same configuration fails again, so no retry."""
+
+
+# --------------------------------------------------------------------------- select
+
+
+def resolve_path(result: Any, path: str) -> Any:
+    """Follow a dotted field path (``images.0.url``) through dicts and lists.
+
+    The error names the failing segment and what exists at that point, because the usual mistake
+    is a guess at a model's output schema.
+    """
+    if not isinstance(path, str) or not path.strip():
+        raise ResultShapeError(f"select paths must be non-empty strings like 'images.0.url', got {path!r}")
+    current = result
+    walked: list[str] = []
+    for segment in path.split("."):
+        current = _step(current, segment, path, walked)
+        walked.append(segment)
+    return current
+
+
+def _step(current: Any, segment: str, path: str, walked: list[str]) -> Any:
+    where = ".".join(walked) or "<result>"
+    if isinstance(current, dict):
+        if segment in current:
+            return current[segment]
+        keys = ", ".join(sorted(map(str, current))) or "(none)"
+        raise ResultShapeError(f"select path {path!r}: no field {segment!r} at {where}; fields there: {keys}")
+    if isinstance(current, list):
+        try:
+            return current[int(segment)]
+        except (ValueError, IndexError):
+            raise ResultShapeError(
+                f"select path {path!r}: {segment!r} is not a valid index at {where}, "
+                f"which is a list of {len(current)} item(s) (use 0..{len(current) - 1})"
+            ) from None
+    raise ResultShapeError(
+        f"select path {path!r}: {where} is a {type(current).__name__}, not an object or list, "
+        f"so it has no field {segment!r}"
+    )
+
+
+def select_fields(result: Any, select: str | Sequence[str]) -> Any:
+    """One path gives its value; a list of paths gives ``{path: value}`` so names stay explicit."""
+    if isinstance(select, str):
+        return resolve_path(result, select)
+    if not isinstance(select, Sequence) or not select:
+        raise ResultShapeError(f"select must be a field path or a non-empty list of them, got {select!r}")
+    return {path: resolve_path(result, path) for path in select}
+
+
+# --------------------------------------------------------------------------- media
+
+
+def _is_media_url(value: Any) -> bool:
+    return isinstance(value, str) and (value.startswith(("http://", "https://", "data:")))
+
+
+def iter_media(result: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield ``(field path, file object)`` for every fal file object in the result.
+
+    fal returns generated files as objects with a ``url`` (``File``/``Image``: ``url``,
+    ``content_type``, ``file_name``, ...), so an object with a URL-valued ``url`` is a file.
+    """
+    if isinstance(result, dict):
+        if _is_media_url(result.get("url")):
+            yield path, result
+            return
+        for key, value in result.items():
+            yield from iter_media(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(result, list):
+        for index, value in enumerate(result):
+            yield from iter_media(value, f"{path}.{index}" if path else str(index))
+
+
+def _fetch(url: str, timeout: float) -> tuple[bytes, str | None]:
+    if url.startswith("data:"):
+        header, _, payload = url.partition(",")
+        content_type = header[5:].split(";")[0] or None
+        data = base64.b64decode(payload) if ";base64" in header else unquote(payload).encode()
+        return data, content_type
+    with httpx.Client(timeout=timeout, follow_redirects=True) as client:
+        response = client.get(url)
+        response.raise_for_status()
+        return response.content, response.headers.get("content-type")
+
+
+def _media_name(index: int, media: dict[str, Any], content_type: str | None) -> str:
+    name = media.get("file_name")
+    if not name and not str(media["url"]).startswith("data:"):
+        name = urlparse(str(media["url"])).path.rsplit("/", 1)[-1]
+    name = _SAFE_NAME.sub("_", str(name or "")).strip("._") or "file"
+    if "." not in name:
+        ext = mimetypes.guess_extension((content_type or media.get("content_type") or "").split(";")[0])
+        name += ext or ".bin"
+    return f"{index:03d}_{name}"
+
+
+# --------------------------------------------------------------------------- output_path
+
+
+@dataclass
+class _Target:
+    """Where the result JSON goes and the folder its media go to."""
+
+    result_file: Any  # ObjectStoragePath
+    media_dir: Any  # ObjectStoragePath
+
+
+def _target(output_path: Any, request_id: str | None) -> _Target:
+    from airflow.sdk import ObjectStoragePath
+
+    try:
+        base = output_path if isinstance(output_path, ObjectStoragePath) else ObjectStoragePath(output_path)
+    except Exception as err:
+        raise ResultShapeError(
+            f"output_path {str(output_path)!r} is not a usable URI or ObjectStoragePath "
+            f"(e.g. 'file:///data/fal/' or 's3://conn@bucket/prefix/'): {err}"
+        ) from None
+    if base.name.endswith(".json"):
+        stem = base.name[: -len(".json")]
+        return _Target(result_file=base, media_dir=base.parent / f"{stem}_media")
+    stem = _SAFE_NAME.sub("_", request_id or "result")
+    return _Target(result_file=base / f"{stem}.json", media_dir=base / f"{stem}_media")
+
+
+def _write(path: Any, data: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as handle:
+            handle.write(data)
+    except Exception as err:
+        raise ResultShapeError(
+            f"Cannot write {path}: {type(err).__name__}: {err}. Check that output_path points at a "
+            "writable location and that its connection (if any) has write access."
+        ) from None
+
+
+def _download_all(result: Any, target: _Target, timeout: float) -> list[dict[str, Any]]:
+    """Copy each media file and point its ``url`` at the copy (the original stays in ``fal_url``)."""
+    copied: list[dict[str, Any]] = []
+    for index, (field, media) in enumerate(list(iter_media(result))):
+        original = str(media["url"])
+        try:
+            data, content_type = _fetch(original, timeout)
+        except (httpx.HTTPError, ValueError) as err:
+            shown = original if not original.startswith("data:") else "data: URI"
+            raise ResultShapeError(f"Cannot download fal media {shown} at {field}: {err}") from None
+        dest = target.media_dir / _media_name(index, media, content_type)
+        _write(dest, data)
+        media["fal_url"] = original if not original.startswith("data:") else None
+        media["url"] = str(dest)
+        copied.append({"field": field, "path": str(dest), "bytes": len(data), "content_type": content_type})
+    return copied
+
+
+def persist_result(
+    result: Any,
+    output_path: Any,
+    *,
+    download_media: bool = False,
+    request_id: str | None = None,
+    timeout: float = 120.0,
+) -> tuple[Any, dict[str, Any]]:
+    """Write the full result (and optionally its media) to ``output_path``.
+
+    Returns the (possibly URL-rewritten) result and a small manifest describing what was written.
+    """
+    target = _target(output_path, request_id)
+    result = json.loads(json.dumps(result))  # a private copy: URLs are rewritten in place
+    media = _download_all(result, target, timeout) if download_media else []
+    body = json.dumps(result, indent=2, sort_keys=True).encode()
+    _write(target.result_file, body)
+    manifest: dict[str, Any] = {
+        "result_path": str(target.result_file),
+        "result_bytes": len(body),
+        "media_count": len(media) if download_media else sum(1 for _ in iter_media(result)),
+        "media_downloaded": download_media,
+        "media": media,
+        "media_bytes": sum(item["bytes"] for item in media),
+        "request_id": request_id,
+    }
+    return result, manifest
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def check_xcom_size(value: Any, max_xcom_bytes: int | None) -> int:
+    """Return the JSON size of ``value``; refuse it when over the limit (``None``/``<=0``: no limit)."""
+    try:
+        size = len(json.dumps(value, default=str).encode())
+    except (TypeError, ValueError) as err:
+        raise ResultShapeError(f"The fal result is not JSON-serialisable: {err}") from None
+    if max_xcom_bytes and max_xcom_bytes > 0 and size > max_xcom_bytes:
+        raise ResultShapeError(
+            f"The fal result is {size} bytes, over the XCom limit of {max_xcom_bytes} bytes "
+            "(max_xcom_bytes). Set select=... to keep only the fields downstream tasks need "
+            "(e.g. select='images.0.url'), or output_path=... to write the full result to storage "
+            "and return a small manifest."
+        )
+    return size
+
+
+def shape_result(
+    result: Any,
+    *,
+    select: str | Sequence[str] | None = None,
+    output_path: Any = None,
+    download_media: bool = False,
+    max_xcom_bytes: int | None = DEFAULT_MAX_XCOM_BYTES,
+    request_id: str | None = None,
+    timeout: float = 120.0,
+) -> Any:
+    """Apply the result rules and return the value to push to XCom.
+
+    * nothing set: the result as fal returned it (size-checked);
+    * ``select``: only the named field(s);
+    * ``output_path``: the full result is written there (media copied with ``download_media``) and
+      the return value is a manifest; with ``select`` too, the manifest carries the selected values
+      under ``selected`` (after URL rewriting, so they point at the copies).
+    """
+    if download_media and output_path is None:
+        raise ResultShapeError("download_media=True needs output_path=... (where to copy the media files)")
+    if output_path is not None:
+        result, manifest = persist_result(
+            result, output_path, download_media=download_media, request_id=request_id, timeout=timeout
+        )
+        if select is not None:
+            manifest["selected"] = select_fields(result, select)
+        check_xcom_size(manifest, max_xcom_bytes)
+        return manifest
+    value = select_fields(result, select) if select is not None else result
+    check_xcom_size(value, max_xcom_bytes)
+    return value

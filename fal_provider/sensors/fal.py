@@ -1,0 +1,181 @@
+"""A sensor that waits for any fal request to finish.
+
+It reuses the operators' trigger, so deferred waiting (``deferrable=True``) behaves exactly like
+``FalInferenceOperator``'s. The sensor's ``timeout`` is the deadline; hitting it raises
+``AirflowSensorTimeout`` (no retries, ``soft_fail`` applies), as for every Airflow sensor.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from datetime import timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseSensorOperator
+from airflow.sdk.bases.sensor import PokeReturnValue
+from airflow.sdk.exceptions import AirflowSensorTimeout
+
+from fal_provider.models import CompletedStatus, FalRequestRef
+from fal_provider.operators._base import (
+    DEFER_TIMEOUT_MARGIN,
+    REQUEST_XCOM_KEY,
+    coerce_request,
+    default_deferrable,
+)
+from fal_provider.operators._completion import (
+    cancel_quietly,
+    failure_error,
+    raise_unless_success,
+    validate_event,
+)
+from fal_provider.operators.links import LINK_XCOM_KEY, FalRequestLink, request_url
+from fal_provider.triggers._wait import StatusReporter, is_transient, validate_intervals, validate_wait_mode
+from fal_provider.triggers.fal import FalRequestTrigger
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from fal_provider.hooks.fal import FalHook
+
+
+class FalRequestSensor(BaseSensorOperator):
+    """Wait until a fal request completes; fail when it failed.
+
+    Returns the request reference as XCom, so a :class:`~fal_provider.operators.fal.FalResultOperator`
+    downstream can take ``request=sensor.output``.
+
+    :param request: a request reference (XCom of ``FalSubmitOperator``) or its JSON string (templated).
+    :param app_id: with ``request_id``, an alternative to ``request``.
+    :param request_id: see ``app_id``.
+    :param deferrable: wait in the triggerer (default from ``[operators] default_deferrable``).
+    :param wait_mode: ``poll`` or ``stream`` (deferred mode only; poke mode polls every ``poke_interval``).
+    :param max_poll_interval: ceiling of the adaptive poll interval in deferred mode.
+    :param max_consecutive_errors: transient errors in a row tolerated.
+    :param cancel_on_kill: cancel the request when the task is killed / marked failed.
+    :param cancel_on_timeout: cancel the request when the sensor times out (default off: the sensor
+        usually watches a request another task owns).
+    :param log_fal_logs: copy fal's logs and queue position into the task log.
+    """
+
+    template_fields = ("request", "app_id", "request_id", "headers")
+    template_fields_renderers = {"request": "json", "headers": "json"}
+    operator_extra_links = (FalRequestLink(),)
+
+    def __init__(
+        self,
+        *,
+        request: Any = None,
+        app_id: str | None = None,
+        request_id: str | None = None,
+        fal_conn_id: str = "fal_default",
+        headers: Mapping[str, str] | None = None,
+        deferrable: bool | None = None,
+        wait_mode: str = "poll",
+        poke_interval: float = 5.0,
+        max_poll_interval: float = 30.0,
+        max_consecutive_errors: int = 5,
+        cancel_on_kill: bool = True,
+        cancel_on_timeout: bool = False,
+        log_fal_logs: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(poke_interval=poke_interval, **kwargs)
+        if request is None and not (app_id and request_id):
+            raise ValueError("FalRequestSensor needs request=... or both app_id=... and request_id=...")
+        self.request = request
+        self.app_id = app_id
+        self.request_id = request_id
+        self.fal_conn_id = fal_conn_id
+        self.headers = headers
+        self.deferrable = default_deferrable() if deferrable is None else deferrable
+        self.wait_mode = validate_wait_mode(wait_mode)
+        validate_intervals(float(self.poke_interval), max_poll_interval)
+        self.max_poll_interval = max_poll_interval
+        self.max_consecutive_errors = max_consecutive_errors
+        self.cancel_on_kill = cancel_on_kill
+        self.cancel_on_timeout = cancel_on_timeout
+        self.log_fal_logs = log_fal_logs
+        self._ref: FalRequestRef | None = None
+        self._errors = 0
+        self._reporter: StatusReporter | None = None
+
+    @cached_property
+    def hook(self) -> FalHook:
+        from fal_provider.hooks.fal import FalHook
+
+        return FalHook(self.fal_conn_id, headers=dict(self.headers) if self.headers else None)
+
+    def _resolve(self, context: Context) -> FalRequestRef:
+        if self._ref is None:
+            if self.request is not None:
+                self._ref = coerce_request(self.request)
+            else:
+                self._ref = self.hook.request_ref(str(self.app_id), str(self.request_id))
+            context["ti"].xcom_push(key=REQUEST_XCOM_KEY, value=self._ref.to_xcom())
+            try:
+                queue_url = self.hook.settings.queue_url
+            except Exception:
+                queue_url = None
+            context["ti"].xcom_push(key=LINK_XCOM_KEY, value=request_url(self._ref, queue_url))
+        return self._ref
+
+    def execute(self, context: Context) -> Any:
+        ref = self._resolve(context)
+        if not self.deferrable:
+            return super().execute(context)
+        done = self.poke(context)
+        if isinstance(done, PokeReturnValue) and done.is_done:
+            return done.xcom_value
+        self.defer(
+            trigger=FalRequestTrigger(
+                request=ref.to_xcom(),
+                fal_conn_id=self.fal_conn_id,
+                wait_mode=self.wait_mode,
+                poll_interval=float(self.poke_interval),
+                max_poll_interval=self.max_poll_interval,
+                end_time=time.time() + float(self.timeout),
+                max_consecutive_errors=self.max_consecutive_errors,
+                cancel_on_kill=self.cancel_on_kill,
+                log_fal_logs=self.log_fal_logs,
+            ),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=float(self.timeout) + DEFER_TIMEOUT_MARGIN),
+        )
+
+    def poke(self, context: Context) -> PokeReturnValue | bool:
+        ref = self._resolve(context)
+        try:
+            status = self.hook.get_status(ref, logs=self.log_fal_logs)
+        except Exception as err:
+            self._errors += 1
+            if not is_transient(err) or self._errors > self.max_consecutive_errors:
+                raise
+            self.log.warning("Checking fal request %s failed (%d): %s", ref.request_id, self._errors, err)
+            return False
+        self._errors = 0
+        if self._reporter is None:
+            self._reporter = StatusReporter(self.log, self.log_fal_logs, ref)
+        self._reporter.report(status)
+        if not isinstance(status, CompletedStatus):
+            return False
+        if status.failed:
+            raise failure_error(self.hook, ref, status.error, status.error_type)
+        return PokeReturnValue(is_done=True, xcom_value=ref.to_xcom())
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
+        status, ref = validate_event(event)
+        if status == "timeout":
+            if self.cancel_on_timeout:
+                cancel_quietly(self.hook, ref, "sensor timeout")
+            raise AirflowSensorTimeout(f"fal request {ref.request_id} did not finish within {self.timeout}s")
+        return raise_unless_success(event, self.hook).to_xcom()
+
+    def on_kill(self) -> None:
+        if self._ref is None or not self.cancel_on_kill:
+            return
+        try:
+            self.hook.cancel(self._ref)
+        except Exception as err:
+            self.log.warning("Could not cancel fal request %s on kill: %s", self._ref.request_id, err)

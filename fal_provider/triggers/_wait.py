@@ -1,0 +1,155 @@
+"""Waiting policy shared by the trigger (async) and the non-deferrable path (sync).
+
+Both wait the same way: poll with an adaptive interval, copy fal's queue position and log lines
+into the task log, count consecutive transient errors, and turn the final status into the same
+small event dict. Keeping the policy here means a fix applies to both paths.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Any
+
+from fal_provider import exceptions as fal_exceptions
+from fal_provider.exceptions import FalError
+from fal_provider.models import CompletedStatus, FalRequestRef, InProgressStatus, QueuedStatus
+
+Status = QueuedStatus | InProgressStatus | CompletedStatus
+
+#: Statuses an event may carry; anything else is a bug and fails loudly in the completion handler.
+EVENT_STATUSES = frozenset({"success", "failed", "timeout", "error"})
+WAIT_MODES = ("poll", "stream")
+
+
+def validate_wait_mode(wait_mode: Any) -> str:
+    """Reject unknown modes early; ``webhook`` is named explicitly because users will try it."""
+    if wait_mode == "webhook":
+        raise ValueError(
+            "wait_mode='webhook' is not available yet in this version of airflow-provider-fal; "
+            "use wait_mode='poll' (default) or 'stream'."
+        )
+    if wait_mode not in WAIT_MODES:
+        raise ValueError(f"Unknown wait_mode {wait_mode!r}: expected one of {', '.join(WAIT_MODES)}.")
+    return str(wait_mode)
+
+
+def validate_intervals(poll_interval: float, max_poll_interval: float) -> None:
+    if not poll_interval or poll_interval <= 0:
+        raise ValueError(f"poll_interval must be a positive number of seconds, got {poll_interval!r}")
+    if max_poll_interval < poll_interval:
+        raise ValueError(
+            f"max_poll_interval ({max_poll_interval}) must be >= poll_interval ({poll_interval})"
+        )
+
+
+class AdaptiveInterval:
+    """Poll often while a request runs, back off while it only waits in the queue.
+
+    A queued request can sit for minutes; polling it every second costs HTTP calls for nothing.
+    Once it starts, completion is near, so the interval drops back to the floor.
+    """
+
+    def __init__(self, floor: float, ceiling: float, factor: float = 1.5) -> None:
+        self.floor = floor
+        self.ceiling = max(ceiling, floor)
+        self.factor = factor
+        self.current = floor
+
+    def next(self, status: Status | None) -> float:
+        """The wait before the next poll, given the status just seen (``None``: an error)."""
+        if isinstance(status, InProgressStatus):
+            self.current = self.floor
+        else:
+            self.current = min(self.current * self.factor, self.ceiling)
+        return self.current
+
+
+class StatusReporter:
+    """Copy queue position changes and new fal log lines into a task (or trigger) log.
+
+    fal returns log entries from a moving window, so the same line can appear in several answers;
+    a bounded set of recent entries de-duplicates them without growing forever.
+    """
+
+    def __init__(self, log: logging.Logger | Any, enabled: bool, ref: FalRequestRef) -> None:
+        self.log = log
+        self.enabled = enabled
+        self.ref = ref
+        self._last_state: str | None = None
+        self._last_position: int | None = None
+        self._seen: deque[tuple[Any, str]] = deque(maxlen=512)
+        self._seen_set: set[tuple[Any, str]] = set()
+
+    def report(self, status: Status) -> None:
+        if status.status != self._last_state:
+            self._last_state = status.status
+            self.log.info("fal request %s is %s", self.ref.request_id, status.status)
+        if not self.enabled:
+            return
+        if isinstance(status, QueuedStatus) and status.queue_position != self._last_position:
+            self._last_position = status.queue_position
+            self.log.info("fal request %s: queue position %s", self.ref.request_id, status.queue_position)
+        for entry in status.logs or []:
+            key = (entry.timestamp, entry.message)
+            if key in self._seen_set:
+                continue
+            if len(self._seen) == self._seen.maxlen:
+                self._seen_set.discard(self._seen[0])
+            self._seen.append(key)
+            self._seen_set.add(key)
+            self.log.info("[fal %s] %s", entry.level or "LOG", entry.message)
+
+
+def completed_event(status: CompletedStatus, ref: FalRequestRef) -> dict[str, Any]:
+    """The small event for a finished request: status and fal's error text, never the result."""
+    if status.failed:
+        return {
+            "status": "failed",
+            "request": ref.to_xcom(),
+            "error": status.error,
+            "error_type": status.error_type,
+        }
+    return {"status": "success", "request": ref.to_xcom()}
+
+
+def timeout_event(ref: FalRequestRef, end_time: float | None) -> dict[str, Any]:
+    return {
+        "status": "timeout",
+        "request": ref.to_xcom(),
+        "error": f"fal request {ref.request_id} did not finish before the deadline (epoch {end_time})",
+        "error_type": "timeout",
+    }
+
+
+def error_event(ref: FalRequestRef, err: BaseException) -> dict[str, Any]:
+    """Describe an error that ended the wait so the worker can re-raise the same class."""
+    return {
+        "status": "error",
+        "request": ref.to_xcom(),
+        "error": str(err)[:2000],
+        "error_type": getattr(err, "error_type", None),
+        "error_class": type(err).__name__,
+        "retryable": bool(getattr(err, "retryable", True)),
+    }
+
+
+def error_from_event(event: dict[str, Any]) -> Exception:
+    """Rebuild the typed error an ``error`` event describes (only provider classes, by name)."""
+    name = str(event.get("error_class") or "")
+    cls = getattr(fal_exceptions, name, None)
+    message = str(event.get("error") or "waiting for the fal request failed")
+    if isinstance(cls, type) and issubclass(cls, FalError):
+        return cls(message, error_type=event.get("error_type"))
+    if event.get("retryable", True):
+        return fal_exceptions.FalServerError(f"{name or 'Error'}: {message}")
+    return fal_exceptions.FalPermanentError(f"{name or 'Error'}: {message}")
+
+
+def is_transient(err: BaseException) -> bool:
+    """Errors worth another poll: the hook's transient errors and raw network trouble."""
+    if isinstance(err, FalError):
+        return bool(err.retryable)
+    import httpx
+
+    return isinstance(err, httpx.TransportError | OSError)

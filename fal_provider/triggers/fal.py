@@ -1,0 +1,181 @@
+"""The trigger that waits for a queued fal request without holding a worker slot.
+
+It only reads: status GETs (or fal's status SSE stream) and, on ``on_kill``, the cancel call. The
+submit POST happened on the worker, so a triggerer restart, which rebuilds this trigger from
+``serialize()`` and runs it again from the start, never sends a second paid request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from fal_provider.models import CompletedStatus, FalRequestRef
+from fal_provider.triggers._wait import (
+    AdaptiveInterval,
+    StatusReporter,
+    completed_event,
+    error_event,
+    is_transient,
+    timeout_event,
+    validate_intervals,
+    validate_wait_mode,
+)
+
+CLASSPATH = "fal_provider.triggers.fal.FalRequestTrigger"
+
+
+class FalRequestTrigger(BaseTrigger):
+    """Wait for a fal request to finish, then yield one small event.
+
+    :param request: the request reference (``FalRequestRef.to_xcom()``); identifiers and URLs only.
+    :param fal_conn_id: connection whose key the hook uses; the key itself is never serialized.
+    :param wait_mode: ``poll`` (adaptive status polling) or ``stream`` (fal's status SSE, falling
+        back to polling if the stream breaks).
+    :param poll_interval: floor of the adaptive poll interval, seconds.
+    :param max_poll_interval: ceiling the interval grows to while the request is queued.
+    :param end_time: absolute epoch deadline; at it the trigger yields ``timeout``. Absolute so a
+        triggerer restart does not restart the clock.
+    :param max_consecutive_errors: transient errors in a row tolerated before yielding ``error``.
+    :param cancel_on_kill: cancel the fal request when a user marks the task failed/success or
+        clears it (Airflow >= 3.3 calls ``on_kill``; older versions never do).
+    :param log_fal_logs: copy fal's log lines and queue position into the trigger log.
+    """
+
+    def __init__(
+        self,
+        *,
+        request: dict[str, Any],
+        fal_conn_id: str = "fal_default",
+        wait_mode: str = "poll",
+        poll_interval: float = 1.0,
+        max_poll_interval: float = 30.0,
+        end_time: float | None = None,
+        max_consecutive_errors: int = 5,
+        cancel_on_kill: bool = True,
+        log_fal_logs: bool = False,
+    ) -> None:
+        super().__init__()
+        self.request = FalRequestRef.coerce(request).to_xcom()
+        self.fal_conn_id = fal_conn_id
+        self.wait_mode = validate_wait_mode(wait_mode)
+        validate_intervals(poll_interval, max_poll_interval)
+        self.poll_interval = float(poll_interval)
+        self.max_poll_interval = float(max_poll_interval)
+        self.end_time = end_time
+        self.max_consecutive_errors = int(max_consecutive_errors)
+        self.cancel_on_kill = cancel_on_kill
+        self.log_fal_logs = log_fal_logs
+        self._killed = False
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            CLASSPATH,
+            {
+                "request": self.request,
+                "fal_conn_id": self.fal_conn_id,
+                "wait_mode": self.wait_mode,
+                "poll_interval": self.poll_interval,
+                "max_poll_interval": self.max_poll_interval,
+                "end_time": self.end_time,
+                "max_consecutive_errors": self.max_consecutive_errors,
+                "cancel_on_kill": self.cancel_on_kill,
+                "log_fal_logs": self.log_fal_logs,
+            },
+        )
+
+    @property
+    def ref(self) -> FalRequestRef:
+        return FalRequestRef.coerce(self.request)
+
+    def _hook(self) -> Any:
+        from fal_provider.hooks.fal import FalHook
+
+        return FalHook(self.fal_conn_id)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        ref = self.ref
+        hook = self._hook()
+        remaining = None if self.end_time is None else self.end_time - time.time()
+        if remaining is not None and remaining <= 0:
+            yield TriggerEvent(timeout_event(ref, self.end_time))
+            return
+        try:
+            event = await asyncio.wait_for(self._wait(hook, ref), timeout=remaining)
+        except (asyncio.TimeoutError, TimeoutError):
+            event = timeout_event(ref, self.end_time)
+        yield TriggerEvent(event)
+
+    async def _wait(self, hook: Any, ref: FalRequestRef) -> dict[str, Any]:
+        """Dispatch to one small coroutine per mode (a ``webhook`` mode would slot in here)."""
+        if self.wait_mode == "stream":
+            event = await self._wait_stream(hook, ref)
+            if event is not None:
+                return event
+        return await self._wait_poll(hook, ref)
+
+    async def _wait_poll(self, hook: Any, ref: FalRequestRef) -> dict[str, Any]:
+        interval = AdaptiveInterval(self.poll_interval, self.max_poll_interval)
+        reporter = StatusReporter(self.log, self.log_fal_logs, ref)
+        errors = 0
+        while True:
+            try:
+                status = await hook.aget_status(ref, logs=self.log_fal_logs)
+            except Exception as err:
+                if not is_transient(err):
+                    return error_event(ref, err)
+                errors += 1
+                if errors > self.max_consecutive_errors:
+                    return error_event(ref, err)
+                self.log.warning(
+                    "Polling fal request %s failed (%d/%d): %s",
+                    ref.request_id,
+                    errors,
+                    self.max_consecutive_errors,
+                    err,
+                )
+                delay = getattr(err, "retry_after", None) or interval.next(None)
+                await asyncio.sleep(delay)
+                continue
+            errors = 0
+            reporter.report(status)
+            if isinstance(status, CompletedStatus):
+                return completed_event(status, ref)
+            await asyncio.sleep(interval.next(status))
+
+    async def _wait_stream(self, hook: Any, ref: FalRequestRef) -> dict[str, Any] | None:
+        """Follow fal's status SSE; ``None`` means the stream broke and polling should take over."""
+        reporter = StatusReporter(self.log, self.log_fal_logs, ref)
+        try:
+            async for status in hook.aiter_status(ref, logs=self.log_fal_logs):
+                reporter.report(status)
+                if isinstance(status, CompletedStatus):
+                    return completed_event(status, ref)
+        except Exception as err:
+            if not is_transient(err):
+                return error_event(ref, err)
+            self.log.warning("fal status stream for %s broke (%s); polling instead", ref.request_id, err)
+            return None
+        self.log.warning("fal status stream for %s ended before COMPLETED; polling instead", ref.request_id)
+        return None
+
+    async def on_kill(self) -> None:
+        """Cancel the fal request when a user kills the deferred task (Airflow >= 3.3).
+
+        Best effort and idempotent: a request that already finished answers ``ALREADY_COMPLETED``,
+        and any error is logged, never raised, so the triggerer's cleanup always runs.
+        """
+        if not self.cancel_on_kill or self._killed:
+            return
+        self._killed = True
+        try:
+            outcome = await self._hook().acancel(self.ref)
+            self.log.info("Cancelled fal request %s on kill: %s", self.request.get("request_id"), outcome)
+        except Exception as err:
+            self.log.warning(
+                "Could not cancel fal request %s on kill: %s", self.request.get("request_id"), err
+            )
