@@ -41,8 +41,10 @@ class AppId:
 
     @classmethod
     def parse(cls, app_id: str) -> AppId:
-        if not isinstance(app_id, str) or not app_id.strip():
-            raise ValueError(f"fal app id must be a non-empty string like 'fal-ai/flux/dev', got {app_id!r}")
+        if not isinstance(app_id, str) or not app_id.strip().strip("/"):
+            raise ValueError(
+                f"fal app id must be a non-empty 'owner/app[/path]' string like 'fal-ai/flux/dev', got {app_id!r}"
+            )
         parts = [p for p in app_id.strip().strip("/").split("/") if p]
         if len(parts) == 1:
             legacy = parts[0].split("-", 1)

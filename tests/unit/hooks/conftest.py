@@ -1,0 +1,12 @@
+"""Fixtures of the FalHook unit tests (defined in ``hook_fakes``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from hook_fakes import async_transport, fal_conn, waits
+
+__all__ = ["async_transport", "fal_conn", "waits"]
