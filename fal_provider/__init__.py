@@ -26,7 +26,12 @@ def get_provider_info() -> dict[str, Any]:
         "hooks": [{"integration-name": "fal.ai", "python-modules": ["fal_provider.hooks.fal"]}],
         "operators": [{"integration-name": "fal.ai", "python-modules": ["fal_provider.operators.fal"]}],
         "sensors": [{"integration-name": "fal.ai", "python-modules": ["fal_provider.sensors.fal"]}],
-        "triggers": [{"integration-name": "fal.ai", "python-modules": ["fal_provider.triggers.fal"]}],
+        "triggers": [
+            {
+                "integration-name": "fal.ai",
+                "python-modules": ["fal_provider.triggers.fal", "fal_provider.webhooks.triggers"],
+            }
+        ],
         "extra-links": ["fal_provider.operators.fal.FalRequestLink"],
         "connection-types": [
             {

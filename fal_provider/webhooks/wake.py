@@ -1,0 +1,135 @@
+"""Turning a verified callback into an Airflow event, from inside the API server.
+
+``Trigger.submit_event`` is the same call the triggerer makes when a trigger yields; it only
+touches the database (``handle_event_submit`` is documented to run in the API processes too). So
+the receiver can resume a deferred task, or fire an asset event for an ``AssetWatcher``, itself:
+waiting costs nothing while the callback is on time, and no triggerer has to notice first.
+
+The callback URL's query is not signed. A task is therefore only resumed when its current trigger
+is one of this provider's and waits for exactly the request id the signature vouches for; a
+replayed body with a different query cannot wake anything else.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from fal_provider.webhooks.store import WebhookRecord
+from fal_provider.webhooks.urls import TaskIdentity
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+log = logging.getLogger(__name__)
+
+PROVIDER_CLASSPATH_PREFIX = "fal_provider."
+EVENT_TRIGGER_CLASSPATH = "fal_provider.webhooks.triggers.FalWebhookEventTrigger"
+
+
+class WakeOutcome(str, enum.Enum):
+    RESUMED = "resumed"
+    TASK_NOT_FOUND = "task not found"
+    NOT_DEFERRED = "task not deferred"
+    OTHER_REQUEST = "task waits for another request"
+
+
+def task_event(record: WebhookRecord, request: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The small event the task resumes with; same shape as ``FalRequestTrigger``'s own events.
+
+    ``OK`` (even with a ``payload_error``: the result can still be fetched from the queue) maps to
+    ``success``; ``ERROR`` maps to ``failed`` with fal's error text. The result itself is fetched
+    by the worker in ``execute_complete``.
+    """
+    event: dict[str, Any] = {
+        "status": "success" if record.succeeded else "failed",
+        "request": dict(request) if request else {"request_id": record.request_id},
+        "source": "webhook",
+    }
+    if not record.succeeded:
+        event["error"] = record.error or "fal reported the request as failed"
+        event["error_type"] = "webhook_error"
+    return event
+
+
+def waits_for_request(kwargs: Any, request_id: str, depth: int = 3) -> bool:
+    """Whether trigger kwargs name this request id (top level or inside a request reference)."""
+    if depth < 0 or not isinstance(kwargs, Mapping):
+        return False
+    if kwargs.get("request_id") == request_id:
+        return True
+    return any(waits_for_request(value, request_id, depth - 1) for value in kwargs.values())
+
+
+def _request_ref(kwargs: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    request = kwargs.get("request")
+    return request if isinstance(request, Mapping) else None
+
+
+def wake_task(identity: TaskIdentity, record: WebhookRecord, *, session: Session) -> WakeOutcome:
+    """Resume the task named in the URL if, and only if, it is deferred waiting for this request."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.models.trigger import Trigger
+    from airflow.triggers.base import TriggerEvent
+    from airflow.utils.sqlalchemy import with_row_locks
+    from airflow.utils.state import TaskInstanceState
+    from sqlalchemy import select
+
+    query = select(TaskInstance).where(
+        TaskInstance.dag_id == identity.dag_id,
+        TaskInstance.run_id == identity.run_id,
+        TaskInstance.task_id == identity.task_id,
+        TaskInstance.map_index == identity.map_index,
+    )
+    ti = session.scalar(with_row_locks(query, session, of=TaskInstance))
+    if ti is None:
+        return WakeOutcome.TASK_NOT_FOUND
+    if ti.state != TaskInstanceState.DEFERRED or ti.trigger_id is None:
+        return WakeOutcome.NOT_DEFERRED
+    trigger = session.get(Trigger, ti.trigger_id)
+    if trigger is None or not str(trigger.classpath).startswith(PROVIDER_CLASSPATH_PREFIX):
+        return WakeOutcome.OTHER_REQUEST
+    kwargs = trigger.kwargs
+    if not waits_for_request(kwargs, record.request_id):
+        return WakeOutcome.OTHER_REQUEST
+    Trigger.submit_event(trigger.id, TriggerEvent(task_event(record, _request_ref(kwargs))), session=session)
+    return WakeOutcome.RESUMED
+
+
+def channel_event(record: WebhookRecord) -> dict[str, Any]:
+    """The asset event payload for a channel callback (lands in the asset event's ``extra``)."""
+    return {
+        "request_id": record.request_id,
+        "status": record.status,
+        "channel": record.channel,
+        "error": record.error,
+        "payload_error": record.payload_error,
+        "payload": record.payload,
+        "payload_omitted": record.payload_omitted,
+        "received_at": record.received_at,
+    }
+
+
+def fire_channel(record: WebhookRecord, *, session: Session) -> int:
+    """Fire one asset event per ``FalWebhookEventTrigger`` watching this channel; returns how many."""
+    from airflow.models.trigger import Trigger
+    from airflow.triggers.base import TriggerEvent
+    from sqlalchemy import select
+
+    watchers = session.scalars(
+        select(Trigger).where(Trigger.classpath == EVENT_TRIGGER_CLASSPATH, Trigger.asset_watchers.any())
+    ).all()
+    fired = 0
+    for trigger in watchers:
+        try:
+            kwargs = trigger.kwargs
+        except Exception:
+            log.warning("Skipping fal event trigger %s: its kwargs cannot be decrypted", trigger.id)
+            continue
+        if kwargs.get("channel") != record.channel:
+            continue
+        Trigger.submit_event(trigger.id, TriggerEvent(channel_event(record)), session=session)
+        fired += 1
+    return fired
