@@ -9,6 +9,7 @@ from fal_provider.emulator.apps.testing_apps import EchoApp, FailApp, RealtimeAp
 __all__ = [
     "AppRegistry",
     "AppResponse",
+    "EchoApp",
     "EmulatedApp",
     "InputError",
     "RunContext",

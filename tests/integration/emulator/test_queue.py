@@ -25,8 +25,11 @@ def test_submit_returns_fal_shape_with_absolute_urls_without_sub_path(client: ht
 
 def test_status_progresses_with_logs_and_codes(client: httpx.Client):
     sub = submit(client, "emulator/echo", {"duration_s": 0.6, "log_lines": 3, "v": 1})
-    running = wait_for(lambda: (b := client.get(sub["status_url"], params={"logs": "1"})).json()["status"]
-                       == "IN_PROGRESS" and b)
+    running = wait_for(
+        lambda: (
+            (b := client.get(sub["status_url"], params={"logs": "1"})).json()["status"] == "IN_PROGRESS" and b
+        )
+    )
     assert running.status_code == 202
     assert "logs" in running.json()
     no_logs = client.get(sub["status_url"], params={"logs": "false"}).json()
@@ -216,3 +219,18 @@ def test_stats_count_calls(client: httpx.Client, emu: FalEmulator):
     assert stats["requests"]["COMPLETED"] == 1
     emu.reset()
     assert emu.stats()["submits_total"] == 0
+
+
+def test_namespaced_ids_keep_three_segments(client: httpx.Client, emu: FalEmulator):
+    from fal_provider.emulator.apps import EchoApp, base_path
+
+    class WorkflowEcho(EchoApp):
+        app_id = "workflows/acme/pipeline"
+
+    emu.app.state.registry.register(WorkflowEcho())
+    sub = submit(client, "workflows/acme/pipeline/step", {"w": 1})
+    assert sub["status_url"] == f"{emu.queue_url}/workflows/acme/pipeline/requests/{sub['request_id']}/status"
+    wait_completed(client, sub["status_url"])
+    assert client.get(sub["response_url"]).json() == {"w": 1}
+    assert base_path("comfy/acme/flow/x") == "comfy/acme/flow"
+    assert base_path("fal-ai/flux/dev") == "fal-ai/flux"

@@ -38,7 +38,9 @@ def test_token_session_echoes_msgpack(client: httpx.Client, emu: FalEmulator):
 
 
 @pytest.mark.parametrize("token_app", ["other-app", None])
-def test_bad_token_gets_unauthorized_frame_and_policy_close(client: httpx.Client, emu: FalEmulator, token_app):
+def test_bad_token_gets_unauthorized_frame_and_policy_close(
+    client: httpx.Client, emu: FalEmulator, token_app
+):
     token = token_for(client, token_app) if token_app else "forged.token.value"
     with connect(ws_url(emu, "emulator/realtime/realtime", fal_jwt_token=token)) as ws:
         frame = json.loads(ws.recv())
@@ -79,7 +81,11 @@ def test_drop_after_closes_abruptly_and_error_control(emu: FalEmulator):
         ws.send(msgpack.packb({"i": 1}))
         ws.send(msgpack.packb({"x_fal_error": "TIMEOUT"}))
         assert msgpack.unpackb(ws.recv()) == {"i": 1}
-        assert json.loads(ws.recv()) == {"type": "x-fal-error", "error": "TIMEOUT", "reason": "requested by input"}
+        assert json.loads(ws.recv()) == {
+            "type": "x-fal-error",
+            "error": "TIMEOUT",
+            "reason": "requested by input",
+        }
         ws.send(msgpack.packb({"i": 2}))
         assert msgpack.unpackb(ws.recv()) == {"i": 2}
         with pytest.raises(ConnectionClosed) as closed:
@@ -89,6 +95,7 @@ def test_drop_after_closes_abruptly_and_error_control(emu: FalEmulator):
 
 def test_invalid_max_buffering_refused(emu: FalEmulator):
     headers = {"Authorization": f"Key {emu.key}"}
-    with connect(ws_url(emu, "emulator/realtime/realtime", max_buffering="99"), additional_headers=headers) as ws:
+    with connect(
+        ws_url(emu, "emulator/realtime/realtime", max_buffering="99"), additional_headers=headers
+    ) as ws:
         assert json.loads(ws.recv())["error"] == "BAD_REQUEST"
-

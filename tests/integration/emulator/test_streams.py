@@ -63,18 +63,22 @@ def test_stream_events_then_close(client: httpx.Client):
 
 def test_stream_error_event_and_idle(client: httpx.Client):
     events, _ = read_sse(client, "POST", "/run/emulator/stream/stream", json={"count": 4, "error_at": 2})
-    assert events == [{"progress": 1, "count": 4}, {"error": "Emulated stream error at event 2",
-                                                    "error_type": "stream_error"}]
+    assert events == [
+        {"progress": 1, "count": 4},
+        {"error": "Emulated stream error at event 2", "error_type": "stream_error"},
+    ]
     events, _ = read_sse(client, "POST", "/run/emulator/stream/stream", json={"count": 1, "idle_s": 0.3})
     assert events[-1]["done"] is True
 
 
 def test_stream_break_after_drops_connection(client: httpx.Client):
     received: list[str] = []
-    with pytest.raises(httpx.TransportError):  # noqa: PT012
-        with client.stream("POST", "/run/emulator/stream/stream", json={"count": 5, "break_after": 2}) as r:
-            for line in r.iter_lines():
-                received.append(line)
+    body = {"count": 5, "break_after": 2}
+    with (
+        pytest.raises(httpx.TransportError),
+        client.stream("POST", "/run/emulator/stream/stream", json=body) as response,
+    ):
+        received.extend(response.iter_lines())
     assert any('"progress": 2' in line for line in received)
     assert not any('"done"' in line for line in received)
 

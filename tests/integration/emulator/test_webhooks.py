@@ -23,8 +23,12 @@ def verify(headers: dict[str, str], body: bytes, jwks_url: str) -> None:
     lowered = {k.lower(): v for k, v in headers.items()}
     digest = hashlib.sha256(body).hexdigest()
     message = "\n".join(
-        [lowered["x-fal-webhook-request-id"], lowered["x-fal-webhook-user-id"],
-         lowered["x-fal-webhook-timestamp"], digest]
+        [
+            lowered["x-fal-webhook-request-id"],
+            lowered["x-fal-webhook-user-id"],
+            lowered["x-fal-webhook-timestamp"],
+            digest,
+        ]
     ).encode()
     assert abs(int(lowered["x-fal-webhook-timestamp"]) - time.time()) < 300
     signature = bytes.fromhex(lowered["x-fal-webhook-signature"])
@@ -44,7 +48,9 @@ def receiver():
         yield r
 
 
-def test_ok_webhook_is_signed_and_verifiable(client: httpx.Client, emu: FalEmulator, receiver: WebhookReceiver):
+def test_ok_webhook_is_signed_and_verifiable(
+    client: httpx.Client, emu: FalEmulator, receiver: WebhookReceiver
+):
     sub = submit(client, "emulator/echo", {"v": 1}, params={"fal_webhook": receiver.url})
     wait_for(lambda: receiver.deliveries)
     delivery = receiver.deliveries[0]
@@ -99,7 +105,9 @@ def test_gives_up_after_configured_attempts(client: httpx.Client, emu: FalEmulat
 
 
 def test_drop_and_duplicate_faults(client: httpx.Client, emu: FalEmulator, receiver: WebhookReceiver):
-    emu.set_faults({"rules": [{"kind": "webhook_drop", "count": 1}, {"kind": "webhook_duplicate", "count": 1}]})
+    emu.set_faults(
+        {"rules": [{"kind": "webhook_drop", "count": 1}, {"kind": "webhook_duplicate", "count": 1}]}
+    )
     dropped = submit(client, "emulator/echo", {"n": 1}, params={"fal_webhook": receiver.url})
     wait_for(lambda: emu.request_info(dropped["request_id"])["webhook_events"])
     duplicated = submit(client, "emulator/echo", {"n": 2}, params={"fal_webhook": receiver.url})
