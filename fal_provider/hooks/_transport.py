@@ -71,7 +71,8 @@ class Call:
     url: str
     label: str
     policy: RetryPolicy
-    headers: Mapping[str, str]
+    #: Carries the key: kept out of repr so tracebacks that print locals do not show it.
+    headers: Mapping[str, str] = field(repr=False)
     timeout: httpx.Timeout
     params: Mapping[str, str] = field(default_factory=dict)
     content: bytes | None = None

@@ -37,7 +37,8 @@ class Script:
             raise reply
         if callable(reply) and not isinstance(reply, httpx.Response):
             return reply(request)
-        return reply
+        # A fresh copy each time: one scripted answer may serve sync and async clients, repeatedly.
+        return httpx.Response(reply.status_code, headers=reply.headers, content=reply.read())
 
     @property
     def calls(self) -> int:
