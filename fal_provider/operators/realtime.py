@@ -312,17 +312,7 @@ class FalRealtimeOperator(BaseOperator):
         started = time.monotonic()
         progress = RateLimitedLog(self.log, self.log_interval)
         try:
-            outputs = asyncio.run(
-                run_realtime_batch(
-                    self._open_session,
-                    inputs,
-                    app_id=self.app_id,
-                    max_in_flight=self.max_in_flight,
-                    message_timeout=self.message_timeout,
-                    max_reconnects=self.max_reconnects,
-                    progress=progress,
-                )
-            )
+            outputs = asyncio.run(self._run(inputs, progress))
         except FalError as err:
             raise name_the_app(err, self.app_id, "fal realtime session to") from err
         self.log.info(
@@ -332,6 +322,20 @@ class FalRealtimeOperator(BaseOperator):
             time.monotonic() - started,
         )
         return shape_items(outputs, **self._rules(context))
+
+    async def _run(self, inputs: list[Any], progress: RateLimitedLog) -> list[Any]:
+        try:
+            return await run_realtime_batch(
+                self._open_session,
+                inputs,
+                app_id=self.app_id,
+                max_in_flight=self.max_in_flight,
+                message_timeout=self.message_timeout,
+                max_reconnects=self.max_reconnects,
+                progress=progress,
+            )
+        finally:
+            await self.hook.aclose_shared_client()  # the token calls' client dies with this loop
 
     def _open_session(self) -> AbstractAsyncContextManager[Any]:
         return self.hook.arealtime(

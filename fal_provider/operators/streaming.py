@@ -219,16 +219,26 @@ class FalStreamOperator(BaseOperator):
         return self._shape(collector.result(), context)
 
     async def _consume(self, collector: StreamCollector) -> None:
-        events = self.hook.astream(
-            self.app_id, dict(self.arguments), path=self.path, headers=dict(self.headers or {}) or None
-        )
-        await drain_stream(
-            events,
-            collector.feed,
-            app_id=self.app_id,
-            timeout=self.timeout,
-            idle_timeout=self.idle_timeout,
-        )
+        # The HTTP read timeout must not undercut idle_timeout, or a slow gap would surface as
+        # a broken stream; without idle_timeout the connection's timeout bounds the gap.
+        read_timeout = self.idle_timeout + 5.0 if self.idle_timeout else None
+        try:
+            events = self.hook.astream(
+                self.app_id,
+                dict(self.arguments),
+                path=self.path,
+                headers=dict(self.headers or {}) or None,
+                timeout=read_timeout,
+            )
+            await drain_stream(
+                events,
+                collector.feed,
+                app_id=self.app_id,
+                timeout=self.timeout,
+                idle_timeout=self.idle_timeout,
+            )
+        finally:
+            await self.hook.aclose_shared_client()  # this loop ends with the task; so does its client
 
     def _shape(self, value: Any, context: Any) -> Any:
         name = output_name(context, "stream")

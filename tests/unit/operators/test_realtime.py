@@ -248,6 +248,10 @@ class FakeRealtimeHook:
     def __init__(self, server: FakeServer) -> None:
         self.server = server
         self.calls: list[dict[str, Any]] = []
+        self.client_closed = False
+
+    async def aclose_shared_client(self) -> None:
+        self.client_closed = True
 
     def arealtime(self, app_id: str, **kwargs: Any) -> Any:
         self.calls.append({"app_id": app_id, **kwargs})

@@ -43,10 +43,14 @@ class FakeStreamHook:
         self.gap = gap
         self.calls: list[dict[str, Any]] = []
         self.closed = False
+        self.client_closed = False
 
     def astream(self, app_id: str, arguments: dict[str, Any], **kwargs: Any) -> AsyncIterator[Any]:
         self.calls.append({"app_id": app_id, "arguments": arguments, **kwargs})
         return self._gen()
+
+    async def aclose_shared_client(self) -> None:
+        self.client_closed = True
 
     async def _gen(self) -> AsyncIterator[Any]:
         try:
@@ -262,8 +266,15 @@ def test_execute_returns_the_final_event_and_passes_arguments() -> None:
     op = make_op(hook, headers={"X-Trace": "1"}, path="/stream")
     assert op.execute(context()) == EVENTS[-1]
     assert hook.calls == [
-        {"app_id": APP, "arguments": {"count": 2}, "path": "/stream", "headers": {"X-Trace": "1"}}
+        {
+            "app_id": APP,
+            "arguments": {"count": 2},
+            "path": "/stream",
+            "headers": {"X-Trace": "1"},
+            "timeout": None,
+        }
     ]
+    assert hook.client_closed, "the loop's shared HTTP client must be closed with the loop"
 
 
 def test_execute_collect_all_applies_select_to_each_event() -> None:
