@@ -215,7 +215,7 @@ class QueueEngine:
             response = await request.app.call(context, request.arguments, request.path)
         except asyncio.CancelledError:
             if request.state != COMPLETED:
-                self._finish(request, infrastructure_error("client_cancelled"), release=False)
+                self._finish(request, infrastructure_error("client_cancelled"))
             self._release(request)
             raise
         except InputError as exc:
@@ -224,7 +224,7 @@ class QueueEngine:
             logger.exception("emulated app %s crashed", request.app_id)
             response = infrastructure_error("internal_error")
         if request.state != COMPLETED:
-            self._finish(request, response, release=False)
+            self._finish(request, response)
         self._release(request)
 
     def _release(self, request: QueuedRequest) -> None:
@@ -234,7 +234,7 @@ class QueueEngine:
             queue.running -= 1
             self.pump(request.app_id)
 
-    def _finish(self, request: QueuedRequest, response: AppResponse, *, release: bool = True) -> None:
+    def _finish(self, request: QueuedRequest, response: AppResponse) -> None:
         request.response = response
         request.state = COMPLETED
         request.completed_at = time.time()
@@ -283,6 +283,10 @@ class QueueEngine:
         return {state: counts.get(state, 0) for state in (IN_QUEUE, IN_PROGRESS, COMPLETED)}
 
     async def clear(self) -> None:
+        # Empty the lanes first: a cancelled runner frees its slot, and must not start a waiting request.
+        for queue in self.queues.values():
+            queue.normal.clear()
+            queue.low.clear()
         tasks = []
         for request in self.requests.values():
             if request.timeout_handle is not None:

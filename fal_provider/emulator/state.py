@@ -146,6 +146,7 @@ class EmulatorState:
     async def reset(self) -> None:
         """Forget requests, files and counters; restore the startup config and faults."""
         await self.engine.clear()
+        await self.webhooks.cancel_pending()
         self.files.clear()
         self.stats.reset()
         fresh = copy.deepcopy(self._initial_config)

@@ -163,11 +163,16 @@ class WebhookDispatcher:
                 await asyncio.sleep(base_delay * 2 ** (attempt - 1))
         self._on_event("failure", request_id, {"url": url, "attempts": attempts})
 
-    async def aclose(self) -> None:
-        for task in list(self._tasks):
+    async def cancel_pending(self) -> None:
+        """Abandon deliveries in flight (used by reset so one test's callbacks never reach the next)."""
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        await self.cancel_pending()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
