@@ -47,11 +47,11 @@ def test_submit_status_result_and_handle(emu: FalEmulator):
 
 def test_iter_events_yields_queue_then_progress(emu: FalEmulator):
     emu.configure(concurrency=1)
-    blocker = fal_client.submit("emulator/echo", {"duration_s": 0.3})
+    blocker = fal_client.submit("emulator/echo", {"duration_s": 1.0})
     handle = fal_client.submit("emulator/echo", {"duration_s": 0.2}, priority="low")
     kinds = {type(event).__name__ for event in handle.iter_events(with_logs=True, interval=0.05)}
     assert {"Queued", "InProgress"} <= kinds
-    assert blocker.get() == {"duration_s": 0.3}
+    assert blocker.get() == {"duration_s": 1.0}
 
 
 def test_cancel_and_errors_surface_as_fal_client_errors(emu: FalEmulator):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 
 from fal_provider.emulator.testing import FalEmulator
-from tests.integration.emulator.conftest import submit, wait_completed, wait_for
+from tests.integration.emulator.helpers import submit, wait_completed, wait_for
 
 
 def test_submit_returns_fal_shape_with_absolute_urls_without_sub_path(client: httpx.Client, emu: FalEmulator):
@@ -77,7 +77,7 @@ def test_unknown_app_is_404_with_detail(client: httpx.Client):
 
 def test_cancel_queued_request_never_runs(client: httpx.Client, emu: FalEmulator):
     emu.configure(concurrency=1)
-    blocker = submit(client, "emulator/echo", {"duration_s": 0.8})
+    blocker = submit(client, "emulator/echo", {"duration_s": 3})
     queued = submit(client, "emulator/echo", {"n": 2})
     assert queued["queue_position"] == 0
     assert client.get(queued["status_url"]).json()["status"] == "IN_QUEUE"
@@ -89,7 +89,8 @@ def test_cancel_queued_request_never_runs(client: httpx.Client, emu: FalEmulator
     result = client.get(queued["response_url"])
     assert result.status_code == 499
     assert result.json() == {"detail": "Request was cancelled", "error_type": "client_cancelled"}
-    wait_completed(client, blocker["status_url"])
+    assert client.put(blocker["cancel_url"]).status_code == 202  # frees the only runner slot
+    wait_for(lambda: emu.stats()["requests"]["IN_PROGRESS"] == 0)
     assert emu.request_info(queued["request_id"])["timings"]["started_at"] is None
     again = client.put(queued["cancel_url"])
     assert (again.status_code, again.json()) == (400, {"status": "ALREADY_COMPLETED"})
@@ -109,7 +110,7 @@ def test_cancel_running_request_stops_it(client: httpx.Client, emu: FalEmulator)
 
 def test_fifo_order_priority_and_positions(client: httpx.Client, emu: FalEmulator):
     emu.configure(concurrency=1)
-    first = submit(client, "emulator/echo", {"duration_s": 0.5})
+    first = submit(client, "emulator/echo", {"duration_s": 1.0})
     low = submit(client, "emulator/echo", {"k": "low"}, headers={"X-Fal-Queue-Priority": "low"})
     normal_a = submit(client, "emulator/echo", {"k": "a"})
     normal_b = submit(client, "emulator/echo", {"k": "b"})
@@ -127,7 +128,7 @@ def test_fifo_order_priority_and_positions(client: httpx.Client, emu: FalEmulato
 
 def test_concurrency_limit_per_app(client: httpx.Client, emu: FalEmulator):
     emu.configure(concurrency=2, app_concurrency={"emulator/fail": 1})
-    subs = [submit(client, "emulator/echo", {"duration_s": 0.6}) for _ in range(3)]
+    subs = [submit(client, "emulator/echo", {"duration_s": 3}) for _ in range(3)]
     wait_for(lambda: emu.stats()["requests"]["IN_PROGRESS"] == 2)
     assert client.get(subs[2]["status_url"]).json()["status"] == "IN_QUEUE"
     emu.configure(concurrency=3)  # raising the limit starts the waiting request at once
@@ -136,7 +137,7 @@ def test_concurrency_limit_per_app(client: httpx.Client, emu: FalEmulator):
 
 def test_max_queue_length_rejects_with_429(client: httpx.Client, emu: FalEmulator):
     emu.configure(concurrency=1)
-    submit(client, "emulator/echo", {"duration_s": 0.5})
+    submit(client, "emulator/echo", {"duration_s": 3})
     submit(client, "emulator/echo", {})
     rejected = client.post("/queue/emulator/echo", json={}, params={"fal_max_queue_length": 1})
     assert rejected.status_code == 429
@@ -146,7 +147,7 @@ def test_max_queue_length_rejects_with_429(client: httpx.Client, emu: FalEmulato
 
 def test_start_timeout_expires_queued_request(client: httpx.Client, emu: FalEmulator):
     emu.configure(concurrency=1)
-    submit(client, "emulator/echo", {"duration_s": 1.0})
+    submit(client, "emulator/echo", {"duration_s": 2.0})
     late = submit(client, "emulator/echo", {}, headers={"X-Fal-Request-Start-Timeout": "0.3"})
     status = wait_completed(client, late["status_url"])
     assert status["error_type"] == "startup_timeout"

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from fal_provider.emulator.testing import FalEmulator
-from tests.integration.emulator.conftest import submit
+from tests.integration.emulator.helpers import submit
 
 
 def read_sse(client: httpx.Client, method: str, url: str, **kwargs: object) -> tuple[list[dict], list[str]]:
@@ -27,7 +27,7 @@ def read_sse(client: httpx.Client, method: str, url: str, **kwargs: object) -> t
 
 def test_status_stream_sends_changes_pings_and_closes(client: httpx.Client, emu: FalEmulator):
     emu.configure(concurrency=1, ping_interval_s=0.1)
-    submit(client, "emulator/echo", {"duration_s": 0.3})
+    submit(client, "emulator/echo", {"duration_s": 1.0})
     sub = submit(client, "emulator/echo", {"duration_s": 0.6, "log_lines": 2})
     events, comments = read_sse(client, "GET", sub["status_url"] + "/stream", params={"logs": "1"})
     statuses = [event["status"] for event in events]

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fal_provider.emulator.testing import FalEmulator
 from fal_provider.emulator.webhooks import generate_signing_key, load_or_create_signing_key, sign_webhook
-from tests.integration.emulator.conftest import submit, wait_for
+from tests.integration.emulator.helpers import submit, wait_for
 from tests.integration.emulator.webhook_receiver import WebhookReceiver
 
 
