@@ -37,7 +37,8 @@ class FalSettings:
     cdn_url: str = DEFAULT_CDN_URL
     jwks_url: str = DEFAULT_JWKS_URL
     webhook_base_url: str | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
+    #: May carry secrets of the user's own (e.g. a proxy token), so it stays out of ``repr`` too.
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     retry_limit: int = DEFAULT_RETRY_LIMIT
     retry_min_wait: float = DEFAULT_RETRY_MIN_WAIT
     retry_max_wait: float = DEFAULT_RETRY_MAX_WAIT

@@ -199,7 +199,14 @@ class FalHook(FalAsyncMixin, BaseHook):
         headers: Mapping[str, str] | None = None,
         webhook_url: str | None = None,
     ) -> FalRequestRef:
-        """Queue a request. The POST is retried only where fal cannot have accepted it (see ``_retry``)."""
+        """Queue a request on fal and return a small, credential-free reference to it.
+
+        The POST is retried only where fal cannot have accepted the request: the connection was never
+        established (``ConnectError``/``ConnectTimeout``/no free pool slot), a 429, or an ingress 503
+        without ``x-fal-request-id``. A read timeout, a dropped connection or a 5xx after the body was
+        sent may mean fal already queued it; sending it again would run (and bill) the model twice, so
+        those raise instead, and the task-level reattach logic (which stores the request id) decides.
+        """
         call, app = self._calls().submit(
             app_id, arguments, path=path, options=options, headers=headers, webhook_url=webhook_url
         )

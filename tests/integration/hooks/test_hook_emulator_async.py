@@ -22,12 +22,14 @@ async def hook(fal_emulator_conn: FalEmulator) -> AsyncIterator[FalHook]:
 
 
 async def wait_completed(hook: FalHook, ref: object, timeout: float = 30.0) -> CompletedStatus:
-    async with asyncio.timeout(timeout):
+    async def poll() -> CompletedStatus:
         while True:
             status = await hook.aget_status(ref, logs=True)  # type: ignore[arg-type]
             if isinstance(status, CompletedStatus):
                 return status
             await asyncio.sleep(0.05)
+
+    return await asyncio.wait_for(poll(), timeout)
 
 
 async def test_asubmit_aget_status_aget_result(hook: FalHook) -> None:
