@@ -27,8 +27,10 @@ lint: setup
 	$(BIN)/ruff format --check fal_provider tests dags benchmarks scripts
 	$(BIN)/mypy
 
+# Validates the compose file with Compose v2 (docker compose) when present, else Compose v1.
 compose-check:
-	docker compose -f docker/compose.yaml config --quiet
+	@if docker compose version >/dev/null 2>&1; then docker compose -f docker/compose.yaml config --quiet; \
+	else docker-compose -f docker/compose.yaml config --quiet; fi
 
 clean:
 	rm -rf $(VENV) output .pytest_cache .mypy_cache .ruff_cache
