@@ -40,9 +40,16 @@ def shared_async_client() -> httpx.AsyncClient:
     loop = asyncio.get_running_loop()
     client = _async_clients.get(loop)
     if client is None or client.is_closed:
+        _forget_closed_loops()
         client = httpx.AsyncClient(limits=ASYNC_LIMITS, follow_redirects=True)
         _async_clients[loop] = client
     return client
+
+
+def _forget_closed_loops() -> None:
+    """Drop clients of loops that are gone: their open connections keep the loop (the weak key) alive."""
+    for old_loop in [lp for lp in list(_async_clients.keys()) if lp.is_closed()]:
+        _async_clients.pop(old_loop, None)
 
 
 async def close_shared_async_client() -> None:

@@ -172,3 +172,16 @@ async def test_many_hooks_on_one_loop_send_through_one_client(async_transport) -
     assert script.calls == 20
     assert len(_transport._async_clients) == 1
     assert all(h._client is None for h in hooks), "async calls never create a per-hook client"
+
+
+def test_clients_of_closed_loops_are_forgotten() -> None:
+    async def leave_client_open() -> None:
+        client = _transport.shared_async_client()
+        # Like a pooled connection would: the value keeps its (weak) key alive.
+        client.__dict__["keeps_loop"] = asyncio.get_running_loop()
+
+    _transport._async_clients.clear()
+    for _ in range(3):
+        asyncio.run(leave_client_open())
+    assert len(_transport._async_clients) <= 1, "each new loop drops the clients of closed loops"
+    _transport._async_clients.clear()
