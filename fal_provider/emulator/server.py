@@ -21,7 +21,12 @@ class _QuietDisconnects(logging.Filter):
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    """Bind before serving so ``--port 0`` knows its port.
+
+    ``proto`` must be IPPROTO_TCP: asyncio only disables Nagle (TCP_NODELAY) on accepted sockets whose
+    proto says TCP, and with Nagle on every response body waits ~40 ms for a delayed ACK.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(2048)
@@ -32,7 +37,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
 def make_server(app: EmulatorApp, log_level: str = "warning") -> Any:
     import uvicorn
 
-    logging.getLogger("uvicorn.error").addFilter(_QuietDisconnects())
+    error_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _QuietDisconnects) for f in error_log.filters):
+        error_log.addFilter(_QuietDisconnects())
     config = uvicorn.Config(
         app,
         log_level=log_level,
