@@ -133,6 +133,9 @@ def test_concurrency_limit_per_app(client: httpx.Client, emu: FalEmulator):
     assert client.get(subs[2]["status_url"]).json()["status"] == "IN_QUEUE"
     emu.configure(concurrency=3)  # raising the limit starts the waiting request at once
     wait_for(lambda: client.get(subs[2]["status_url"]).json()["status"] != "IN_QUEUE")
+    fails = [submit(client, "emulator/fail", {"kind": "server", "duration_s": 3}) for _ in range(2)]
+    wait_for(lambda: client.get(fails[0]["status_url"]).json()["status"] == "IN_PROGRESS")
+    assert client.get(fails[1]["status_url"]).json()["status"] == "IN_QUEUE"  # per-app override of 1
 
 
 def test_max_queue_length_rejects_with_429(client: httpx.Client, emu: FalEmulator):
