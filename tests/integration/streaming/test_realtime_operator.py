@@ -120,3 +120,24 @@ def test_select_and_output_path(emu: FalEmulator, tmp_path: Path) -> None:
     manifest = run(inputs=inputs, select="prompt", output_path=f"file://{tmp_path}")
     assert manifest["selected"] == ["p0", "p1", "p2", "p3"]
     assert json.loads((tmp_path / "realtime_t_manual__it.json").read_text()) == inputs
+
+
+def test_batch_function_from_taskflow_code_as_documented(emu: FalEmulator, drop_after: Any) -> None:
+    """docs/streaming.md's TaskFlow recipe: the operator's batch logic driven by the async hook."""
+    import asyncio
+
+    from fal_provider.hooks.fal import FalHook
+    from fal_provider.operators.realtime import run_realtime_batch
+
+    drop_after(5)
+    hook = FalHook()
+    inputs = [{"i": i} for i in range(12)]
+
+    async def go() -> list[Any]:
+        try:
+            return await run_realtime_batch(lambda: hook.arealtime(APP), inputs, app_id=APP, max_in_flight=4)
+        finally:
+            await hook.aclose_shared_client()
+
+    assert asyncio.run(go()) == inputs
+    assert emu.stats()["realtime_sessions"] >= 3
