@@ -21,8 +21,15 @@ from fal_provider.operators._completion import raise_unless_success
 from fal_provider.operators._waiting import SyncWaiter
 from fal_provider.operators.links import LINK_XCOM_KEY, FalRequestLink, request_url
 from fal_provider.results import DEFAULT_MAX_XCOM_BYTES, shape_result
-from fal_provider.triggers._wait import completed_event, validate_intervals, validate_wait_mode
+from fal_provider.triggers._wait import (
+    completed_event,
+    resolve_webhook_deferrable,
+    validate_backstop_interval,
+    validate_intervals,
+    validate_wait_mode,
+)
 from fal_provider.triggers.fal import FalRequestTrigger
+from fal_provider.webhooks.waiting import DEFAULT_BACKSTOP_INTERVAL
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -105,6 +112,21 @@ def coerce_arguments(arguments: Any) -> dict[str, Any]:
     return dict(arguments)
 
 
+def task_webhook_url(hook: Any, context: Context, task_id: str | None = None) -> str:
+    """The ``fal_webhook`` URL that resumes this task (or ``task_id`` of the same run and map index).
+
+    Raises ``WebhookUrlError`` (a ``ValueError``) naming the ``webhook_base_url`` extra when the
+    connection has none: better to fail before paying for a request nobody would be told about.
+    """
+    from fal_provider.webhooks.urls import TaskIdentity, build_webhook_url
+
+    ti = context["ti"]
+    identity = TaskIdentity.from_task_instance(ti)
+    if task_id is not None:
+        identity = TaskIdentity(identity.dag_id, identity.run_id, task_id, identity.map_index)
+    return build_webhook_url(hook.settings.webhook_base_url or "", identity)
+
+
 def coerce_request(request: Any) -> FalRequestRef:
     try:
         return FalRequestRef.coerce(request)
@@ -152,7 +174,9 @@ class FalWaitingOperator(FalBaseOperator):
 
     :param deferrable: wait in the triggerer instead of on the worker (default from
         ``[operators] default_deferrable``).
-    :param wait_mode: ``poll`` or ``stream`` (status SSE with polling fallback).
+    :param wait_mode: ``poll``, ``stream`` (status SSE with polling fallback) or ``webhook`` (fal
+        calls the API server back; needs the connection's ``webhook_base_url`` and always defers).
+    :param backstop_interval: ``webhook`` mode: seconds between status checks if no callback comes.
     :param poll_interval: floor of the adaptive poll interval (seconds).
     :param max_poll_interval: ceiling the interval grows to while queued (seconds).
     :param timeout: total wait (seconds or timedelta), an absolute deadline; when hit the request is
@@ -182,11 +206,13 @@ class FalWaitingOperator(FalBaseOperator):
         output_path: Any = None,
         download_media: bool = False,
         max_xcom_bytes: int | None = DEFAULT_MAX_XCOM_BYTES,
+        backstop_interval: float = DEFAULT_BACKSTOP_INTERVAL,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.deferrable = default_deferrable() if deferrable is None else deferrable
         self.wait_mode = validate_wait_mode(wait_mode)
+        self.deferrable = resolve_webhook_deferrable(self.wait_mode, deferrable, default_deferrable())
+        self.backstop_interval = validate_backstop_interval(backstop_interval)
         validate_intervals(poll_interval, max_poll_interval)
         self.poll_interval = poll_interval
         self.max_poll_interval = max_poll_interval
@@ -243,6 +269,7 @@ class FalWaitingOperator(FalBaseOperator):
             max_consecutive_errors=self.max_consecutive_errors,
             cancel_on_kill=self.cancel_on_kill,
             log_fal_logs=self.log_fal_logs,
+            backstop_interval=self.backstop_interval,
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:

@@ -22,6 +22,7 @@ from fal_provider.operators._base import (
     coerce_arguments,
     coerce_request,
     merge_options,
+    task_webhook_url,
 )
 from fal_provider.operators._reattach import RequestStore, reattachable
 from fal_provider.operators.links import FalRequestLink
@@ -63,10 +64,11 @@ class _SubmitsRequests:
         self.path = path
         self.options = merge_options(options, option_kwargs)
 
-    def _submit(self, hook: Any) -> FalRequestRef:
+    def _submit(self, hook: Any, webhook_url: str | None = None) -> FalRequestRef:
         options = RequestOptions.build(self.options)
         arguments = coerce_arguments(self.arguments)
-        return hook.submit(str(self.app_id), arguments, path=self.path or "", options=options)
+        extra: dict[str, Any] = {"webhook_url": webhook_url} if webhook_url else {}
+        return hook.submit(str(self.app_id), arguments, path=self.path or "", options=options, **extra)
 
 
 class FalSubmitOperator(_SubmitsRequests, FalBaseOperator):
@@ -74,6 +76,10 @@ class FalSubmitOperator(_SubmitsRequests, FalBaseOperator):
 
     Pair it with :class:`~fal_provider.sensors.fal.FalRequestSensor` and :class:`FalResultOperator`
     when waiting should be a separate task (e.g. many submits, one wait).
+
+    :param webhook_wake_task_id: submit with a ``fal_webhook`` URL that resumes that task of the
+        same run (a ``FalRequestSensor`` with ``wait_mode="webhook"``): this task does not wait, so
+        the callback must name the one that does.
     """
 
     template_fields = ("app_id", "arguments", "path", "headers", "options")
@@ -94,9 +100,11 @@ class FalSubmitOperator(_SubmitsRequests, FalBaseOperator):
         object_lifecycle: int | str | None = None,
         disable_fallback: bool | None = None,
         max_queue_length: int | None = None,
+        webhook_wake_task_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.webhook_wake_task_id = webhook_wake_task_id
         option_kwargs = dict(
             priority=priority,
             runner_hint=runner_hint,
@@ -110,7 +118,10 @@ class FalSubmitOperator(_SubmitsRequests, FalBaseOperator):
         self._init_submit(app_id, arguments, path, options, option_kwargs)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        ref = self._submit(self.hook)
+        url = None
+        if self.webhook_wake_task_id:
+            url = task_webhook_url(self.hook, context, self.webhook_wake_task_id)
+        ref = self._submit(self.hook, url)
         self.push_request(context, ref)
         return ref.to_xcom()
 
@@ -167,7 +178,8 @@ class FalInferenceOperator(_SubmitsRequests, FalWaitingOperator):
     def execute(self, context: Context) -> Any:
         ref = self._previous_request(context) if self.reattach_on_retry else None
         if ref is None:
-            ref = self._submit(self.hook)
+            url = task_webhook_url(self.hook, context) if self.wait_mode == "webhook" else None
+            ref = self._submit(self.hook, url)
             # Saved before any wait: a worker lost from here on leaves a request a retry can find.
             self._request = ref
             if self.reattach_on_retry:

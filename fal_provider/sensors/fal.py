@@ -31,8 +31,16 @@ from fal_provider.operators._completion import (
     validate_event,
 )
 from fal_provider.operators.links import LINK_XCOM_KEY, FalRequestLink, request_url
-from fal_provider.triggers._wait import StatusReporter, is_transient, validate_intervals, validate_wait_mode
+from fal_provider.triggers._wait import (
+    StatusReporter,
+    is_transient,
+    resolve_webhook_deferrable,
+    validate_backstop_interval,
+    validate_intervals,
+    validate_wait_mode,
+)
 from fal_provider.triggers.fal import FalRequestTrigger
+from fal_provider.webhooks.waiting import DEFAULT_BACKSTOP_INTERVAL
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -50,7 +58,10 @@ class FalRequestSensor(BaseSensorOperator):
     :param app_id: with ``request_id``, an alternative to ``request``.
     :param request_id: see ``app_id``.
     :param deferrable: wait in the triggerer (default from ``[operators] default_deferrable``).
-    :param wait_mode: ``poll`` or ``stream`` (deferred mode only; poke mode polls every ``poke_interval``).
+    :param wait_mode: ``poll`` or ``stream`` (deferred mode only; poke mode polls every ``poke_interval``),
+        or ``webhook`` (always deferred): woken by the callback when the submitting task named this
+        sensor (``FalSubmitOperator(webhook_wake_task_id=...)``), else at trigger start or by the backstop.
+    :param backstop_interval: ``webhook`` mode: seconds between status checks if no callback comes.
     :param max_poll_interval: ceiling of the adaptive poll interval in deferred mode.
     :param max_consecutive_errors: transient errors in a row tolerated.
     :param cancel_on_kill: cancel the request when the task is killed / marked failed.
@@ -79,6 +90,7 @@ class FalRequestSensor(BaseSensorOperator):
         cancel_on_kill: bool = True,
         cancel_on_timeout: bool = False,
         log_fal_logs: bool = False,
+        backstop_interval: float = DEFAULT_BACKSTOP_INTERVAL,
         **kwargs: Any,
     ) -> None:
         super().__init__(poke_interval=poke_interval, **kwargs)
@@ -89,8 +101,9 @@ class FalRequestSensor(BaseSensorOperator):
         self.request_id = request_id
         self.fal_conn_id = fal_conn_id
         self.headers = headers
-        self.deferrable = default_deferrable() if deferrable is None else deferrable
         self.wait_mode = validate_wait_mode(wait_mode)
+        self.deferrable = resolve_webhook_deferrable(self.wait_mode, deferrable, default_deferrable())
+        self.backstop_interval = validate_backstop_interval(backstop_interval)
         validate_intervals(float(self.poke_interval), max_poll_interval)
         self.max_poll_interval = max_poll_interval
         self.max_consecutive_errors = max_consecutive_errors
@@ -139,6 +152,7 @@ class FalRequestSensor(BaseSensorOperator):
                 max_consecutive_errors=self.max_consecutive_errors,
                 cancel_on_kill=self.cancel_on_kill,
                 log_fal_logs=self.log_fal_logs,
+                backstop_interval=self.backstop_interval,
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=float(self.timeout) + DEFER_TIMEOUT_MARGIN),

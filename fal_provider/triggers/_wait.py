@@ -19,19 +19,33 @@ Status = QueuedStatus | InProgressStatus | CompletedStatus
 
 #: Statuses an event may carry; anything else is a bug and fails loudly in the completion handler.
 EVENT_STATUSES = frozenset({"success", "failed", "timeout", "error"})
-WAIT_MODES = ("poll", "stream")
+WAIT_MODES = ("poll", "stream", "webhook")
 
 
 def validate_wait_mode(wait_mode: Any) -> str:
-    """Reject unknown modes early; ``webhook`` is named explicitly because users will try it."""
-    if wait_mode == "webhook":
-        raise ValueError(
-            "wait_mode='webhook' is not available yet in this version of airflow-provider-fal; "
-            "use wait_mode='poll' (default) or 'stream'."
-        )
+    """Reject unknown modes early, at DAG parse time rather than in the triggerer."""
     if wait_mode not in WAIT_MODES:
         raise ValueError(f"Unknown wait_mode {wait_mode!r}: expected one of {', '.join(WAIT_MODES)}.")
     return str(wait_mode)
+
+
+def resolve_webhook_deferrable(wait_mode: str, deferrable: bool | None, default: bool) -> bool:
+    """``webhook`` only works deferred: the receiver resumes a *deferred* task, and a worker slot
+    blocked for hours is what the mode exists to avoid. So it defers unless told not to, and an
+    explicit ``deferrable=False`` is refused rather than silently polled."""
+    if wait_mode != "webhook":
+        return default if deferrable is None else deferrable
+    if deferrable is False:
+        raise ValueError("wait_mode='webhook' needs deferrable=True (the receiver resumes deferred tasks)")
+    return True
+
+
+def validate_backstop_interval(backstop_interval: Any) -> float:
+    if isinstance(backstop_interval, bool) or not isinstance(backstop_interval, int | float):
+        raise ValueError(f"backstop_interval must be a number of seconds, got {backstop_interval!r}")
+    if backstop_interval <= 0:
+        raise ValueError(f"backstop_interval must be a positive number of seconds, got {backstop_interval!r}")
+    return float(backstop_interval)
 
 
 def validate_intervals(poll_interval: float, max_poll_interval: float) -> None:

@@ -22,9 +22,11 @@ from fal_provider.triggers._wait import (
     error_event,
     is_transient,
     timeout_event,
+    validate_backstop_interval,
     validate_intervals,
     validate_wait_mode,
 )
+from fal_provider.webhooks.waiting import DEFAULT_BACKSTOP_INTERVAL
 
 CLASSPATH = "fal_provider.triggers.fal.FalRequestTrigger"
 
@@ -35,7 +37,9 @@ class FalRequestTrigger(BaseTrigger):
     :param request: the request reference (``FalRequestRef.to_xcom()``); identifiers and URLs only.
     :param fal_conn_id: connection whose key the hook uses; the key itself is never serialized.
     :param wait_mode: ``poll`` (adaptive status polling) or ``stream`` (fal's status SSE, falling
-        back to polling if the stream breaks).
+        back to polling if the stream breaks) or ``webhook`` (the API server's receiver resumes the
+        task on fal's verified callback; this trigger only reads the callback record when it
+        starts and runs the slow status backstop).
     :param poll_interval: floor of the adaptive poll interval, seconds.
     :param max_poll_interval: ceiling the interval grows to while the request is queued.
     :param end_time: absolute epoch deadline; at it the trigger yields ``timeout``. Absolute so a
@@ -44,6 +48,8 @@ class FalRequestTrigger(BaseTrigger):
     :param cancel_on_kill: cancel the fal request when a user marks the task failed/success or
         clears it (Airflow >= 3.3 calls ``on_kill``; older versions never do).
     :param log_fal_logs: copy fal's log lines and queue position into the trigger log.
+    :param backstop_interval: ``webhook`` mode only: seconds between the checks (record, then one
+        status GET) that cover a callback that never arrives.
     """
 
     def __init__(
@@ -58,6 +64,7 @@ class FalRequestTrigger(BaseTrigger):
         max_consecutive_errors: int = 5,
         cancel_on_kill: bool = True,
         log_fal_logs: bool = False,
+        backstop_interval: float = DEFAULT_BACKSTOP_INTERVAL,
     ) -> None:
         super().__init__()
         self.request = FalRequestRef.coerce(request).to_xcom()
@@ -70,6 +77,7 @@ class FalRequestTrigger(BaseTrigger):
         self.max_consecutive_errors = int(max_consecutive_errors)
         self.cancel_on_kill = cancel_on_kill
         self.log_fal_logs = log_fal_logs
+        self.backstop_interval = validate_backstop_interval(backstop_interval)
         self._killed = False
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -85,6 +93,7 @@ class FalRequestTrigger(BaseTrigger):
                 "max_consecutive_errors": self.max_consecutive_errors,
                 "cancel_on_kill": self.cancel_on_kill,
                 "log_fal_logs": self.log_fal_logs,
+                "backstop_interval": self.backstop_interval,
             },
         )
 
@@ -111,7 +120,9 @@ class FalRequestTrigger(BaseTrigger):
         yield TriggerEvent(event)
 
     async def _wait(self, hook: Any, ref: FalRequestRef) -> dict[str, Any]:
-        """Dispatch to one small coroutine per mode (a ``webhook`` mode would slot in here)."""
+        """Dispatch to one small coroutine per mode."""
+        if self.wait_mode == "webhook":
+            return await self._wait_webhook(hook, ref)
         if self.wait_mode == "stream":
             event = await self._wait_stream(hook, ref)
             if event is not None:
@@ -163,6 +174,43 @@ class FalRequestTrigger(BaseTrigger):
         self.log.warning("fal status stream for %s ended before COMPLETED; polling instead", ref.request_id)
         return None
 
+    async def _wait_webhook(self, hook: Any, ref: FalRequestRef) -> dict[str, Any]:
+        """Normally cancelled by the triggerer once the receiver has resumed the task; ends on its own
+        only for a callback recorded before this trigger started, the backstop, or the deadline."""
+        from fal_provider.webhooks.waiting import wait_for_webhook_or_backstop
+        from fal_provider.webhooks.wake import task_event
+
+        errors = 0
+
+        async def poll_once() -> CompletedStatus | dict[str, Any] | None:
+            nonlocal errors
+            try:
+                status = await hook.aget_status(ref)
+            except Exception as err:
+                errors += 1
+                if not is_transient(err) or errors > self.max_consecutive_errors:
+                    return error_event(ref, err)
+                self.log.warning(
+                    "Backstop check of fal request %s failed (%d): %s", ref.request_id, errors, err
+                )
+                return None
+            errors = 0
+            return status if isinstance(status, CompletedStatus) else None
+
+        result = await wait_for_webhook_or_backstop(
+            ref.request_id, poll_once, backstop_interval=self.backstop_interval, end_time=self.end_time
+        )
+        if result.record is not None:
+            self.log.info("fal request %s: callback recorded (%s)", ref.request_id, result.record.status)
+            return task_event(result.record, self.request)
+        status = result.status
+        if isinstance(status, dict):
+            return status
+        if not isinstance(status, CompletedStatus):
+            return timeout_event(ref, self.end_time)
+        self.log.info("fal request %s finished; no callback arrived, found by the backstop", ref.request_id)
+        return {**completed_event(status, ref), "source": "backstop"}
+
     async def on_kill(self) -> None:
         """Cancel the fal request when a user kills the deferred task (Airflow >= 3.3).
 
@@ -172,6 +220,8 @@ class FalRequestTrigger(BaseTrigger):
         if not self.cancel_on_kill or self._killed:
             return
         self._killed = True
+        if self.wait_mode == "webhook" and not await self._still_running_per_webhook():
+            return
         try:
             outcome = await self._hook().acancel(self.ref)
             self.log.info("Cancelled fal request %s on kill: %s", self.request.get("request_id"), outcome)
@@ -179,3 +229,13 @@ class FalRequestTrigger(BaseTrigger):
             self.log.warning(
                 "Could not cancel fal request %s on kill: %s", self.request.get("request_id"), err
             )
+
+    async def _still_running_per_webhook(self) -> bool:
+        """A recorded callback means the receiver resumed the task (the triggerer then kills this
+        trigger with the same signal as a user's mark-failed): the request is finished, skip the cancel."""
+        from fal_provider.webhooks.waiting import should_cancel_on_kill
+
+        if await should_cancel_on_kill(self.ref.request_id):
+            return True
+        self.log.info("fal request %s already reported by its callback; not cancelling", self.ref.request_id)
+        return False

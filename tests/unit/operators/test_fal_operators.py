@@ -269,8 +269,8 @@ def test_templated_options_validated_after_rendering() -> None:
 
 
 def test_wait_mode_validation() -> None:
-    with pytest.raises(ValueError, match="not available yet"):
-        FalInferenceOperator(task_id="x", app_id=APP, wait_mode="webhook")
+    with pytest.raises(ValueError, match="needs deferrable=True"):
+        FalInferenceOperator(task_id="x", app_id=APP, wait_mode="webhook", deferrable=False)
     with pytest.raises(ValueError, match="Unknown wait_mode"):
         FalInferenceOperator(task_id="x", app_id=APP, wait_mode="sometimes")
 

@@ -58,8 +58,8 @@ def test_serialize_round_trip_has_identifiers_and_no_credentials() -> None:
 
 
 def test_rejects_bad_configuration() -> None:
-    with pytest.raises(ValueError, match="not available yet"):
-        trigger(wait_mode="webhook")
+    with pytest.raises(ValueError, match="backstop_interval"):
+        trigger(wait_mode="webhook", backstop_interval=0)
     with pytest.raises(ValueError, match="Unknown wait_mode 'sse'"):
         trigger(wait_mode="sse")
     with pytest.raises(ValueError, match="request reference"):
