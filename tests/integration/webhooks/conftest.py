@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from webhook_db_helpers import airflow_db, client, receiver
+from tests.integration.webhooks.webhook_db_helpers import airflow_db, client, receiver
 
 __all__ = ["airflow_db", "client", "receiver"]

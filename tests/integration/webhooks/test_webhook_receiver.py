@@ -15,7 +15,11 @@ from typing import Any
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from webhook_db_helpers import (
+
+from fal_provider.emulator.webhooks import sign_webhook, webhook_payload
+from fal_provider.webhooks.settings import ReceiverSettings
+from fal_provider.webhooks.store import WebhookRecord, record_key
+from tests.integration.webhooks.webhook_db_helpers import (
     ASSET_DAG_ID,
     CHANNEL,
     ServedApp,
@@ -24,10 +28,6 @@ from webhook_db_helpers import (
     serve_receiver,
     task_state,
 )
-
-from fal_provider.emulator.webhooks import sign_webhook, webhook_payload
-from fal_provider.webhooks.settings import ReceiverSettings
-from fal_provider.webhooks.store import WebhookRecord, record_key
 
 
 def new_request_id() -> str:

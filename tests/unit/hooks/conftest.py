@@ -7,6 +7,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from hook_fakes import async_transport, fal_conn, waits
+from tests.unit.hooks.hook_fakes import async_transport, fal_conn, waits
 
 __all__ = ["async_transport", "fal_conn", "waits"]

@@ -6,11 +6,11 @@ import math
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from hook_fakes import CDN, KEY, QUEUE, REST, RUN, Script, connection_json, mock_hook, ok
 
 from fal_provider import __version__
 from fal_provider.hooks.fal import FalHook
 from fal_provider.models import FalRequestRef, RequestOptions
+from tests.unit.hooks.hook_fakes import CDN, KEY, QUEUE, REST, RUN, Script, connection_json, mock_hook, ok
 
 SUBMITTED = {"request_id": "req-1", "status": "IN_QUEUE", "queue_position": 0}
 

@@ -7,7 +7,6 @@ import time
 
 import httpx
 import pytest
-from hook_fakes import Script, mock_hook, ok
 
 from fal_provider.exceptions import (
     FalAuthError,
@@ -23,6 +22,7 @@ from fal_provider.exceptions import (
     error_from_completed,
 )
 from fal_provider.hooks.fal import FalHook
+from tests.unit.hooks.hook_fakes import Script, mock_hook, ok
 
 REF = {"app_id": "fal-ai/flux/dev", "request_id": "r1"}
 SUBMITTED = {"request_id": "r1"}

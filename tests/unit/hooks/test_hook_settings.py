@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from hook_fakes import KEY, QUEUE, Script, connection_json, mock_hook, ok
 
 from fal_provider.exceptions import FalAuthError, FalMissingCredentialsError
 from fal_provider.hooks._settings import DEFAULT_QUEUE_URL, DEFAULT_RUN_URL, resolve_settings
 from fal_provider.hooks.fal import FalHook
+from tests.unit.hooks.hook_fakes import KEY, QUEUE, Script, connection_json, mock_hook, ok
 
 
 def test_connection_password_host_and_extras() -> None:

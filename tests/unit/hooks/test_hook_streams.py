@@ -7,13 +7,13 @@ import asyncio
 import httpx
 import msgpack
 import pytest
-from hook_fakes import RUN, Script, mock_hook, ok, sse
 
 from fal_provider.exceptions import FalNotFoundError, FalServerError, FalStreamError, FalValidationError
 from fal_provider.hooks import _transport
 from fal_provider.hooks._realtime import FalRealtimeError, decode_frame, encode_message, realtime_url
 from fal_provider.hooks.fal import FalHook
 from fal_provider.models import AppId
+from tests.unit.hooks.hook_fakes import RUN, Script, mock_hook, ok, sse
 
 REF = {"app_id": "fal-ai/flux/dev", "request_id": "r1"}
 QUEUED = {"status": "IN_QUEUE", "queue_position": 1}
