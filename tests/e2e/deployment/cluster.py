@@ -1,0 +1,398 @@
+"""A real multi-process deployment for the webhook tests: PostgreSQL, the fal emulator, and Airflow's
+api-server (with the fal webhook plugin), scheduler, triggerer and dag-processor, each its own process.
+
+Only the metadata database is shared between Airflow processes, as in production, which is what the
+webhook design relies on; SQLite cannot take several writers, so PostgreSQL is started here (as the
+``postgres`` OS user when running as root, since ``initdb`` refuses root). The emulator runs as a
+separate ``fal-emulator`` process and delivers its signed callbacks to the api-server over HTTP.
+
+:class:`DeploymentCluster` reuses the e2e harness (``AirflowEnv``: home, component processes, logs)
+and only swaps the database and adds REST helpers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.e2e.harness import AirflowCommandError, AirflowEnv, free_port
+
+DEPLOYMENT_DAGS = Path(__file__).resolve().parent / "dags"
+PG_BINARIES = ("initdb", "postgres")
+FAL_KEY = "e2e-key-id:e2e-key-secret"
+
+
+class ClusterError(RuntimeError):
+    """A process of the cluster failed to start or died; the message carries its log tail."""
+
+
+def _log_tail(path: Path, tail: int = 4000) -> str:
+    return path.read_text(errors="replace")[-tail:] if path.exists() else "(no log)"
+
+
+def _stop_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+    """Signal the process group this harness created for ``proc`` (never anything else)."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+# --------------------------------------------------------------------------------------- PostgreSQL
+
+
+def _pg_bin_dir() -> Path:
+    """Where ``initdb``/``postgres`` live: PATH, Debian's versioned dir, or installed via apt (CI)."""
+    found = shutil.which("initdb")
+    if found and shutil.which("postgres"):
+        return Path(found).parent
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if all((candidate / name).exists() for name in PG_BINARIES):
+            return candidate
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, capture_output=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "postgresql"], check=True, env=env, capture_output=True
+        )
+        return _pg_bin_dir()
+    raise ClusterError("PostgreSQL binaries (initdb, postgres) not found and cannot be installed")
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 and a free port, durability off (tests only)."""
+
+    def __init__(self) -> None:
+        # Its own directory under /tmp: the postgres user must traverse it (mkdtemp parents are 0700).
+        self.root = Path(tempfile.mkdtemp(prefix="fal-deployment-pg-"))
+        self.data = self.root / "pgdata"
+        self.port = free_port()
+        self.log_path = self.root / "postgres.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._as_postgres = os.geteuid() == 0
+
+    def _cmd(self, *args: str) -> list[str]:
+        return ["runuser", "-u", "postgres", "--", *args] if self._as_postgres else list(args)
+
+    def start(self, timeout: float = 60) -> None:
+        bin_dir = _pg_bin_dir()
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self._as_postgres:
+            shutil.chown(self.root, "postgres", "postgres")
+        subprocess.run(
+            self._cmd(
+                str(bin_dir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
+                "-E", "UTF8", "--no-sync",
+            ),
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+        log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            self._cmd(
+                str(bin_dir / "postgres"), "-D", str(self.data), "-p", str(self.port),
+                "-h", "127.0.0.1", "-k", str(self.data),
+                "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+                "-c", "max_connections=200",
+            ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        self._wait_ready(timeout)
+        conn = self.connect("postgres")
+        try:
+            conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
+            conn.cursor().execute("CREATE DATABASE airflow")
+        finally:
+            conn.close()
+
+    def _wait_ready(self, timeout: float) -> None:
+        import psycopg2
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise ClusterError(f"postgres exited {self.proc.returncode}:\n{_log_tail(self.log_path)}")
+            try:
+                psycopg2.connect(self.dsn("postgres")).close()
+                return
+            except psycopg2.OperationalError:
+                time.sleep(0.3)
+        raise ClusterError(f"postgres not ready after {timeout}s:\n{_log_tail(self.log_path)}")
+
+    def dsn(self, database: str = "airflow") -> str:
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname={database}"
+
+    def connect(self, database: str = "airflow") -> Any:
+        import psycopg2
+
+        conn = psycopg2.connect(self.dsn(database))
+        return conn
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/airflow"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop_group(self.proc, signal.SIGINT)  # "fast" shutdown
+            self.proc = None
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------- emulator
+
+
+class EmulatorProcess:
+    """``fal-emulator`` as its own process, with a signing key file the tests can forge with."""
+
+    def __init__(self, root: Path, *, latency_scale: float = 1.0, concurrency: int = 16) -> None:
+        self.root = root
+        self.key_file = root / "webhook-signing-key.pem"
+        self.log_path = root / "emulator.log"
+        self.latency_scale = latency_scale
+        self.concurrency = concurrency
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self, timeout: float = 60) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        exe = Path(sys.executable).parent / "fal-emulator"
+        command = [str(exe)] if exe.exists() else [sys.executable, "-m", "fal_provider.emulator"]
+        command += [
+            "--port", "0", "--signing-key-file", str(self.key_file), "--key", FAL_KEY,
+            "--latency-scale", str(self.latency_scale), "--concurrency", str(self.concurrency),
+            "--webhook-base-delay", "0.5",
+        ]  # fmt: skip
+        log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ClusterError(f"fal-emulator exited:\n{_log_tail(self.log_path)}")
+            match = re.search(r"listening on (http://\S+)", _log_tail(self.log_path))
+            if match:
+                self.url = match.group(1)
+                return
+            time.sleep(0.2)
+        raise ClusterError(f"fal-emulator did not start:\n{_log_tail(self.log_path)}")
+
+    def _get(self, path: str) -> Any:
+        return httpx.get(f"{self.url}{path}", timeout=30).raise_for_status().json()
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self._get("/_emulator/stats"))
+
+    def request_ids(self) -> list[str]:
+        return [item["request_id"] for item in self._get("/_emulator/requests")["requests"]]
+
+    def request_info(self, request_id: str) -> dict[str, Any]:
+        return dict(self._get(f"/_emulator/requests/{request_id}"))
+
+    def requests_with_marker(self, marker: str) -> list[dict[str, Any]]:
+        """Every request whose arguments carry ``marker`` (the DAGs tag submits with run/task)."""
+        infos = [self.request_info(rid) for rid in self.request_ids()]
+        return [info for info in infos if (info.get("arguments") or {}).get("marker") == marker]
+
+    def set_faults(self, rules: list[dict[str, Any]]) -> None:
+        httpx.post(f"{self.url}/_emulator/faults", json={"rules": rules}, timeout=30).raise_for_status()
+
+    def signing_key(self) -> Any:
+        from fal_provider.emulator.webhooks import load_or_create_signing_key
+
+        return load_or_create_signing_key(str(self.key_file))
+
+    def connection(self, webhook_base_url: str) -> str:
+        extra = {
+            "run_url": f"{self.url}/run",
+            "rest_url": f"{self.url}/rest",
+            "cdn_url": f"{self.url}/cdn",
+            "jwks_url": f"{self.url}/rest/.well-known/jwks.json",
+            "webhook_base_url": webhook_base_url,
+            "retry_min_wait": 0.2,
+        }
+        return json.dumps(
+            {"conn_type": "fal", "host": f"{self.url}/queue", "password": FAL_KEY, "extra": extra}
+        )
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop_group(self.proc)
+            self.proc = None
+
+
+# -------------------------------------------------------------------------------------- Airflow
+
+
+def _fernet_key() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
+
+
+class DeploymentCluster(AirflowEnv):
+    """The harness' AIRFLOW_HOME and processes, on PostgreSQL, wired to the emulator for webhooks."""
+
+    COMPONENTS = ("api-server", "scheduler", "triggerer", "dag-processor")
+
+    def __init__(self, pg: PostgresServer, emulator: EmulatorProcess, *, dags_folder: Path = DEPLOYMENT_DAGS):
+        super().__init__(dags_folder=dags_folder)
+        self.pg = pg
+        self.emulator = emulator
+        self.extra_env.update(
+            {
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg.sqlalchemy_url,
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": self._async_url(),
+                "AIRFLOW__CORE__FERNET_KEY": _fernet_key(),
+                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+                "AIRFLOW__CORE__PARALLELISM": "8",
+                "AIRFLOW__CORE__AUTH_MANAGER": (
+                    "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+                ),
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+                "AIRFLOW__API__WORKERS": "1",
+                "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "6",
+                "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "600",
+                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "2",
+                "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",
+                "AIRFLOW_CONN_FAL_DEFAULT": emulator.connection(self.api_url),
+            }
+        )
+
+    def _async_url(self) -> str:
+        """Airflow builds an async engine at import; with asyncpg missing it would not start at all.
+
+        The async engine serves only paths these tests do not take (multi-team lookups, the dag-run
+        wait endpoint, async state-store calls), so without asyncpg it points at an unused SQLite
+        file and every component still shares PostgreSQL through the sync engine.
+        """
+        import importlib.util
+
+        if importlib.util.find_spec("asyncpg") is not None:
+            return self.pg.sqlalchemy_url.replace("+psycopg2", "+asyncpg")
+        return f"sqlite+aiosqlite:///{self.home / 'unused-async.db'}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        self.run("db", "migrate", timeout=400)
+
+    def start_all(self) -> None:
+        self.start(*self.COMPONENTS)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                if httpx.get(f"{self.api_url}/api/v2/monitor/health", timeout=10).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise AirflowCommandError(f"api-server not healthy{self.component_logs()}")
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one component's whole process group (e.g. the triggerer and its supervisor)."""
+        proc = self.processes.pop(name)
+        _stop_group(proc, signal.SIGKILL, timeout=30)
+
+    def component_logs(self, tail: int = 4000) -> str:
+        logs = super().component_logs(tail)
+        for label, path in (("emulator", self.emulator.log_path), ("postgres", self.pg.log_path)):
+            logs += f"\n--- {label} log (tail) ---\n{_log_tail(path, tail)}"
+        return logs
+
+    def log_text(self, name: str) -> str:
+        path = self.home / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    # -- metadata DB (PostgreSQL instead of the harness' SQLite) ----------------------------------
+
+    def query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        conn = self.pg.connect()
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(sql.replace("?", "%s"), tuple(params))
+                rows = list(cursor.fetchall()) if cursor.description else []
+            conn.commit()
+            return rows
+        finally:
+            conn.close()
+
+    def variable_keys(self, prefix: str) -> list[str]:
+        return [row[0] for row in self.query("SELECT key FROM variable WHERE key LIKE ?", [prefix + "%"])]
+
+    def try_number(self, dag_id: str, run_id: str, task_id: str) -> int:
+        rows = self.query(
+            "SELECT try_number FROM task_instance WHERE dag_id=? AND run_id=? AND task_id=? AND map_index=-1",
+            [dag_id, run_id, task_id],
+        )
+        return int(rows[0][0])
+
+    def request_of(self, dag_id: str, run_id: str, task_id: str, timeout: float = 120) -> str:
+        """The fal request id a task pushed (XCom ``fal_request``) before it deferred."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = self.xcoms(dag_id, run_id, key="fal_request").get((task_id, -1))
+            if isinstance(value, Mapping) and value.get("request_id"):
+                return str(value["request_id"])
+            self._check_alive()
+            time.sleep(0.5)
+        raise AirflowCommandError(f"{task_id} pushed no fal_request XCom{self.component_logs()}")
+
+    # -- REST API (SimpleAuthManager, all admins: no token needed) --------------------------------
+
+    def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.request(method, f"{self.api_url}{path}", timeout=60, **kwargs)
+
+    def wait_for_dags(self, dag_ids: Iterable[str], timeout: float = 180) -> None:
+        pending = set(dag_ids)
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            self._check_alive()
+            pending = {d for d in pending if self.api("GET", f"/api/v2/dags/{d}").status_code != 200}
+            if pending:
+                time.sleep(1)
+        if pending:
+            raise AirflowCommandError(f"DAGs never parsed: {sorted(pending)}{self.component_logs()}")
+
+    def trigger_run(self, dag_id: str, conf: Mapping[str, Any] | None = None) -> str:
+        run_id = f"dep__{dag_id}__{time.time_ns()}"
+        body = {"dag_run_id": run_id, "logical_date": None, "conf": dict(conf or {})}
+        response = self.api("POST", f"/api/v2/dags/{dag_id}/dagRuns", json=body)
+        if response.status_code != 200:
+            raise AirflowCommandError(f"trigger {dag_id}: {response.status_code} {response.text}")
+        return run_id
+
+    def mark_task(self, dag_id: str, run_id: str, task_id: str, state: str) -> httpx.Response:
+        return self.api(
+            "PATCH",
+            f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}",
+            json={"new_state": state},
+        )
+
+
+def make_cluster_root() -> Path:
+    return Path(tempfile.mkdtemp(prefix="fal-deployment-"))
