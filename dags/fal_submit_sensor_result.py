@@ -58,4 +58,7 @@ with DAG(
         task_id="cancel_on_failure", request=submit.output, trigger_rule="one_failed"
     )
 
-    submit >> wait >> result >> cancel_on_failure
+    # The cleanup hangs off the waiting tasks, not after them, so a failure still fails the run
+    # (``result`` stays a leaf) while the fal request is cancelled.
+    submit >> wait >> result
+    [wait, result] >> cancel_on_failure
