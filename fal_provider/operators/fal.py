@@ -5,6 +5,9 @@
   "subscribe" as one task, with reattach-on-retry so a retry does not pay twice.
 * :class:`FalResultOperator` - wait for any request reference and return its result.
 * :class:`FalCancelOperator` - cancel a request; one that already finished is not an error.
+* :class:`FalStreamOperator` / :class:`FalRealtimeOperator` - the ``/stream`` and realtime calling
+  patterns (defined in ``streaming.py`` / ``realtime.py``, re-exported here so every operator
+  imports from one module).
 
 The POST happens in ``execute()`` on the worker, once per try; triggers only read.
 """
@@ -26,6 +29,8 @@ from fal_provider.operators._base import (
 )
 from fal_provider.operators._reattach import RequestStore, reattachable
 from fal_provider.operators.links import FalRequestLink
+from fal_provider.operators.realtime import FalRealtimeOperator
+from fal_provider.operators.streaming import FalStreamOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -33,8 +38,10 @@ if TYPE_CHECKING:
 __all__ = [
     "FalCancelOperator",
     "FalInferenceOperator",
+    "FalRealtimeOperator",
     "FalRequestLink",
     "FalResultOperator",
+    "FalStreamOperator",
     "FalSubmitOperator",
 ]
 
