@@ -21,6 +21,7 @@ import httpx
 from airflow.sdk import BaseHook
 from websockets.sync.client import connect as ws_connect
 
+from fal_provider._compat import AirflowNotFoundException
 from fal_provider.exceptions import FalAuthError, FalError
 from fal_provider.hooks._async import FalAsyncMixin
 from fal_provider.hooks._calls import (
@@ -67,11 +68,6 @@ from fal_provider.models import (
     QueuedStatus,
     RequestOptions,
 )
-
-try:
-    from airflow.sdk.exceptions import AirflowNotFoundException
-except ImportError:  # pragma: no cover - Airflow < 3.2
-    from airflow.exceptions import AirflowNotFoundException  # type: ignore[no-redef,attr-defined]
 
 Status = QueuedStatus | InProgressStatus | CompletedStatus
 Options = RequestOptions | Mapping[str, Any] | None
@@ -373,8 +369,6 @@ def _mask(secret: str) -> None:
 
 
 async def _amask(secret: str) -> None:
-    try:
-        from airflow.sdk.log import amask_secret
-    except ImportError:  # pragma: no cover
-        return
+    from fal_provider._compat import amask_secret
+
     await amask_secret(secret)

@@ -13,9 +13,9 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator, conf
+from airflow.sdk import BaseOperator
 
-from fal_provider._compat import AirflowFailException
+from fal_provider._compat import AirflowFailException, conf
 from fal_provider.models import CompletedStatus, FalRequestRef, RequestOptions
 from fal_provider.operators._completion import raise_unless_success
 from fal_provider.operators._waiting import SyncWaiter

@@ -35,7 +35,7 @@ def _is_fal_host(url: str | None) -> bool:
 def request_url(ref: FalRequestRef, queue_url: str | None) -> str:
     """The page to open for a request: fal's dashboard, or the status URL off fal."""
     if _is_fal_host(queue_url) or (queue_url is None and _is_fal_host(ref.status_url)):
-        from airflow.sdk import conf
+        from fal_provider._compat import conf
 
         pattern = conf.get("fal", "dashboard_request_url", fallback=DEFAULT_DASHBOARD_URL)
         return pattern.format(request_id=ref.request_id, app_id=ref.app_id)

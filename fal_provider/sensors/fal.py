@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator
 from airflow.sdk.bases.sensor import PokeReturnValue
-from airflow.sdk.exceptions import AirflowSensorTimeout
 
+from fal_provider._compat import AirflowSensorTimeout
 from fal_provider.models import CompletedStatus, FalRequestRef
 from fal_provider.operators._base import (
     DEFER_TIMEOUT_MARGIN,
