@@ -118,8 +118,10 @@ def fire_channel(record: WebhookRecord, *, session: Session) -> int:
     from airflow.triggers.base import TriggerEvent
     from sqlalchemy import select
 
+    # Airflow 3.1 links triggers to assets directly; later releases through asset watchers.
+    watched = Trigger.asset_watchers if hasattr(Trigger, "asset_watchers") else Trigger.assets
     watchers = session.scalars(
-        select(Trigger).where(Trigger.classpath == EVENT_TRIGGER_CLASSPATH, Trigger.asset_watchers.any())
+        select(Trigger).where(Trigger.classpath == EVENT_TRIGGER_CLASSPATH, watched.any())
     ).all()
     fired = 0
     for trigger in watchers:

@@ -53,7 +53,11 @@ with DAG("{ASSET_DAG_ID}", schedule=[done]):
 def airflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Migrate the suite's temporary metadata DB and sync the test DAGs (unpaused) into it."""
     from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+
+    try:
+        from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+    except ImportError:  # Airflow < 3.2 keeps the DagBag in airflow.models
+        from airflow.models.dagbag import DagBag, sync_bag_to_db  # type: ignore[no-redef]
     from airflow.models.dag import DagModel
     from airflow.utils.db import initdb
     from airflow.utils.session import create_session
@@ -135,7 +139,14 @@ def make_run(deferred_on: dict[str, str | None]) -> dict[str, DeferredTask | Non
 def task_state(run_id: str, task_id: str) -> tuple[str | None, Any, int | None]:
     """(state, decoded next_kwargs, trigger_id) of one task instance."""
     from airflow.models.taskinstance import TaskInstance
-    from airflow.sdk.serde import deserialize
+
+    try:
+        from airflow.sdk.serde import deserialize
+    except ImportError:  # Airflow < 3.2: the ExtendedJSON column already decoded next_kwargs
+
+        def deserialize(value: Any) -> Any:
+            return value
+
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
