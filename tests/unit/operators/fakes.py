@@ -3,10 +3,13 @@ logic from HTTP. The real hook is exercised by the integration and e2e tests."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from unittest.mock import MagicMock
 
+from fal_provider._compat import AIRFLOW_V_3_3_PLUS
 from fal_provider.models import FalRequestRef, parse_status
+from fal_provider.operators._reattach import STATE_KEY, VARIABLE_PREFIX, RequestStore
 
 APP = "fal-ai/flux/schnell"
 BASE = "http://127.0.0.1:9/queue/fal-ai/flux/requests"
@@ -38,7 +41,12 @@ def done(error: str | None = None, error_type: str | None = None) -> Any:
 
 
 class FakeStateStore:
-    """Stands in for ``context["task_state_store"]`` (it survives tries like the real one)."""
+    """Where a task keeps its fal request across tries (it survives tries like the real one).
+
+    It stands in for ``context["task_state_store"]`` on Airflow >= 3.3 and, without one, for the
+    Variable that ``RequestStore`` falls back to (see ``RequestVariables``), so the reattach tests run
+    against the store the installed Airflow really uses.
+    """
 
     def __init__(self) -> None:
         self.data: dict[str, Any] = {}
@@ -63,9 +71,60 @@ def make_hook(statuses: list[Any] | None = None, result: Any = None) -> MagicMoc
     return hook
 
 
-def make_context(store: FakeStateStore | None = None) -> dict[str, Any]:
+class RequestVariables:
+    """Task SDK ``Variable`` get/set/delete for RequestStore's fallback keys, backed by FakeStateStores.
+
+    Values cross as JSON strings, as with a real Variable, so the fallback's own encoding is exercised.
+    Other keys go to the real methods (``tests/unit/conftest.py`` installs this for every unit test).
+    """
+
+    def __init__(self, real_get: Any, real_set: Any, real_delete: Any) -> None:
+        self.stores: dict[str, FakeStateStore] = {}
+        self.raw_writes: list[tuple[str, str]] = []
+        self._real_get, self._real_set, self._real_delete = real_get, real_set, real_delete
+
+    def attach(self, key: str, store: FakeStateStore) -> None:
+        self.stores[key] = store
+
+    def get(self, key: str, default: Any = None, deserialize_json: bool = False) -> Any:
+        if not key.startswith(VARIABLE_PREFIX):
+            return self._real_get(key, default=default, deserialize_json=deserialize_json)
+        value = self.stores[key].data.get(STATE_KEY) if key in self.stores else None
+        return default if value is None else json.dumps(value)
+
+    def set(self, key: str, value: Any, description: str | None = None, serialize_json: bool = False) -> None:
+        if not key.startswith(VARIABLE_PREFIX):
+            self._real_set(key, value, description=description, serialize_json=serialize_json)
+            return
+        assert isinstance(value, str), "a Variable holds text: the fallback must encode the reference"
+        self.raw_writes.append((key, value))
+        self.stores.setdefault(key, FakeStateStore()).data[STATE_KEY] = json.loads(value)
+
+    def delete(self, key: str) -> None:
+        if not key.startswith(VARIABLE_PREFIX):
+            self._real_delete(key)
+            return
+        if key in self.stores:
+            self.stores[key].data.pop(STATE_KEY, None)
+
+
+#: Set by the autouse fixture in ``tests/unit/conftest.py`` for the duration of each test.
+REQUEST_VARIABLES: RequestVariables | None = None
+
+
+def make_context(
+    store: FakeStateStore | None = None, *, state_store: bool = AIRFLOW_V_3_3_PLUS
+) -> dict[str, Any]:
+    """A task context whose request store is ``store``: ``task_state_store`` where Airflow has one
+    (>= 3.3), else the Variable fallback, as on a real worker of the installed version."""
     ti = MagicMock(name="ti", dag_id="d", run_id="r", task_id="t", map_index=-1)
-    return {"ti": ti, "task_state_store": store if store is not None else FakeStateStore()}
+    store = store if store is not None else FakeStateStore()
+    if state_store:
+        return {"ti": ti, "task_state_store": store}
+    context: dict[str, Any] = {"ti": ti}
+    assert REQUEST_VARIABLES is not None, "tests/unit/conftest.py installs the Variable fake"
+    REQUEST_VARIABLES.attach(RequestStore(context)._variable_key, store)
+    return context
 
 
 def pushed(context: dict[str, Any]) -> dict[str, Any]:

@@ -7,9 +7,8 @@ from typing import Any
 from unittest.mock import MagicMock
 
 import pytest
-from airflow.sdk.exceptions import TaskDeferred
 
-from fal_provider._compat import AirflowException, AirflowFailException
+from fal_provider._compat import AirflowException, AirflowFailException, TaskDeferred
 from fal_provider.exceptions import (
     FalNotFoundError,
     FalPermanentRequestFailed,
@@ -57,7 +56,8 @@ def inference(hook: MagicMock, **kwargs: Any) -> FalInferenceOperator:
 def test_defers_with_trigger_when_not_done() -> None:
     hook = make_hook([queued()])
     op = inference(hook, deferrable=True, timeout=600, wait_mode="stream", log_fal_logs=True)
-    context = make_context()
+    store = FakeStateStore()
+    context = make_context(store)
     before = time.time()
     with pytest.raises(TaskDeferred) as exc:
         op.execute(context)
@@ -73,7 +73,7 @@ def test_defers_with_trigger_when_not_done() -> None:
     # reference, link and stored request exist before deferring
     assert pushed(context)["fal_request"] == REF.to_xcom()
     assert pushed(context)["fal_request_url"] == REF.status_url
-    assert context["task_state_store"].data["fal_request"] == REF.to_xcom()
+    assert store.data["fal_request"] == REF.to_xcom()
 
 
 def test_already_done_before_deferring_does_not_defer() -> None:

@@ -7,9 +7,8 @@ from unittest.mock import MagicMock
 
 import pytest
 from airflow.sdk.bases.sensor import PokeReturnValue
-from airflow.sdk.exceptions import AirflowSensorTimeout, TaskDeferred
 
-from fal_provider._compat import AirflowException
+from fal_provider._compat import AirflowException, AirflowSensorTimeout, TaskDeferred
 from fal_provider.exceptions import FalNotFoundError, FalRequestFailed, FalServerError, FalValidationError
 from fal_provider.sensors.fal import FalRequestSensor
 from fal_provider.triggers.fal import FalRequestTrigger

@@ -10,8 +10,8 @@ from unittest.mock import AsyncMock, MagicMock, patch
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from airflow.sdk.exceptions import TaskDeferred
 
+from fal_provider._compat import TaskDeferred
 from fal_provider.exceptions import FalAuthError, FalServerError, FalValidationError
 from fal_provider.operators.fal import FalInferenceOperator, FalSubmitOperator
 from fal_provider.sensors.fal import FalRequestSensor
