@@ -2,8 +2,9 @@
 
 Clients: a hook owns one ``httpx.Client`` (a worker task runs one hook at a time). Triggers create
 many hooks on one event loop, so async calls share ONE ``httpx.AsyncClient`` per loop, whatever the
-connection: credentials and timeouts travel with each request, never with the client, which lets
-every trigger in a triggerer share one connection pool.
+connection: credentials and timeouts travel with each request, never with the client. Its transport
+(:mod:`._pool`) splits the connections into small pools, because one big httpcore pool costs CPU
+quadratic in its size once ~1,000 triggers use it.
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from fal_provider.exceptions import FalConnectionError, FalError, FalTimeoutError, error_from_response
+from fal_provider.hooks._pool import LONG_LIVED, ShardedTransport
 from fal_provider.hooks._retry import RetryableResponse, RetryPolicy, async_retrying, sync_retrying
 from fal_provider.hooks._settings import FalSettings
 
 #: A worker's hook makes a handful of calls at a time.
 SYNC_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=16, keepalive_expiry=30.0)
-#: ~1,000 deferred tasks on one triggerer, some holding status streams open, share this pool.
-ASYNC_LIMITS = httpx.Limits(max_connections=1024, max_keepalive_connections=256, keepalive_expiry=30.0)
 
 _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
     weakref.WeakKeyDictionary()
@@ -41,7 +41,7 @@ def shared_async_client() -> httpx.AsyncClient:
     client = _async_clients.get(loop)
     if client is None or client.is_closed:
         _forget_closed_loops()
-        client = httpx.AsyncClient(limits=ASYNC_LIMITS, follow_redirects=True)
+        client = httpx.AsyncClient(transport=ShardedTransport(), follow_redirects=True)
         _async_clients[loop] = client
     return client
 
@@ -86,7 +86,8 @@ class Call:
     #: Error statuses that are answers for this call (cancel: 400/404), returned instead of raised.
     accept: frozenset[int] = frozenset()
 
-    def build(self, client: httpx.Client | httpx.AsyncClient) -> httpx.Request:
+    def build(self, client: httpx.Client | httpx.AsyncClient, *, long_lived: bool = False) -> httpx.Request:
+        """``long_lived``: a streamed answer that holds its connection for a whole wait (see ``_pool``)."""
         return client.build_request(
             self.method,
             self.url,
@@ -94,6 +95,7 @@ class Call:
             content=self.content,
             headers=dict(self.headers),
             timeout=self.timeout,
+            extensions={LONG_LIVED: True} if long_lived else None,
         )
 
 
@@ -156,7 +158,7 @@ async def asend(
     try:
         async for attempt in retrying:
             with attempt:
-                response = await client.send(call.build(client), stream=stream)
+                response = await client.send(call.build(client, long_lived=stream), stream=stream)
                 if call.policy.retry_response(response):
                     await response.aread()
                     await response.aclose()
