@@ -5,6 +5,7 @@ outside ``dag.test()``."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -128,8 +129,29 @@ def test_deferred_task_through_real_scheduler_and_triggerer(
         text = "\n".join(p.read_text() for p in trigger_logs)
         # The trigger's own status line: Airflow 3.1 names triggers in this log by task, not by class.
         assert " is COMPLETED" in text and "'status': 'success'" in text
-        manifest = airflow.xcoms(dag_id, run_id)[("result", -1)]
+        manifest = _wait_for_xcom(airflow, dag_id, run_id, "result")
         assert local(manifest["selected"]).read_bytes().startswith(PNG_MAGIC)
     finally:
         emulator.configure(latency_scale=1.0)
         airflow.stop()
+
+
+def _wait_for_xcom(airflow: AirflowEnv, dag_id: str, run_id: str, task_id: str, timeout: float = 30) -> Any:
+    """The task's return value, read from the metadata DB once it is visible there.
+
+    One CI run on SQLite saw the run already ``success`` while the XCom row was not yet readable
+    by a separate connection; waiting a little separates that from a value that never arrives,
+    and the failure message then shows every XCom row of the run to explain it.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        xcoms = airflow.xcoms(dag_id, run_id)
+        if (task_id, -1) in xcoms:
+            return xcoms[(task_id, -1)]
+        if time.monotonic() > deadline:
+            rows = airflow.query("SELECT task_id, map_index, key FROM xcom WHERE run_id=?", [run_id])
+            raise AssertionError(
+                f"no return value of {task_id} after {timeout}s; xcom rows {rows}; "
+                f"tasks {airflow.task_states(dag_id, run_id)}{airflow.component_logs()}"
+            )
+        time.sleep(1)
