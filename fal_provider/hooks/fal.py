@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import cached_property
+from types import MappingProxyType
 from typing import Any
 
 import httpx
@@ -23,6 +24,7 @@ from websockets.sync.client import connect as ws_connect
 
 from fal_provider._compat import AirflowNotFoundException
 from fal_provider.exceptions import FalAuthError, FalError
+from fal_provider.hooks import _conn_cache
 from fal_provider.hooks._async import FalAsyncMixin
 from fal_provider.hooks._calls import (
     USER_AGENT,
@@ -148,19 +150,15 @@ class FalHook(FalAsyncMixin, BaseHook):
         return settings
 
     async def aget_settings(self) -> FalSettings:
-        """Settings without blocking the event loop (``BaseHook.aget_connection``)."""
+        """Settings without blocking the event loop (``BaseHook.aget_connection``).
+
+        The lookup is shared with the other hooks on this loop for a few seconds (``_conn_cache``):
+        a triggerer starts ~1,000 hooks on the same connection at once.
+        """
         if "settings" in self.__dict__:
             return self.__dict__["settings"]
-        try:
-            conn = await _aget_connection(self.fal_conn_id)
-        except AirflowNotFoundException:
-            if not self._missing_ok():
-                raise
-            conn = None
-        extras: Mapping[str, Any] = {}
-        if conn is not None:
-            extras = await conn.aextra_dejson() if hasattr(conn, "aextra_dejson") else _loads(conn.extra)
-        settings = self._resolve(conn, extras)
+        fields = await _conn_cache.lookup(self.fal_conn_id, _afetch_connection)
+        settings = self._resolve(fields if fields.found else None, fields.extras)
         await _amask(settings.key)
         self.__dict__["settings"] = settings
         return settings
@@ -350,6 +348,20 @@ def _loads(extra: str | None) -> dict[str, Any]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+async def _afetch_connection(conn_id: str) -> _conn_cache.ConnFields:
+    """Only the default connection may be absent (env fallback); a missing named one raises."""
+    try:
+        conn = await _aget_connection(conn_id)
+    except AirflowNotFoundException:
+        if conn_id != FalHook.default_conn_name:
+            raise
+        return _conn_cache.ConnFields(found=False)
+    extras = await conn.aextra_dejson() if hasattr(conn, "aextra_dejson") else _loads(conn.extra)
+    return _conn_cache.ConnFields(
+        found=True, password=conn.password, host=conn.host, extras=MappingProxyType(dict(extras))
+    )
 
 
 async def _aget_connection(conn_id: str) -> Any:
