@@ -40,16 +40,6 @@ if TYPE_CHECKING:
 REQUEST_XCOM_KEY = "fal_request"
 #: How much later than ``timeout`` Airflow's own deferral timeout fires, as a backstop only.
 DEFER_TIMEOUT_MARGIN = 120.0
-OPTION_NAMES = (
-    "priority",
-    "runner_hint",
-    "start_timeout",
-    "no_retry",
-    "store_io",
-    "object_lifecycle",
-    "disable_fallback",
-    "max_queue_length",
-)
 
 
 def default_deferrable() -> bool:

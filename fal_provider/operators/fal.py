@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 from fal_provider.models import FalRequestRef, RequestOptions
 from fal_provider.operators._base import (
-    OPTION_NAMES,
     FalBaseOperator,
     FalWaitingOperator,
     coerce_arguments,
@@ -46,51 +45,17 @@ __all__ = [
 ]
 
 
-class _SubmitsRequests:
+class _SubmittingOperator(FalBaseOperator):
     """Submit-side parameters shared by the submit and inference operators.
 
     The typed options can be given as ``options=`` (a dict or ``RequestOptions``) or as keyword
     arguments (``priority=``, ``runner_hint=``, ``start_timeout=``, ``no_retry=``, ``store_io=``,
     ``object_lifecycle=``, ``disable_fallback=``, ``max_queue_length=``). They are validated when the
     DAG is parsed if nothing is templated, and again after rendering, before anything is paid for.
+
+    A ``BaseOperator`` subclass (not a plain mixin) so Airflow's ``partial()`` / ``expand()`` checks
+    see these parameters: they only look at ``__init__`` methods the operator metaclass wrapped.
     """
-
-    app_id: Any
-    arguments: Any
-    path: Any
-    options: Any
-
-    def _init_submit(
-        self, app_id: str, arguments: Any, path: str, options: Any, option_kwargs: Mapping[str, Any]
-    ) -> None:
-        unknown = set(option_kwargs) - set(OPTION_NAMES)
-        if unknown:
-            raise TypeError(f"Unknown fal request option(s): {', '.join(sorted(unknown))}")
-        self.app_id = app_id
-        self.arguments = arguments
-        self.path = path
-        self.options = merge_options(options, option_kwargs)
-
-    def _submit(self, hook: Any, webhook_url: str | None = None) -> FalRequestRef:
-        options = RequestOptions.build(self.options)
-        arguments = coerce_arguments(self.arguments)
-        extra: dict[str, Any] = {"webhook_url": webhook_url} if webhook_url else {}
-        return hook.submit(str(self.app_id), arguments, path=self.path or "", options=options, **extra)
-
-
-class FalSubmitOperator(_SubmitsRequests, FalBaseOperator):
-    """Queue a request on fal and return its reference (app id, request id, URLs) as XCom.
-
-    Pair it with :class:`~fal_provider.sensors.fal.FalRequestSensor` and :class:`FalResultOperator`
-    when waiting should be a separate task (e.g. many submits, one wait).
-
-    :param webhook_wake_task_id: submit with a ``fal_webhook`` URL that resumes that task of the
-        same run (a ``FalRequestSensor`` with ``wait_mode="webhook"``): this task does not wait, so
-        the callback must name the one that does.
-    """
-
-    template_fields = ("app_id", "arguments", "path", "headers", "options")
-    template_fields_renderers = {"arguments": "json", "headers": "json", "options": "json"}
 
     def __init__(
         self,
@@ -107,11 +72,12 @@ class FalSubmitOperator(_SubmitsRequests, FalBaseOperator):
         object_lifecycle: int | str | None = None,
         disable_fallback: bool | None = None,
         max_queue_length: int | None = None,
-        webhook_wake_task_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.webhook_wake_task_id = webhook_wake_task_id
+        self.app_id = app_id
+        self.arguments = arguments
+        self.path = path
         option_kwargs = dict(
             priority=priority,
             runner_hint=runner_hint,
@@ -122,18 +88,46 @@ class FalSubmitOperator(_SubmitsRequests, FalBaseOperator):
             disable_fallback=disable_fallback,
             max_queue_length=max_queue_length,
         )
-        self._init_submit(app_id, arguments, path, options, option_kwargs)
+        self.options = merge_options(options, option_kwargs)
+
+    def _submit(self, webhook_url: str | None = None) -> FalRequestRef:
+        options = RequestOptions.build(self.options)
+        arguments = coerce_arguments(self.arguments)
+        extra: dict[str, Any] = {"webhook_url": webhook_url} if webhook_url else {}
+        return self.hook.submit(str(self.app_id), arguments, path=self.path or "", options=options, **extra)
+
+
+class FalSubmitOperator(_SubmittingOperator):
+    """Queue a request on fal and return its reference (app id, request id, URLs) as XCom.
+
+    Pair it with :class:`~fal_provider.sensors.fal.FalRequestSensor` and :class:`FalResultOperator`
+    when waiting should be a separate task (e.g. many submits, one wait).
+
+    :param webhook_wake_task_id: submit with a ``fal_webhook`` URL that resumes that task of the
+        same run (a ``FalRequestSensor`` with ``wait_mode="webhook"``): this task does not wait, so
+        the callback must name the one that does.
+
+    Submit parameters (``app_id``, ``arguments``, ``path``, request options) are documented on
+    :class:`_SubmittingOperator`.
+    """
+
+    template_fields = ("app_id", "arguments", "path", "headers", "options")
+    template_fields_renderers = {"arguments": "json", "headers": "json", "options": "json"}
+
+    def __init__(self, *, webhook_wake_task_id: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.webhook_wake_task_id = webhook_wake_task_id
 
     def execute(self, context: Context) -> dict[str, Any]:
         url = None
         if self.webhook_wake_task_id:
             url = task_webhook_url(self.hook, context, self.webhook_wake_task_id)
-        ref = self._submit(self.hook, url)
+        ref = self._submit(url)
         self.push_request(context, ref)
         return ref.to_xcom()
 
 
-class FalInferenceOperator(_SubmitsRequests, FalWaitingOperator):
+class FalInferenceOperator(_SubmittingOperator, FalWaitingOperator):
     """Run a fal model as one task: submit, wait, return the (shaped) result.
 
     Chain models by templating one task's output into the next task's ``arguments``, e.g.
@@ -143,50 +137,22 @@ class FalInferenceOperator(_SubmitsRequests, FalWaitingOperator):
     :param reattach_on_retry: on a retry, wait for the request a previous try submitted when it is
         still queued, running or already succeeded, instead of paying for a new one.
 
-    Waiting and result parameters are documented on
-    :class:`~fal_provider.operators._base.FalWaitingOperator`.
+    Submit parameters are documented on :class:`_SubmittingOperator`, waiting and result
+    parameters on :class:`~fal_provider.operators._base.FalWaitingOperator`.
     """
 
     template_fields = ("app_id", "arguments", "path", "headers", "options", "select", "output_path")
     template_fields_renderers = {"arguments": "json", "headers": "json", "options": "json"}
 
-    def __init__(
-        self,
-        *,
-        app_id: str,
-        arguments: Any = None,
-        path: str = "",
-        options: RequestOptions | Mapping[str, Any] | None = None,
-        priority: str | None = None,
-        runner_hint: str | None = None,
-        start_timeout: float | None = None,
-        no_retry: bool | None = None,
-        store_io: bool | None = None,
-        object_lifecycle: int | str | None = None,
-        disable_fallback: bool | None = None,
-        max_queue_length: int | None = None,
-        reattach_on_retry: bool = True,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *, reattach_on_retry: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        option_kwargs = dict(
-            priority=priority,
-            runner_hint=runner_hint,
-            start_timeout=start_timeout,
-            no_retry=no_retry,
-            store_io=store_io,
-            object_lifecycle=object_lifecycle,
-            disable_fallback=disable_fallback,
-            max_queue_length=max_queue_length,
-        )
-        self._init_submit(app_id, arguments, path, options, option_kwargs)
         self.reattach_on_retry = reattach_on_retry
 
     def execute(self, context: Context) -> Any:
         ref = self._previous_request(context) if self.reattach_on_retry else None
         if ref is None:
             url = task_webhook_url(self.hook, context) if self.wait_mode == "webhook" else None
-            ref = self._submit(self.hook, url)
+            ref = self._submit(url)
             # Saved before any wait: a worker lost from here on leaves a request a retry can find.
             self._request = ref
             if self.reattach_on_retry:

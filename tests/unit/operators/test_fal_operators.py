@@ -356,3 +356,21 @@ def test_link_points_at_dashboard_for_fal_and_status_url_elsewhere() -> None:
     assert request_url(REF, "https://queue.fal.run") == "https://fal.ai/dashboard/requests/req-1"
     assert request_url(REF, "http://127.0.0.1:8000/queue") == REF.status_url
     assert FalRequestLink().name == "fal request"
+
+
+def test_submit_parameters_work_with_partial_expand_and_reject_typos() -> None:
+    """Airflow's mapping checks only see parameters of metaclass-wrapped ``__init__`` methods."""
+    from airflow.sdk import DAG
+
+    with DAG("mapped", schedule=None):
+        mapped = FalInferenceOperator.partial(task_id="m", app_id=APP, priority="low").expand(
+            arguments=[{"prompt": "a"}, {"prompt": "b"}]
+        )
+        FalSubmitOperator.partial(task_id="s", app_id=APP, webhook_wake_task_id="w").expand(
+            arguments=[{"prompt": "a"}]
+        )
+    assert mapped.partial_kwargs["priority"] == "low"
+    with pytest.raises(TypeError, match="priorty"):
+        FalInferenceOperator(task_id="typo", app_id=APP, priorty="low")
+    op = FalSubmitOperator(task_id="s2", app_id=APP, arguments={"p": 1}, path="/x", store_io=False)
+    assert (op.app_id, op.arguments, op.path, op.options) == (APP, {"p": 1}, "/x", {"store_io": False})
