@@ -35,7 +35,15 @@ from fal_provider.hooks._realtime import (
 from fal_provider.hooks._settings import FalSettings
 from fal_provider.hooks._sse import aiter_model_events, aiter_status_events
 from fal_provider.hooks._transport import Call, asend, close_shared_async_client, shared_async_client
-from fal_provider.hooks._upload import CdnTokenCache, access_url, check_size, guess_content_type, read_source
+from fal_provider.hooks._upload import (
+    CdnTokenCache,
+    MultipartUpload,
+    access_url,
+    guess_content_type,
+    needs_multipart,
+    open_source,
+    single_upload,
+)
 from fal_provider.models import (
     AppId,
     CompletedStatus,
@@ -179,14 +187,40 @@ class FalAsyncMixin:
         content_type: str | None = None,
         file_name: str | None = None,
     ) -> str:
-        payload, name = await asyncio.to_thread(read_source, data, file_name)
-        check_size(payload, name)
-        builder = await self._acalls()
+        source = await asyncio.to_thread(open_source, data, file_name)
+        kind = guess_content_type(content_type, source.name)
+        token = await self._acdn_token()
+        settings = await self.aget_settings()
+        if needs_multipart(source):
+            return await self._aupload_parts(
+                MultipartUpload(settings, source, content_type=kind, token=token)
+            )
+        payload = await asyncio.to_thread(source.read)
+        call = single_upload(settings, source, payload, content_type=kind, token=token)
+        return access_url(json_body(await self._asend(call), call.label), call.label)
+
+    async def _acdn_token(self) -> Mapping[str, Any]:
         token = self._cdn_tokens.get()
         if token is None:
-            token_call = builder.storage_token()
-            token = self._cdn_tokens.remember(json_body(await self._asend(token_call), token_call.label))
-        call = builder.upload(
-            payload, content_type=guess_content_type(content_type, name), file_name=name, token=token
-        )
-        return access_url(json_body(await self._asend(call), call.label), call.label)
+            call = (await self._acalls()).storage_token()
+            token = self._cdn_tokens.remember(json_body(await self._asend(call), call.label))
+        return token
+
+    async def _aupload_parts(self, upload: MultipartUpload) -> str:
+        upload.started(await self._asend(upload.create()))
+        gate = asyncio.Semaphore(upload.concurrency)
+
+        async def put(number: int) -> None:
+            async with gate:
+                call = await asyncio.to_thread(upload.part, number)  # reads the part from disk
+                upload.part_done(number, await self._asend(call))
+
+        tasks = [asyncio.ensure_future(put(number)) for number in upload.numbers]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:  # do not leave parts of an upload that already failed running
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        return upload.finish(await self._asend(upload.complete()))

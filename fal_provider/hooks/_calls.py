@@ -89,7 +89,7 @@ def merge_headers(*layers: Mapping[str, str] | None) -> dict[str, str]:
     return dict(merged.values())
 
 
-def _join(base: str, *parts: str) -> str:
+def join_url(base: str, *parts: str) -> str:
     tail = "/".join(p.strip("/") for p in parts if p and p.strip("/"))
     return f"{base.rstrip('/')}/{tail}" if tail else base.rstrip("/")
 
@@ -141,7 +141,7 @@ class CallBuilder:
             params["fal_webhook"] = webhook_url
         call = Call(
             method="POST",
-            url=_join(self.settings.queue_url, app.full, path),
+            url=join_url(self.settings.queue_url, app.full, path),
             label=f"submit to {app.full}",
             policy=SUBMIT,
             headers=self._json_headers(headers, opts.headers()),
@@ -154,7 +154,7 @@ class CallBuilder:
     def request_ref(self, app_id: str, request_id: str) -> FalRequestRef:
         """URLs built the way ``fal_client`` builds them from an id (sub-path dropped)."""
         app = AppId.parse(app_id)
-        base = _join(self.settings.queue_url, app.base, "requests", request_id)
+        base = join_url(self.settings.queue_url, app.base, "requests", request_id)
         return FalRequestRef(
             app_id=app.full,
             request_id=request_id,
@@ -202,7 +202,7 @@ class CallBuilder:
 
     def status_stream(self, request: Any, *, logs: bool = False) -> tuple[Call, FalRequestRef]:
         ref = self._urls(request)
-        url = _join(str(ref.status_url), "stream")
+        url = join_url(str(ref.status_url), "stream")
         label = f"status stream of {ref.request_id} on {ref.app_id}"
         return self._get(url, label, {"logs": "1" if logs else "0"}, accept="text/event-stream"), ref
 
@@ -231,7 +231,7 @@ class CallBuilder:
         body = encode_arguments(arguments, app)
         call = Call(
             method="POST",
-            url=_join(self.settings.run_url, app.full, path),
+            url=join_url(self.settings.run_url, app.full, path),
             label=f"run of {app.full}",
             policy=SUBMIT,
             headers=self._json_headers(headers, opts.headers()),
@@ -254,7 +254,7 @@ class CallBuilder:
         body = encode_arguments(arguments, app)
         call = Call(
             method="POST",
-            url=_join(self.settings.run_url, app.full, path),
+            url=join_url(self.settings.run_url, app.full, path),
             label=f"stream of {app.full}",
             policy=SUBMIT,
             headers=self.headers(
@@ -278,7 +278,7 @@ class CallBuilder:
         body = json.dumps({"allowed_apps": [app.alias], "token_expiration": token_expiration}).encode()
         return Call(
             method="POST",
-            url=_join(self.settings.rest_url, "tokens") + "/",
+            url=join_url(self.settings.rest_url, "tokens") + "/",
             label=f"realtime token for {app.full}",
             policy=IDEMPOTENT,
             headers=self._json_headers(),
@@ -289,31 +289,13 @@ class CallBuilder:
     def storage_token(self) -> Call:
         return Call(
             method="POST",
-            url=_join(self.settings.rest_url, "storage/auth/token"),
+            url=join_url(self.settings.rest_url, "storage/auth/token"),
             label="CDN storage token",
             policy=IDEMPOTENT,
             headers=self._json_headers(),
             timeout=default_timeout(self.settings),
             params={"storage_type": "fal-cdn-v3"},
             content=b"{}",
-        )
-
-    def upload(
-        self, data: bytes, *, content_type: str, file_name: str | None, token: Mapping[str, Any]
-    ) -> Call:
-        headers = merge_headers(
-            {"User-Agent": USER_AGENT, "Content-Type": content_type},
-            {"X-Fal-File-Name": file_name} if file_name else None,
-            {"Authorization": f"{token.get('token_type', 'Bearer')} {token['token']}"},
-        )
-        return Call(
-            method="POST",
-            url=_join(self.settings.cdn_url, "files/upload"),
-            label=f"upload of {file_name or 'data'} ({len(data)} bytes)",
-            policy=IDEMPOTENT,
-            headers=headers,
-            timeout=default_timeout(self.settings),
-            content=data,
         )
 
 

@@ -1,38 +1,75 @@
-"""Preparing uploads to fal's CDN (v3 flow: storage token from REST, then one POST of the bytes).
+"""Uploads to fal's CDN, described as calls (v3 flow: storage token from REST, then the bytes).
 
 DAGs pass local images as model inputs by uploading them first and handing the model the URL.
+Up to :data:`MULTIPART_THRESHOLD` bytes go in one POST; above it, as fal's own client does, the file
+goes in :data:`MULTIPART_PART_SIZE` parts: initiate, PUT each part (ETag from the answer), complete.
+A local file is read one part at a time, so a multi-GB upload never sits in memory whole. Nothing here
+does I/O on the network: the hook's sync and async methods send these calls with their own clients.
+Tests lower the module constants to exercise the multipart flow with small files.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import mimetypes
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from fal_provider.exceptions import FalServerError
+import httpx
 
-#: fal_client switches to multipart uploads above this size; the hook sends single uploads only.
-SINGLE_UPLOAD_LIMIT = 100 * 1024 * 1024
+from fal_provider.exceptions import FalServerError
+from fal_provider.hooks._calls import USER_AGENT, join_url, json_body, merge_headers
+from fal_provider.hooks._retry import IDEMPOTENT
+from fal_provider.hooks._settings import FalSettings
+from fal_provider.hooks._transport import Call, default_timeout
+
+#: Above this size an upload goes in parts (fal_client's threshold).
+MULTIPART_THRESHOLD = 100 * 1024 * 1024
+#: Size of each part but the last (fal_client's).
+MULTIPART_PART_SIZE = 10 * 1024 * 1024
+#: Parts in flight at once per upload (fal_client's).
+MULTIPART_CONCURRENCY = 10
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 #: Renew a cached CDN token this long before fal says it expires.
 TOKEN_MARGIN_S = 60.0
 
 
-def read_source(data: bytes | str | os.PathLike[str], file_name: str | None) -> tuple[bytes, str | None]:
-    """Bytes to upload and a file name; a str/PathLike is a local file path, never content."""
+@dataclass(frozen=True)
+class UploadSource:
+    """Bytes already in memory, or a local file that is read only when (and as far as) needed."""
+
+    name: str | None
+    size: int
+    data: bytes | None = field(default=None, repr=False)
+    path: str | None = None
+
+    def read(self, offset: int = 0, length: int | None = None) -> bytes:
+        """``length`` bytes from ``offset`` (to the end if ``None``); blocking file I/O for a path."""
+        if self.data is not None:
+            return self.data[offset : None if length is None else offset + length]
+        assert self.path is not None
+        with open(self.path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read(-1 if length is None else length)
+
+
+def open_source(data: bytes | str | os.PathLike[str], file_name: str | None) -> UploadSource:
+    """What to upload; a str/PathLike is a local file path, never content (blocking: a stat)."""
     if isinstance(data, (bytes, bytearray, memoryview)):
-        return bytes(data), file_name
+        payload = bytes(data)
+        return UploadSource(name=file_name, size=len(payload), data=payload)
     if isinstance(data, (str, os.PathLike)):
         path = os.fspath(data)
         if not os.path.isfile(path):
             raise FileNotFoundError(
                 f"Cannot upload {path!r}: not a file (str/PathLike data means a local path)"
             )
-        with open(path, "rb") as handle:
-            return handle.read(), file_name or os.path.basename(path)
+        return UploadSource(name=file_name or os.path.basename(path), size=os.path.getsize(path), path=path)
     raise ValueError(f"upload data must be bytes or a local file path, got {type(data).__name__}")
 
 
@@ -43,12 +80,8 @@ def guess_content_type(content_type: str | None, file_name: str | None) -> str:
     return guessed or DEFAULT_CONTENT_TYPE
 
 
-def check_size(data: bytes, file_name: str | None) -> None:
-    if len(data) > SINGLE_UPLOAD_LIMIT:
-        raise ValueError(
-            f"Upload of {file_name or 'data'} is {len(data)} bytes; FalHook.upload sends files up to "
-            f"{SINGLE_UPLOAD_LIMIT} bytes (fal's multipart upload is not supported yet)"
-        )
+def needs_multipart(source: UploadSource) -> bool:
+    return source.size > MULTIPART_THRESHOLD
 
 
 def token_deadline(token: Mapping[str, Any]) -> float:
@@ -88,3 +121,125 @@ def access_url(body: Any, label: str) -> str:
     if not isinstance(url, str):
         raise FalServerError(f"{label}: the CDN answer has no access_url")
     return url
+
+
+def _cdn_headers(token: Mapping[str, Any], *layers: Mapping[str, str] | None) -> dict[str, str]:
+    """CDN calls carry the storage token, never the key."""
+    return merge_headers(
+        {"User-Agent": USER_AGENT},
+        *layers,
+        {"Authorization": f"{token.get('token_type', 'Bearer')} {token['token']}"},
+    )
+
+
+def _cdn_call(settings: FalSettings, url: str, label: str, headers: dict[str, str], **kwargs: Any) -> Call:
+    # Uploads are idempotent: a repeated POST/PUT at worst leaves an orphan object or part.
+    return Call(
+        url=url, label=label, policy=IDEMPOTENT, headers=headers, timeout=default_timeout(settings), **kwargs
+    )
+
+
+def single_upload(
+    settings: FalSettings,
+    source: UploadSource,
+    payload: bytes,
+    *,
+    content_type: str,
+    token: Mapping[str, Any],
+) -> Call:
+    """One POST of the whole payload (sources up to :data:`MULTIPART_THRESHOLD`)."""
+    name = source.name
+    headers = _cdn_headers(token, {"Content-Type": content_type}, {"X-Fal-File-Name": name} if name else None)
+    label = f"upload of {name or 'data'} ({len(payload)} bytes)"
+    return _cdn_call(
+        settings, join_url(settings.cdn_url, "files/upload"), label, headers, method="POST", content=payload
+    )
+
+
+class MultipartUpload:
+    """fal's multipart flow for one source, as calls and answer parsers.
+
+    The hook sends :meth:`create`, then every :meth:`part` (concurrently, at most
+    :data:`MULTIPART_CONCURRENCY`) feeding each answer to :meth:`part_done`, then :meth:`complete`.
+    :meth:`part` reads its bytes from the source, so drivers call it off the event loop.
+    """
+
+    def __init__(
+        self, settings: FalSettings, source: UploadSource, *, content_type: str, token: Mapping[str, Any]
+    ) -> None:
+        self.settings = settings
+        self.source = source
+        self.content_type = content_type
+        self._token = token
+        self.part_size = MULTIPART_PART_SIZE  # read once: one upload, one part size
+        self.total = max(1, math.ceil(source.size / self.part_size))
+        self.concurrency = max(1, min(MULTIPART_CONCURRENCY, self.total))
+        self._access_url: str | None = None
+        self._upload_id: str | None = None
+        self._etags: dict[int, str] = {}
+
+    def __repr__(self) -> str:
+        return f"MultipartUpload(name={self.source.name!r}, size={self.source.size}, parts={self.total})"
+
+    @property
+    def numbers(self) -> range:
+        return range(1, self.total + 1)
+
+    @property
+    def _label(self) -> str:
+        return f"multipart upload of {self.source.name or 'data'} ({self.source.size} bytes)"
+
+    def _started(self) -> tuple[str, str]:
+        if self._access_url is None or self._upload_id is None:
+            raise RuntimeError("multipart upload not initiated")
+        return self._access_url, self._upload_id
+
+    def create(self) -> Call:
+        headers = _cdn_headers(
+            self._token,
+            {"Content-Type": self.content_type, "Accept": "application/json"},
+            {"X-Fal-File-Name": self.source.name} if self.source.name else None,
+        )
+        url = join_url(self.settings.cdn_url, "files/upload/multipart")
+        return _cdn_call(self.settings, url, f"start of {self._label}", headers, method="POST")
+
+    def started(self, response: httpx.Response) -> None:
+        label = f"start of {self._label}"
+        body = json_body(response, label)
+        upload_id = body.get("uploadId") if isinstance(body, Mapping) else None
+        if not isinstance(upload_id, str) or not upload_id:
+            raise FalServerError(f"{label}: the CDN answer has no uploadId")
+        self._access_url, self._upload_id = access_url(body, label), upload_id
+
+    def part(self, number: int) -> Call:
+        """The PUT of part ``number`` (1-based) with its bytes read from the source (blocking)."""
+        base, upload_id = self._started()
+        data = self.source.read((number - 1) * self.part_size, self.part_size)
+        headers = _cdn_headers(
+            self._token, {"Content-Type": self.content_type, "Accept-Encoding": "identity"}
+        )
+        label = f"part {number}/{self.total} of {self._label}"
+        url = join_url(base, "multipart", upload_id, str(number))
+        return _cdn_call(self.settings, url, label, headers, method="PUT", content=data)
+
+    def part_done(self, number: int, response: httpx.Response) -> None:
+        etag = response.headers.get("etag")
+        if not etag:
+            raise FalServerError(f"part {number}/{self.total} of {self._label}: the CDN sent no ETag")
+        self._etags[number] = etag
+
+    def complete(self) -> Call:
+        base, upload_id = self._started()
+        missing = [n for n in self.numbers if n not in self._etags]
+        if missing:
+            raise RuntimeError(f"{self._label}: parts {missing} not uploaded")
+        parts = [{"partNumber": n, "etag": self._etags[n]} for n in self.numbers]
+        headers = _cdn_headers(self._token, {"Content-Type": "application/json"})
+        url = join_url(base, "multipart", upload_id, "complete")
+        content = json.dumps({"parts": parts}).encode()
+        return _cdn_call(self.settings, url, f"end of {self._label}", headers, method="POST", content=content)
+
+    def finish(self, response: httpx.Response) -> str:
+        """The file's URL: the one fal announced when the upload started (as fal_client returns)."""
+        del response  # a 2xx is all that counts; fal_client does not read the body either
+        return self._started()[0]

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from functools import cached_property
 from types import MappingProxyType
@@ -57,10 +58,12 @@ from fal_provider.hooks._transport import (
 )
 from fal_provider.hooks._upload import (
     CdnTokenCache,
+    MultipartUpload,
     access_url,
-    check_size,
     guess_content_type,
-    read_source,
+    needs_multipart,
+    open_source,
+    single_upload,
 )
 from fal_provider.models import (
     AppId,
@@ -310,18 +313,42 @@ class FalHook(FalAsyncMixin, BaseHook):
         content_type: str | None = None,
         file_name: str | None = None,
     ) -> str:
-        """Upload bytes or a local file to fal's CDN and return its URL (models take file URLs)."""
-        payload, name = read_source(data, file_name)
-        check_size(payload, name)
-        builder = self._calls()
+        """Upload bytes or a local file to fal's CDN and return its URL (models take file URLs).
+
+        Above ``_upload.MULTIPART_THRESHOLD`` (100 MiB) the upload goes in parts, like fal's client:
+        a local file is then read one part at a time, up to ``MULTIPART_CONCURRENCY`` parts in flight.
+        """
+        source = open_source(data, file_name)
+        kind = guess_content_type(content_type, source.name)
+        token = self._cdn_token()
+        if needs_multipart(source):
+            return self._upload_parts(MultipartUpload(self.settings, source, content_type=kind, token=token))
+        call = single_upload(self.settings, source, source.read(), content_type=kind, token=token)
+        return access_url(json_body(self._send(call), call.label), call.label)
+
+    def _cdn_token(self) -> Mapping[str, Any]:
         token = self._cdn_tokens.get()
         if token is None:
-            token_call = builder.storage_token()
-            token = self._cdn_tokens.remember(json_body(self._send(token_call), token_call.label))
-        call = builder.upload(
-            payload, content_type=guess_content_type(content_type, name), file_name=name, token=token
-        )
-        return access_url(json_body(self._send(call), call.label), call.label)
+            call = self._calls().storage_token()
+            token = self._cdn_tokens.remember(json_body(self._send(call), call.label))
+        return token
+
+    def _upload_parts(self, upload: MultipartUpload) -> str:
+        upload.started(self._send(upload.create()))
+
+        def put(number: int) -> None:
+            upload.part_done(number, self._send(upload.part(number)))
+
+        with ThreadPoolExecutor(max_workers=upload.concurrency, thread_name_prefix="fal-upload") as pool:
+            futures = [pool.submit(put, number) for number in upload.numbers]
+            try:
+                for future in as_completed(futures):
+                    future.result()
+            except BaseException:
+                for future in futures:  # do not start parts of an upload that already failed
+                    future.cancel()
+                raise
+        return upload.finish(self._send(upload.complete()))
 
     # -- connection test ---------------------------------------------------------------------------
     def test_connection(self) -> tuple[bool, str]:
