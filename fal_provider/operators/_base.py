@@ -236,31 +236,28 @@ class FalWaitingOperator(FalBaseOperator):
                 if self.timeout is None
                 else timedelta(seconds=self.timeout + DEFER_TIMEOUT_MARGIN),
             )
-        event = SyncWaiter(
-            self.hook,
-            wait_mode=self.wait_mode,
-            poll_interval=self.poll_interval,
-            max_poll_interval=self.max_poll_interval,
-            end_time=end_time,
-            max_consecutive_errors=self.max_consecutive_errors,
-            log_fal_logs=self.log_fal_logs,
-            log=self.log,
-        ).wait(ref)
+        event = SyncWaiter(self.hook, log=self.log, **self._wait_policy(end_time)).wait(ref)
         return self.complete(context, event)
 
     def build_trigger(self, ref: FalRequestRef, end_time: float | None) -> FalRequestTrigger:
         return FalRequestTrigger(
             request=ref.to_xcom(),
             fal_conn_id=self.fal_conn_id,
-            wait_mode=self.wait_mode,
-            poll_interval=self.poll_interval,
-            max_poll_interval=self.max_poll_interval,
-            end_time=end_time,
-            max_consecutive_errors=self.max_consecutive_errors,
             cancel_on_kill=self.cancel_on_kill,
-            log_fal_logs=self.log_fal_logs,
             backstop_interval=self.backstop_interval,
+            **self._wait_policy(end_time),
         )
+
+    def _wait_policy(self, end_time: float | None) -> dict[str, Any]:
+        """What the trigger and the worker-side waiter share, so both paths wait alike."""
+        return {
+            "wait_mode": self.wait_mode,
+            "poll_interval": self.poll_interval,
+            "max_poll_interval": self.max_poll_interval,
+            "end_time": end_time,
+            "max_consecutive_errors": self.max_consecutive_errors,
+            "log_fal_logs": self.log_fal_logs,
+        }
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """Resume after the trigger fired; everything needed is in ``event`` (defer kwargs may be lost)."""
