@@ -17,20 +17,18 @@ import httpx
 from websockets.asyncio.client import connect as ws_connect_async
 
 from fal_provider.hooks._calls import (
-    USER_AGENT,
     CallBuilder,
     json_body,
     parse_cancel,
     parse_status_response,
     parse_submit,
-    parse_token,
 )
 from fal_provider.hooks._realtime import (
-    OPEN_TIMEOUT,
     WS_OPEN_ERRORS,
+    WS_OPTIONS,
     AsyncRealtimeSession,
+    RealtimeOpening,
     handshake_error,
-    realtime_url,
 )
 from fal_provider.hooks._settings import FalSettings
 from fal_provider.hooks._sse import aiter_model_events, aiter_status_events
@@ -45,7 +43,6 @@ from fal_provider.hooks._upload import (
     single_upload,
 )
 from fal_provider.models import (
-    AppId,
     CompletedStatus,
     FalRequestRef,
     InProgressStatus,
@@ -162,19 +159,13 @@ class FalAsyncMixin:
         max_buffering: int | None = None,
         token_expiration: int = 120,
     ) -> AsyncIterator[AsyncRealtimeSession]:
-        app = AppId.parse(app_id)
-        settings = await self.aget_settings()
-        realtime_url(settings.run_url, app, path, "check", max_buffering)
-        call = (await self._acalls()).realtime_token(app, token_expiration)
-        token = parse_token(await self._asend(call), call.label)
-        url = realtime_url(settings.run_url, app, path, token, max_buffering)
+        opening = RealtimeOpening.plan(await self._acalls(), app_id, path, max_buffering, token_expiration)
+        url = opening.url(await self._asend(opening.token_call))
         try:
-            connection = await ws_connect_async(
-                url, open_timeout=OPEN_TIMEOUT, max_size=None, user_agent_header=USER_AGENT
-            )
+            connection = await ws_connect_async(url, **WS_OPTIONS)
         except WS_OPEN_ERRORS as exc:
-            raise handshake_error(exc, app) from None
-        session = AsyncRealtimeSession(connection, app)
+            raise handshake_error(exc, opening.app) from None
+        session = AsyncRealtimeSession(connection, opening.app)
         try:
             yield session
         finally:

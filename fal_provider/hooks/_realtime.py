@@ -4,16 +4,26 @@ The key never travels on the WebSocket: the hook first asks the REST API for a s
 scoped to the app, and the session connects with ``?fal_jwt_token=...`` as fal's client does.
 Incoming text frames are control messages: ``x-fal-error`` raises :class:`FalRealtimeError`,
 ``x-fal-message`` (timings and the like) is skipped.
+
+Token lifetime (``token_expiration``, default 120 s): fal-js renews its token at 90 % of that lifetime
+because it reconnects with it. Here a token serves exactly one handshake. fal (and the emulator,
+``emulator/realtime.py``) checks it only when the WebSocket opens, so an open session outlives its
+token; there is no reconnect inside a session (a dropped socket raises ``FalStreamError``), and every
+opening, including a caller's reconnect (``run_realtime_batch`` opens a new ``arealtime()``), builds
+a new :class:`RealtimeOpening` and so fetches a fresh token. Nothing caches a token or a token URL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+import httpx
 import msgpack
 from websockets.asyncio.client import ClientConnection as AsyncConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
@@ -27,12 +37,15 @@ from fal_provider.exceptions import (
     FalStreamError,
     FalTimeoutError,
 )
-from fal_provider.hooks._calls import check_msgpack
+from fal_provider.hooks._calls import USER_AGENT, CallBuilder, check_msgpack, parse_token
+from fal_provider.hooks._transport import Call
 from fal_provider.models import AppId
 
 #: fal's accepted range for ``max_buffering``.
 MAX_BUFFERING_RANGE = (1, 60)
 OPEN_TIMEOUT = 90.0
+#: Options of ``websockets``' sync and async ``connect``.
+WS_OPTIONS: dict[str, Any] = {"open_timeout": OPEN_TIMEOUT, "max_size": None, "user_agent_header": USER_AGENT}
 #: What opening a WebSocket can raise (mapped by :func:`handshake_error`).
 WS_OPEN_ERRORS = (InvalidHandshake, InvalidURI, OSError, TimeoutError, asyncio.TimeoutError)
 
@@ -65,6 +78,35 @@ def realtime_url(run_url: str, app: AppId, path: str, token: str, max_buffering:
             raise ValueError(f"max_buffering must be an integer from {low} to {high}, got {max_buffering!r}")
         query["max_buffering"] = str(max_buffering)
     return urlunsplit((scheme, parts.netloc, f"/{route}", urlencode(query), ""))
+
+
+@dataclass(frozen=True)
+class RealtimeOpening:
+    """One opening of a session: a token call, then the WebSocket URL carrying that token.
+
+    Built fresh for every opening, so every (re)connection gets its own token: fal checks the token
+    only at the handshake, and one fetched for an earlier opening may have expired since.
+    """
+
+    app: AppId
+    token_call: Call
+    run_url: str
+    path: str
+    max_buffering: int | None
+
+    @classmethod
+    def plan(
+        cls, builder: CallBuilder, app_id: str, path: str, max_buffering: int | None, token_expiration: int
+    ) -> RealtimeOpening:
+        """Validates everything before any network call."""
+        app = AppId.parse(app_id)
+        run_url = builder.settings.run_url
+        realtime_url(run_url, app, path, "check", max_buffering)
+        return cls(app, builder.realtime_token(app, token_expiration), run_url, path, max_buffering)
+
+    def url(self, token_response: httpx.Response) -> str:
+        token = parse_token(token_response, self.token_call.label)
+        return realtime_url(self.run_url, self.app, self.path, token, self.max_buffering)
 
 
 def encode_message(message: Mapping[str, Any], app: AppId) -> bytes:
@@ -133,31 +175,42 @@ def closed_error(exc: ConnectionClosed, app: AppId) -> FalStreamError:
     )
 
 
-class RealtimeSession:
-    """A live sync session. ``send`` a mapping, ``recv`` the next decoded reply."""
+class _Session:
+    """What the sync and async sessions share: encoding, decoding and error mapping."""
 
-    def __init__(self, connection: ClientConnection, app: AppId) -> None:
-        self._ws = connection
+    def __init__(self, app: AppId) -> None:
         self.app = app
 
     def __repr__(self) -> str:
-        return f"RealtimeSession(app={self.app.full!r})"
+        return f"{type(self).__name__}(app={self.app.full!r})"
 
-    def send(self, message: Mapping[str, Any]) -> None:
-        data = encode_message(message, self.app)
+    @contextmanager
+    def _io(self, timeout: float | None = None) -> Iterator[None]:
+        """Map the socket's failures to the hook's errors around one send or receive."""
         try:
-            self._ws.send(data)
+            yield
+        except (TimeoutError, asyncio.TimeoutError):
+            raise FalTimeoutError(f"no realtime reply from {self.app.full} within {timeout} s") from None
         except ConnectionClosed as exc:
             raise closed_error(exc, self.app) from exc
 
+
+class RealtimeSession(_Session):
+    """A live sync session. ``send`` a mapping, ``recv`` the next decoded reply."""
+
+    def __init__(self, connection: ClientConnection, app: AppId) -> None:
+        super().__init__(app)
+        self._ws = connection
+
+    def send(self, message: Mapping[str, Any]) -> None:
+        data = encode_message(message, self.app)
+        with self._io():
+            self._ws.send(data)
+
     def recv(self, timeout: float | None = None) -> dict[str, Any]:
         while True:
-            try:
+            with self._io(timeout):
                 frame = self._ws.recv(timeout=timeout)
-            except TimeoutError:
-                raise FalTimeoutError(f"no realtime reply from {self.app.full} within {timeout} s") from None
-            except ConnectionClosed as exc:
-                raise closed_error(exc, self.app) from exc
             decoded = decode_frame(frame, self.app)
             if decoded is not None:
                 return decoded
@@ -166,31 +219,22 @@ class RealtimeSession:
         self._ws.close()
 
 
-class AsyncRealtimeSession:
+class AsyncRealtimeSession(_Session):
     """Async twin of :class:`RealtimeSession`."""
 
     def __init__(self, connection: AsyncConnection, app: AppId) -> None:
+        super().__init__(app)
         self._ws = connection
-        self.app = app
-
-    def __repr__(self) -> str:
-        return f"AsyncRealtimeSession(app={self.app.full!r})"
 
     async def send(self, message: Mapping[str, Any]) -> None:
         data = encode_message(message, self.app)
-        try:
+        with self._io():
             await self._ws.send(data)
-        except ConnectionClosed as exc:
-            raise closed_error(exc, self.app) from exc
 
     async def recv(self, timeout: float | None = None) -> dict[str, Any]:
         while True:
-            try:
+            with self._io(timeout):
                 frame = await asyncio.wait_for(self._ws.recv(), timeout)
-            except (TimeoutError, asyncio.TimeoutError):
-                raise FalTimeoutError(f"no realtime reply from {self.app.full} within {timeout} s") from None
-            except ConnectionClosed as exc:
-                raise closed_error(exc, self.app) from exc
             decoded = decode_frame(frame, self.app)
             if decoded is not None:
                 return decoded

@@ -28,22 +28,20 @@ from fal_provider.exceptions import FalAuthError, FalError
 from fal_provider.hooks import _conn_cache
 from fal_provider.hooks._async import FalAsyncMixin
 from fal_provider.hooks._calls import (
-    USER_AGENT,
     CallBuilder,
     json_body,
     parse_cancel,
     parse_status_response,
     parse_submit,
-    parse_token,
 )
 from fal_provider.hooks._realtime import (
-    OPEN_TIMEOUT,
     WS_OPEN_ERRORS,
+    WS_OPTIONS,
     AsyncRealtimeSession,
     FalRealtimeError,
+    RealtimeOpening,
     RealtimeSession,
     handshake_error,
-    realtime_url,
 )
 from fal_provider.hooks._retry import NO_RETRY
 from fal_provider.hooks._settings import FalSettings, resolve_settings
@@ -66,7 +64,6 @@ from fal_provider.hooks._upload import (
     single_upload,
 )
 from fal_provider.models import (
-    AppId,
     CompletedStatus,
     FalRequestRef,
     InProgressStatus,
@@ -275,9 +272,6 @@ class FalHook(FalAsyncMixin, BaseHook):
             response.close()
 
     # -- realtime ----------------------------------------------------------------------------------
-    def _realtime_url(self, app: AppId, token: str, path: str, max_buffering: int | None) -> str:
-        return realtime_url(self.settings.run_url, app, path, token, max_buffering)
-
     @contextmanager
     def realtime(
         self,
@@ -287,19 +281,18 @@ class FalHook(FalAsyncMixin, BaseHook):
         max_buffering: int | None = None,
         token_expiration: int = 120,
     ) -> Iterator[RealtimeSession]:
-        """A msgpack WebSocket session with the app, authenticated by a short-lived app-scoped token."""
-        app = AppId.parse(app_id)
-        self._realtime_url(app, "check", path, max_buffering)  # validate before any network call
-        call = self._calls().realtime_token(app, token_expiration)
-        token = parse_token(self._send(call), call.label)
-        url = self._realtime_url(app, token, path, max_buffering)
+        """A msgpack WebSocket session with the app, authenticated by a short-lived app-scoped token.
+
+        Each call fetches a new token, used once for the handshake: an open session keeps working
+        after ``token_expiration``; to reconnect after a drop, call ``realtime()`` again.
+        """
+        opening = RealtimeOpening.plan(self._calls(), app_id, path, max_buffering, token_expiration)
+        url = opening.url(self._send(opening.token_call))
         try:
-            connection = ws_connect(
-                url, open_timeout=OPEN_TIMEOUT, max_size=None, user_agent_header=USER_AGENT
-            )
+            connection = ws_connect(url, **WS_OPTIONS)
         except WS_OPEN_ERRORS as exc:
-            raise handshake_error(exc, app) from None
-        session = RealtimeSession(connection, app)
+            raise handshake_error(exc, opening.app) from None
+        session = RealtimeSession(connection, opening.app)
         try:
             yield session
         finally:
