@@ -22,6 +22,7 @@ from fal_provider.operators._waiting import SyncWaiter
 from fal_provider.operators.links import LINK_XCOM_KEY, FalRequestLink, request_url
 from fal_provider.results import DEFAULT_MAX_XCOM_BYTES, shape_result
 from fal_provider.triggers._wait import (
+    Status,
     completed_event,
     resolve_webhook_deferrable,
     validate_backstop_interval,
@@ -220,11 +221,15 @@ class FalWaitingOperator(FalBaseOperator):
 
     # -- waiting ---------------------------------------------------------------------------
 
-    def wait_for(self, context: Context, ref: FalRequestRef) -> Any:
-        """Finish now if the request is already done; otherwise defer or wait on the worker."""
+    def wait_for(self, context: Context, ref: FalRequestRef, status: Status | None = None) -> Any:
+        """Finish now if the request is already done; otherwise defer or wait on the worker.
+
+        ``status``: one the caller has just read (reattaching), so it is not asked for twice.
+        """
         self._request = ref
         self.push_request(context, ref)
-        status = self.hook.get_status(ref)
+        if status is None:
+            status = self.hook.get_status(ref)
         if isinstance(status, CompletedStatus):
             return self.complete(context, completed_event(status, ref))
         end_time = None if self.timeout is None else time.time() + self.timeout

@@ -22,6 +22,7 @@ from typing import Any
 from fal_provider._compat import AIRFLOW_V_3_3_PLUS
 from fal_provider.exceptions import FalNotFoundError
 from fal_provider.models import CompletedStatus, FalRequestRef
+from fal_provider.triggers._wait import Status
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +85,10 @@ class RequestStore:
             return None
 
 
-def reattachable(hook: Any, ref: FalRequestRef) -> bool:
-    """Whether a stored request is worth waiting for instead of submitting again.
+def reattach_status(hook: Any, ref: FalRequestRef) -> Status | None:
+    """The stored request's status when it is worth waiting for, ``None`` when it must be resubmitted.
 
+    The status is returned so the caller can go on from it without asking fal a second time.
     Transient errors while checking propagate: guessing "resubmit" could pay twice, and the
     task's own retry will ask again.
     """
@@ -94,9 +96,9 @@ def reattachable(hook: Any, ref: FalRequestRef) -> bool:
         status = hook.get_status(ref)
     except FalNotFoundError:
         log.info("Stored fal request %s is unknown to fal; submitting a new one", ref.request_id)
-        return False
+        return None
     if isinstance(status, CompletedStatus) and status.failed:
         log.info("Stored fal request %s failed (%s); submitting a new one", ref.request_id, status.error_type)
-        return False
+        return None
     log.info("Reattaching to fal request %s (%s) from a previous try", ref.request_id, status.status)
-    return True
+    return status

@@ -26,10 +26,11 @@ from fal_provider.operators._base import (
     merge_options,
     task_webhook_url,
 )
-from fal_provider.operators._reattach import RequestStore, reattachable
+from fal_provider.operators._reattach import RequestStore, reattach_status
 from fal_provider.operators.links import FalRequestLink
 from fal_provider.operators.realtime import FalRealtimeOperator
 from fal_provider.operators.streaming import FalStreamOperator
+from fal_provider.triggers._wait import Status
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -149,21 +150,25 @@ class FalInferenceOperator(_SubmittingOperator, FalWaitingOperator):
         self.reattach_on_retry = reattach_on_retry
 
     def execute(self, context: Context) -> Any:
-        ref = self._previous_request(context) if self.reattach_on_retry else None
-        if ref is None:
-            url = task_webhook_url(self.hook, context) if self.wait_mode == "webhook" else None
-            ref = self._submit(url)
-            # Saved before any wait: a worker lost from here on leaves a request a retry can find.
-            self._request = ref
-            if self.reattach_on_retry:
-                RequestStore(context).save(ref)
+        if self.reattach_on_retry:
+            previous = self._previous_request(context)
+            if previous is not None:
+                return self.wait_for(context, *previous)
+        url = task_webhook_url(self.hook, context) if self.wait_mode == "webhook" else None
+        ref = self._submit(url)
+        # Saved before any wait: a worker lost from here on leaves a request a retry can find.
+        self._request = ref
+        if self.reattach_on_retry:
+            RequestStore(context).save(ref)
         return self.wait_for(context, ref)
 
-    def _previous_request(self, context: Context) -> FalRequestRef | None:
+    def _previous_request(self, context: Context) -> tuple[FalRequestRef, Status] | None:
+        """A request an earlier try submitted that is still worth waiting for, with its status."""
         stored = RequestStore(context).load()
         if stored is None:
             return None
-        return stored if reattachable(self.hook, stored) else None
+        status = reattach_status(self.hook, stored)
+        return None if status is None else (stored, status)
 
     def after_success(self, context: Context, ref: FalRequestRef) -> None:
         if self.reattach_on_retry:

@@ -200,20 +200,22 @@ def test_error_event_rebuilds_typed_error() -> None:
 def test_retry_reattaches_to_running_request_without_submitting() -> None:
     store = FakeStateStore()
     store.data["fal_request"] = make_ref("old").to_xcom()
-    hook = make_hook([running(), running()])
+    hook = make_hook([running()])
     op = inference(hook, deferrable=True)
     with pytest.raises(TaskDeferred) as exc:
         op.execute(make_context(store))
     hook.submit.assert_not_called()
+    assert hook.get_status.call_count == 1  # the reattach check's status is reused, not asked again
     assert exc.value.trigger.serialize()[1]["request"]["request_id"] == "old"
 
 
 def test_retry_reattaches_to_succeeded_request_and_returns_result() -> None:
     store = FakeStateStore()
     store.data["fal_request"] = make_ref("old").to_xcom()
-    hook = make_hook([done(), done()], result={"paid": "once"})
+    hook = make_hook([done()], result={"paid": "once"})
     assert inference(hook).execute(make_context(store)) == {"paid": "once"}
     hook.submit.assert_not_called()
+    assert hook.get_status.call_count == 1
     assert store.data == {}
 
 
