@@ -5,8 +5,11 @@
 order. If the session drops mid-batch it reconnects with a fresh token and resends only the
 inputs that have no output yet.
 
-The app is a DAG param: the default ``emulator/realtime`` is the local emulator's realtime echo;
-against real fal set it to a model with a realtime endpoint (and inputs that model accepts).
+The app is a DAG param. The default ``fal-ai/fast-lcm-diffusion`` is fal's realtime text-to-image
+model (the emulator has a deterministic stand-in under the same id), so pointing the ``fal_default``
+connection at fal.ai is the only change needed. Each output is that model's usual result:
+``images`` (CDN URLs; no ``sync_mode``, so XComs stay small JSON), ``seed``, ``prompt``, ``timings``.
+``emulator/realtime`` (the emulator's echo) still works as the app: its outputs are the inputs.
 ``realtime_with_hook`` shows the same session from TaskFlow code through ``FalHook.realtime()``.
 """
 
@@ -24,7 +27,7 @@ with DAG(
     catchup=False,
     tags=["fal", "example", "realtime"],
     params={
-        "app_id": Param("emulator/realtime", type="string"),
+        "app_id": Param("fal-ai/fast-lcm-diffusion", type="string"),
         "frames": Param(20, type="integer", minimum=1, maximum=10000),
     },
     doc_md=__doc__,
@@ -32,7 +35,10 @@ with DAG(
 
     @task
     def build_inputs(**context: Any) -> list[dict[str, Any]]:
-        return [{"prompt": f"frame {i}", "seed": i} for i in range(context["params"]["frames"])]
+        return [
+            {"prompt": f"frame {i}", "seed": i, "image_size": "square"}
+            for i in range(context["params"]["frames"])
+        ]
 
     inputs = build_inputs()
 
@@ -48,7 +54,7 @@ with DAG(
 
     @task
     def check_order(sent: list[dict[str, Any]], received: list[dict[str, Any]]) -> dict[str, Any]:
-        """Outputs line up with inputs by position; the echo app makes that visible."""
+        """Outputs line up with inputs by position: each output names the seed of its input."""
         return {
             "count": len(received),
             "in_order": [o.get("seed") for o in received] == [i["seed"] for i in sent],
@@ -67,7 +73,7 @@ with DAG(
         try:
             with hook.realtime(context["params"]["app_id"]) as session:
                 for seed in range(3):
-                    session.send({"prompt": "hello", "seed": seed})
+                    session.send({"prompt": "hello", "seed": seed, "image_size": "square"})
                     answers.append(session.recv(timeout=60))
         finally:
             hook.close()

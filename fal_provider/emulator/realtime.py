@@ -1,6 +1,6 @@
 """Realtime WebSocket endpoint: ``/run/{app}/realtime`` with msgpack frames and fal's control frames.
 
-Test controls (apps ``emulator/realtime`` and ``emulator/echo``): query ``drop_after=N`` hangs up
+Test controls (any realtime app, meant for ``emulator/realtime`` and ``emulator/echo``): query ``drop_after=N`` hangs up
 abruptly after N replies; an input ``{"x_fal_error": "CODE"}`` answers with an ``x-fal-error`` frame;
 ``{"x_fal_message": ...}`` sends an ``x-fal-message`` frame before the echo; ``{"close": true}`` closes
 normally (code 1000).
@@ -17,7 +17,7 @@ import msgpack
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from fal_provider.emulator.apps import NAMESPACES, EmulatedApp
+from fal_provider.emulator.apps import NAMESPACES, EmulatedApp, InputError
 from fal_provider.emulator.auth import auth_error
 from fal_provider.emulator.netfaults import abort_connection
 from fal_provider.emulator.state import EmulatorState
@@ -88,7 +88,11 @@ async def _serve(state: EmulatorState, websocket: WebSocket, app: EmulatedApp) -
                 if decoded.get("close"):
                     return
                 continue
-            reply = await app.realtime_reply(context, decoded)
+            try:
+                reply = await app.realtime_reply(context, decoded)
+            except InputError as exc:
+                await websocket.send_text(json.dumps(_input_error_frame(exc)))
+                continue
             await websocket.send_bytes(msgpack.packb(reply, use_bin_type=True))
             replies += 1
             if limit is not None and replies >= limit:
@@ -96,6 +100,17 @@ async def _serve(state: EmulatorState, websocket: WebSocket, app: EmulatedApp) -
                 return
     except WebSocketDisconnect:
         return
+
+
+def _input_error_frame(exc: InputError) -> dict[str, str]:
+    """Invalid input to a model: an ``INTERNAL_ERROR`` frame naming the field; the session stays open."""
+    first = exc.details[0] if exc.details else {}
+    field = ".".join(str(part) for part in first.get("loc", [])[1:])
+    return {
+        "type": "x-fal-error",
+        "error": "INTERNAL_ERROR",
+        "reason": f"{field}: {first.get('msg', 'invalid input')}",
+    }
 
 
 def _decode(message: MutableMapping[str, Any]) -> Any:

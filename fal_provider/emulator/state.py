@@ -56,9 +56,13 @@ class EmulatorState:
     # -- helpers used by routes -------------------------------------------------------------------
 
     def base_url(self, conn: HTTPConnection) -> str:
+        """Public HTTP base for URLs the emulator hands out (CDN files), also from a WebSocket."""
         if self.config.public_url:
             return self.config.public_url.rstrip("/")
-        return str(conn.base_url).rstrip("/")
+        url = conn.base_url
+        if url.scheme in ("ws", "wss"):
+            url = url.replace(scheme="https" if url.scheme == "wss" else "http")
+        return str(url).rstrip("/")
 
     def check_auth(self, conn: HTTPConnection) -> Response | None:
         return check_key(conn, self.config.key)

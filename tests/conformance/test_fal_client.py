@@ -115,12 +115,30 @@ def test_realtime_sync_roundtrip_and_errors(emu: FalEmulator):
     assert emu.stats()["realtime_sessions"] == 2
 
 
+def test_realtime_model_stand_in(emu: FalEmulator):
+    with fal_client.realtime("fal-ai/fast-lcm-diffusion") as connection:
+        connection.send({"prompt": "a lighthouse", "seed": 5})
+        by_url = connection.recv()
+        connection.send({"prompt": "a lighthouse", "seed": 5, "sync_mode": True})
+        inline = connection.recv()
+        assert by_url is not None and inline is not None
+        connection.send({"seed": 5})
+        with pytest.raises(RealtimeError) as error:
+            connection.recv()
+    assert by_url["seed"] == 5 and by_url["prompt"] == "a lighthouse"
+    assert inline["images"][0]["content"] == httpx.get(by_url["images"][0]["url"]).content
+    assert error.value.error == "INTERNAL_ERROR"
+    result = fal_client.subscribe("fal-ai/fast-lcm-diffusion", {"prompt": "a lighthouse", "seed": 5})
+    assert result["images"][0]["content_type"] == "image/jpeg" and result["seed"] == 5
+
+
 async def test_async_client_end_to_end(emu: FalEmulator):
     result = await fal_client.subscribe_async("emulator/echo", {"async": True}, with_logs=True)
     assert result == {"async": True}
     handle = await fal_client.submit_async("emulator/echo", {"duration_s": 5})
     await handle.cancel()
-    assert (await handle.status()).error_type == "client_cancelled"
+    status = await handle.status()
+    assert isinstance(status, fal_client.Completed) and status.error_type == "client_cancelled"
     assert await fal_client.run_async("emulator/echo", {"b": 2}) == {"b": 2}
     events = [event async for event in fal_client.stream_async("emulator/stream", {"count": 2})]
     assert events[-1]["done"] is True

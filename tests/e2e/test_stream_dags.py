@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from fal_provider.emulator.testing import FalEmulator, run_emulator
@@ -63,9 +64,26 @@ def test_realtime_dag_returns_one_output_per_input_in_order(
     xcoms = run_dag(airflow, "example_fal_realtime", {"frames": 30})
 
     outputs = xcoms[("realtime_batch", -1)]
-    assert outputs == [{"prompt": f"frame {i}", "seed": i} for i in range(30)]
+    assert [(o["prompt"], o["seed"]) for o in outputs] == [(f"frame {i}", i) for i in range(30)]
+    first_image = outputs[0]["images"][0]
+    assert (first_image["width"], first_image["height"], first_image["content_type"]) == (
+        128,
+        128,
+        "image/jpeg",
+    )
+    assert httpx.get(first_image["url"]).content.startswith(b"\xff\xd8"), "a real JPEG on the emulator CDN"
+    assert len({o["images"][0]["url"] for o in outputs}) == 30
     assert xcoms[("check_order", -1)] == {"count": 30, "in_order": True, "first": outputs[0]}
-    assert xcoms[("realtime_with_hook", -1)] == [{"prompt": "hello", "seed": s} for s in range(3)]
+    hook_answers = xcoms[("realtime_with_hook", -1)]
+    assert [(a["prompt"], a["seed"]) for a in hook_answers] == [("hello", s) for s in range(3)]
     after = emulator.stats()
     assert after["realtime_sessions"] - before["realtime_sessions"] == 2, "one session per task"
     assert after["realtime_messages"] - before["realtime_messages"] == 33
+
+
+def test_realtime_dag_still_runs_against_the_echo_app(airflow: AirflowEnv) -> None:
+    xcoms = run_dag(airflow, "example_fal_realtime", {"frames": 3, "app_id": "emulator/realtime"})
+
+    expected = [{"prompt": f"frame {i}", "seed": i, "image_size": "square"} for i in range(3)]
+    assert xcoms[("realtime_batch", -1)] == expected
+    assert xcoms[("check_order", -1)] == {"count": 3, "in_order": True, "first": expected[0]}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from base64 import b64encode
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -70,6 +71,65 @@ def emulated_size(value: Any) -> tuple[int, int]:
     return max(1, int(width * factor)), max(1, int(height * factor))
 
 
+def seed_of(arguments: dict[str, Any], prompt: str) -> int:
+    """The request's ``seed``, or one derived from the prompt so outputs stay deterministic."""
+    seed = arguments.get("seed")
+    return as_int({"seed": seed_from(prompt) if seed is None else seed}, "seed", 0)
+
+
+def image_format(arguments: dict[str, Any], name: str, default: str) -> str:
+    """``png`` or ``jpeg`` from the model's format field (its name differs between models)."""
+    value = arguments.get(name, default)
+    if value not in ("png", "jpeg"):
+        raise InputError([field_error(name, "Input should be 'jpeg' or 'png'", "enum", value)])
+    return str(value)
+
+
+def render_images(
+    ctx: RunContext,
+    prompt: str,
+    seed: int,
+    count: int,
+    size: tuple[int, int],
+    output_format: str,
+    *,
+    inline: str | None,
+) -> list[dict[str, Any]]:
+    """fal image objects; files go to the CDN unless ``inline`` is ``data_uri`` or ``bytes``.
+
+    ``bytes`` puts the raw file under ``content`` (no ``url``), which is how fal's realtime
+    image models answer with ``sync_mode`` (msgpack carries binary natively).
+    """
+    width, height = size
+    content_type = f"image/{output_format}"
+    extension = "png" if output_format == "png" else "jpg"
+    images = []
+    for index in range(count):
+        data = png.draw_pattern(f"{prompt}|{seed}|{index}", width, height, output_format.upper())
+        image: dict[str, Any] = {"width": width, "height": height, "content_type": content_type}
+        if inline == "bytes":
+            image["content"] = data
+        elif inline == "data_uri":
+            image["url"] = f"data:{content_type};base64,{b64encode(data).decode()}"
+        else:
+            image["url"] = ctx.store_file(data, content_type, f"{seed}-{index}.{extension}")
+        images.append(image)
+    return images
+
+
+def text_to_image_body(
+    ctx: RunContext, images: list[dict[str, Any]], prompt: str, seed: int, base_seconds: float
+) -> dict[str, Any]:
+    """The output shape fal's text-to-image models share."""
+    return {
+        "images": images,
+        "timings": {"inference": base_seconds * ctx.config.latency_scale},
+        "seed": seed,
+        "has_nsfw_concepts": [False] * len(images),
+        "prompt": prompt,
+    }
+
+
 class FluxApp(EmulatedApp):
     """``fal-ai/flux/schnell`` and ``fal-ai/flux/dev`` text-to-image."""
 
@@ -87,37 +147,55 @@ class FluxApp(EmulatedApp):
         steps = as_int(
             arguments, "num_inference_steps", self._default_steps, minimum=1, maximum=self._max_steps
         )
-        seed = arguments.get("seed")
-        if seed is None:
-            seed = seed_from(prompt)
-        seed = as_int({"seed": seed}, "seed", 0)
-        output_format = arguments.get("output_format", "png")
-        if output_format not in ("png", "jpeg"):
-            raise InputError(
-                [field_error("output_format", "Input should be 'jpeg' or 'png'", "enum", output_format)]
-            )
+        seed = seed_of(arguments, prompt)
+        output_format = image_format(arguments, "output_format", "png")
         ctx.log(f"Generating {num_images} image(s) with {steps} steps")
         await ctx.sleep(self._base_seconds)
-        images = []
-        for index in range(num_images):
-            data = png.draw_pattern(f"{prompt}|{seed}|{index}", width, height, output_format.upper())
-            content_type = f"image/{output_format}"
-            name = f"{seed}-{index}.{'png' if output_format == 'png' else 'jpg'}"
-            if arguments.get("sync_mode"):
-                from base64 import b64encode
-
-                url = f"data:{content_type};base64,{b64encode(data).decode()}"
-            else:
-                url = ctx.store_file(data, content_type, name)
-            images.append({"url": url, "width": width, "height": height, "content_type": content_type})
-        body = {
-            "images": images,
-            "timings": {"inference": self._base_seconds * ctx.config.latency_scale},
-            "seed": seed,
-            "has_nsfw_concepts": [False] * num_images,
-            "prompt": prompt,
-        }
+        images = render_images(
+            ctx,
+            prompt,
+            seed,
+            num_images,
+            (width, height),
+            output_format,
+            inline="data_uri" if arguments.get("sync_mode") else None,
+        )
+        body = text_to_image_body(ctx, images, prompt, seed, self._base_seconds)
         return AppResponse(200, body)
+
+
+class FastLcmApp(EmulatedApp):
+    """``fal-ai/fast-lcm-diffusion``: fal's documented realtime text-to-image model.
+
+    The same generation answers the queue, ``/run`` and ``/realtime``; over realtime
+    ``sync_mode`` returns each image's bytes under ``content`` instead of a URL.
+    """
+
+    app_id = "fal-ai/fast-lcm-diffusion"
+    description = "Realtime-capable text-to-image stand-in (JPEG pattern seeded by prompt+seed)."
+    has_realtime = True
+    base_seconds = 0.05
+
+    async def call(self, ctx: RunContext, arguments: dict[str, Any], path: str) -> AppResponse:
+        inline = "data_uri" if arguments.get("sync_mode") else None
+        return AppResponse(200, await self._generate(ctx, arguments, inline))
+
+    async def realtime_reply(self, ctx: RunContext, message: Any) -> Any:
+        arguments = message if isinstance(message, dict) else {}
+        return await self._generate(ctx, arguments, "bytes" if arguments.get("sync_mode") else None)
+
+    async def _generate(
+        self, ctx: RunContext, arguments: dict[str, Any], inline: str | None
+    ) -> dict[str, Any]:
+        prompt = require_str(arguments, "prompt")
+        size = emulated_size(arguments.get("image_size", "square_hd"))
+        num_images = as_int(arguments, "num_images", 1, minimum=1, maximum=8)
+        as_int(arguments, "num_inference_steps", 6, minimum=1, maximum=24)
+        seed = seed_of(arguments, prompt)
+        output_format = image_format(arguments, "format", "jpeg")
+        await ctx.sleep(self.base_seconds)
+        images = render_images(ctx, prompt, seed, num_images, size, output_format, inline=inline)
+        return text_to_image_body(ctx, images, prompt, seed, self.base_seconds)
 
 
 class _ImageInputApp(EmulatedApp):
@@ -225,4 +303,5 @@ def model_apps() -> list[EmulatedApp]:
         EsrganApp(),
         FlorenceCaptionApp(),
         AnyLlmApp(),
+        FastLcmApp(),
     ]
