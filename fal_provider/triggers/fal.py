@@ -14,6 +14,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from fal_provider._compat import AIRFLOW_V_3_3_PLUS
 from fal_provider.models import CompletedStatus, FalRequestRef
 from fal_provider.triggers._wait import (
     AdaptiveInterval,
@@ -29,6 +30,11 @@ from fal_provider.triggers._wait import (
 from fal_provider.webhooks.waiting import DEFAULT_BACKSTOP_INTERVAL
 
 CLASSPATH = "fal_provider.triggers.fal.FalRequestTrigger"
+
+#: Bound on the Airflow < 3.3 cancel-on-kill path (state lookup plus cancel call), the same budget
+#: Airflow 3.3 gives ``on_kill`` by default (``[triggerer] on_kill_timeout``): a slow fal or Execution
+#: API must not keep a cancelled trigger alive.
+LEGACY_KILL_TIMEOUT = 30.0
 
 
 class FalRequestTrigger(BaseTrigger):
@@ -46,7 +52,13 @@ class FalRequestTrigger(BaseTrigger):
         triggerer restart does not restart the clock.
     :param max_consecutive_errors: transient errors in a row tolerated before yielding ``error``.
     :param cancel_on_kill: cancel the fal request when a user marks the task failed/success or
-        clears it (Airflow >= 3.3 calls ``on_kill``; older versions never do).
+        clears it. Airflow >= 3.3 calls ``on_kill`` for exactly those actions. Older triggerers never
+        call it and cancel the trigger's task alike for a user action, a restart and a move to another
+        triggerer, so there ``run()`` catches the cancellation and asks the Task SDK for the task
+        instance's state: still ``deferred`` means a restart/redistribution (the trigger resumes
+        elsewhere; nothing is cancelled), any other state means the user moved the task on and the
+        request is cancelled. An unknown state (lookup failed, no task instance) cancels nothing. The
+        cancellation is always re-raised; both paths share ``_cancel_request`` (once, never raises).
     :param log_fal_logs: copy fal's log lines and queue position into the trigger log.
     :param backstop_interval: ``webhook`` mode only: seconds between the checks (record, then one
         status GET) that cover a callback that never arrives.
@@ -117,6 +129,10 @@ class FalRequestTrigger(BaseTrigger):
             event = await asyncio.wait_for(self._wait(hook, ref), timeout=remaining)
         except (asyncio.TimeoutError, TimeoutError):
             event = timeout_event(ref, self.end_time)
+        except asyncio.CancelledError:
+            if not AIRFLOW_V_3_3_PLUS:
+                await self._cancel_if_user_killed()
+            raise
         yield TriggerEvent(event)
 
     async def _wait(self, hook: Any, ref: FalRequestRef) -> dict[str, Any]:
@@ -212,7 +228,47 @@ class FalRequestTrigger(BaseTrigger):
         return {**completed_event(status, ref), "source": "backstop"}
 
     async def on_kill(self) -> None:
-        """Cancel the fal request when a user kills the deferred task (Airflow >= 3.3).
+        """Cancel the fal request when a user kills the deferred task (Airflow >= 3.3)."""
+        await self._cancel_request("on kill")
+
+    async def _cancel_if_user_killed(self) -> None:
+        """The Airflow < 3.3 stand-in for ``on_kill``, run when the triggerer cancels ``run()``.
+
+        Never raises (the caller re-raises the cancellation) and is bounded, so a hung lookup or
+        cancel call cannot hold the cancelled trigger.
+        """
+        from fal_provider.triggers._kill import is_user_kill, task_instance_state
+
+        if not self.cancel_on_kill or self._killed:
+            return
+        request_id = self.request.get("request_id")
+        task_instance = getattr(self, "task_instance", None)
+        if task_instance is None:
+            self.log.info(
+                "fal request %s: wait cancelled, no task instance to ask; not cancelling", request_id
+            )
+            return
+        try:
+            state = await asyncio.wait_for(task_instance_state(task_instance), timeout=LEGACY_KILL_TIMEOUT)
+        except Exception as err:
+            self.log.warning(
+                "fal request %s: wait cancelled, task state unknown (%s); not cancelling", request_id, err
+            )
+            return
+        if not is_user_kill(state):
+            self.log.info(
+                "fal request %s: wait cancelled with the task %s (triggerer restart or move); not cancelling",
+                request_id,
+                state or "not found",
+            )
+            return
+        try:
+            await asyncio.wait_for(self._cancel_request(f"task {state}"), timeout=LEGACY_KILL_TIMEOUT)
+        except (asyncio.TimeoutError, TimeoutError):
+            self.log.warning("fal request %s: cancel on kill timed out", request_id)
+
+    async def _cancel_request(self, why: str) -> None:
+        """Cancel the fal request once, whichever kill path asks.
 
         Best effort and idempotent: a request that already finished answers ``ALREADY_COMPLETED``,
         and any error is logged, never raised, so the triggerer's cleanup always runs.
@@ -220,15 +276,14 @@ class FalRequestTrigger(BaseTrigger):
         if not self.cancel_on_kill or self._killed:
             return
         self._killed = True
-        if self.wait_mode == "webhook" and not await self._still_running_per_webhook():
-            return
+        request_id = self.request.get("request_id")
         try:
+            if self.wait_mode == "webhook" and not await self._still_running_per_webhook():
+                return
             outcome = await self._hook().acancel(self.ref)
-            self.log.info("Cancelled fal request %s on kill: %s", self.request.get("request_id"), outcome)
+            self.log.info("Cancelled fal request %s (%s): %s", request_id, why, outcome)
         except Exception as err:
-            self.log.warning(
-                "Could not cancel fal request %s on kill: %s", self.request.get("request_id"), err
-            )
+            self.log.warning("Could not cancel fal request %s (%s): %s", request_id, why, err)
 
     async def _still_running_per_webhook(self) -> bool:
         """A recorded callback means the receiver resumed the task (the triggerer then kills this

@@ -1,0 +1,57 @@
+"""Telling a user's kill from a triggerer restart on Airflow below 3.3.
+
+Before 3.3 the triggerer has no ``on_kill`` hook: it cancels the trigger's task for every reason
+alike (the user marked the task failed/success or cleared it, the triggerer shut down, the trigger
+moved to another triggerer). Only the first should cancel the paid fal request. The task
+instance's state tells them apart: a restart or redistribution leaves it ``deferred`` (the trigger
+runs again elsewhere), a user action has already moved it on. The state is asked through the Task
+SDK (``RuntimeTaskInstance.get_task_states``), which the triggerer serves from the Execution API.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: The state a task instance keeps while its trigger is only being moved or restarted.
+DEFERRED = "deferred"
+
+
+def _state_key(task_id: str, map_index: int | None) -> str:
+    """The Execution API keys a mapped instance as ``<task_id>_<map_index>``, others by task id."""
+    if map_index is None or map_index < 0:
+        return task_id
+    return f"{task_id}_{map_index}"
+
+
+def _get_task_states(**query: Any) -> dict[str, Any]:
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+    return RuntimeTaskInstance.get_task_states(**query)
+
+
+async def task_instance_state(task_instance: Any) -> str | None:
+    """The current state of the trigger's task instance, or ``None`` when the answer names none.
+
+    ``sync_to_async`` (not a plain thread) because the triggerer's Task SDK channel turns the blocking
+    call back into a coroutine on the triggerer's own loop, which only asgiref's pairing allows.
+    Errors propagate: the caller decides that an unknown state means "do not cancel".
+    """
+    from asgiref.sync import sync_to_async
+
+    map_index = getattr(task_instance, "map_index", None)
+    states = await sync_to_async(_get_task_states)(
+        dag_id=task_instance.dag_id,
+        task_ids=[task_instance.task_id],
+        run_ids=[task_instance.run_id],
+        map_index=map_index,
+    )
+    state = (states.get(task_instance.run_id) or {}).get(_state_key(task_instance.task_id, map_index))
+    if state is None:
+        return None
+    return str(getattr(state, "value", state))
+
+
+def is_user_kill(state: str | None) -> bool:
+    """A known state other than ``deferred``: the user (or the scheduler on their behalf) moved the
+    task on, so nothing will come back for this request. ``None`` (unknown) is not a kill."""
+    return state is not None and state != DEFERRED

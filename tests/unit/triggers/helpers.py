@@ -1,0 +1,32 @@
+"""Shared test doubles for FalRequestTrigger tests: a fake async hook and a run-to-first-event helper."""
+
+from __future__ import annotations
+
+from typing import Any
+from unittest.mock import AsyncMock, MagicMock, patch
+
+from fal_provider.triggers.fal import FalRequestTrigger
+from tests.unit.operators.fakes import make_ref
+
+REF = make_ref().to_xcom()
+
+
+def trigger(**kwargs: Any) -> FalRequestTrigger:
+    """A trigger on ``REF`` that polls fast enough for unit tests."""
+    kwargs.setdefault("poll_interval", 0.01)
+    kwargs.setdefault("max_poll_interval", 0.02)
+    return FalRequestTrigger(request=REF, **kwargs)
+
+
+def async_hook(statuses: list[Any] | None = None) -> MagicMock:
+    """A hook whose status calls answer ``statuses`` in order and whose cancel succeeds."""
+    hook = MagicMock(name="FalHook")
+    hook.aget_status = AsyncMock(side_effect=list(statuses or []))
+    hook.acancel = AsyncMock(return_value="CANCELLATION_REQUESTED")
+    return hook
+
+
+async def first_event(trig: FalRequestTrigger, hook: MagicMock) -> dict[str, Any]:
+    with patch.object(FalRequestTrigger, "_hook", return_value=hook):
+        event = await trig.run().__anext__()
+    return event.payload
