@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -54,6 +54,25 @@ def _json(body: Any, status_code: int = 200, request_id: str | None = None, **he
     return JSONResponse(body, status_code=status_code, headers=headers)
 
 
+# (method, action after the request id) → the endpoint name faults and stats use.
+REQUEST_ACTIONS = {
+    ("GET", ("status",)): "status",
+    ("GET", ("status", "stream")): "status_stream",
+    ("GET", ()): "result",
+    ("GET", ("response",)): "result",
+    ("PUT", ("cancel",)): "cancel",
+}
+_CALL_COUNTERS = {"status_stream": "status_stream_calls", "result": "result_calls", "cancel": "cancels"}
+
+
+def count_call(state: EmulatorState, endpoint: str, request_id: str) -> None:
+    """Count a request-scoped call (before the lookup, so unknown ids are counted too)."""
+    if endpoint == "status":
+        state.stats.status_call(request_id)
+    else:
+        state.stats.incr(_CALL_COUNTERS[endpoint])
+
+
 def _parse_float(value: str | None) -> float | None:
     if value is None:
         return None
@@ -72,18 +91,24 @@ def queue_routes(state: EmulatorState) -> list[Route]:
                 return _json({"detail": "Method Not Allowed"}, 405)
             return await submit(request, path)
         prefix, request_id, action = parsed
+        endpoint = REQUEST_ACTIONS.get((request.method, tuple(action)))
+        if endpoint is None:
+            return _json({"detail": "Not Found"}, 404)
         record = state.engine.requests.get(request_id)
         if record is not None and base_path(prefix) != base_path(record.endpoint_id):
             record = None
-        if request.method == "PUT" and action == ["cancel"]:
-            return await cancel(request, request_id, record)
-        if request.method == "GET" and action == ["status"]:
-            return await status(request, request_id, record)
-        if request.method == "GET" and action == ["status", "stream"]:
-            return await status_stream(request, request_id, record)
-        if request.method == "GET" and action in ([], ["response"]):
-            return await result(request, request_id, record)
-        return _json({"detail": "Not Found"}, 404)
+        denied = await state.gate(request, endpoint, record.app_id if record else None)
+        if denied is not None:
+            return denied
+        count_call(state, endpoint, request_id)
+        if record is None:
+            body = (
+                {"status": "NOT_FOUND"}
+                if endpoint == "cancel"
+                else {"detail": f"Request {request_id} not found"}
+            )
+            return _json(body, 404)
+        return await handlers[endpoint](request, record)
 
     async def submit(request: Request, path: str) -> Response:
         resolved = state.registry.resolve(path)
@@ -131,24 +156,12 @@ def queue_routes(state: EmulatorState) -> list[Route]:
         }
         return _json(body, 200, record.request_id)
 
-    async def status(request: Request, request_id: str, record: QueuedRequest | None) -> Response:
-        denied = await state.gate(request, "status", record.app_id if record else None)
-        if denied is not None:
-            return denied
-        state.stats.status_call(request_id)
-        if record is None:
-            return _json({"detail": f"Request {request_id} not found"}, 404)
+    async def status(request: Request, record: QueuedRequest) -> Response:
         with_logs = request.query_params.get("logs", "0").lower() in TRUE_VALUES
         code = 200 if record.state == COMPLETED else 202
         return _json(status_body(state, record, with_logs), code, record.request_id)
 
-    async def status_stream(request: Request, request_id: str, record: QueuedRequest | None) -> Response:
-        denied = await state.gate(request, "status_stream", record.app_id if record else None)
-        if denied is not None:
-            return denied
-        state.stats.incr("status_stream_calls")
-        if record is None:
-            return _json({"detail": f"Request {request_id} not found"}, 404)
+    async def status_stream(request: Request, record: QueuedRequest) -> Response:
         with_logs = request.query_params.get("logs", "0").lower() in TRUE_VALUES
         return StreamingResponse(
             stream_events(state, record, with_logs),
@@ -156,28 +169,23 @@ def queue_routes(state: EmulatorState) -> list[Route]:
             headers={"x-fal-request-id": record.request_id, "Cache-Control": "no-store"},
         )
 
-    async def result(request: Request, request_id: str, record: QueuedRequest | None) -> Response:
-        denied = await state.gate(request, "result", record.app_id if record else None)
-        if denied is not None:
-            return denied
-        state.stats.incr("result_calls")
-        if record is None:
-            return _json({"detail": f"Request {request_id} not found"}, 404)
+    async def result(request: Request, record: QueuedRequest) -> Response:
         if record.state != COMPLETED or record.response is None:
             return _json({"detail": "Request is still in progress"}, 400, record.request_id)
         response = record.response
         return _json(response.body, response.status_code, record.request_id, **response.headers)
 
-    async def cancel(request: Request, request_id: str, record: QueuedRequest | None) -> Response:
-        denied = await state.gate(request, "cancel", record.app_id if record else None)
-        if denied is not None:
-            return denied
-        state.stats.incr("cancels")
-        if record is None:
-            return _json({"status": "NOT_FOUND"}, 404)
+    async def cancel(request: Request, record: QueuedRequest) -> Response:
         if not state.engine.cancel(record):
             return _json({"status": "ALREADY_COMPLETED"}, 400, record.request_id)
         return _json({"status": "CANCELLATION_REQUESTED"}, 202, record.request_id)
+
+    handlers: dict[str, Callable[[Request, QueuedRequest], Awaitable[Response]]] = {
+        "status": status,
+        "status_stream": status_stream,
+        "result": result,
+        "cancel": cancel,
+    }
 
     return [Route("/queue/{path:path}", dispatch, methods=["GET", "POST", "PUT"])]
 

@@ -128,23 +128,19 @@ class EmulatedApp:
         raise NotImplementedError
 
 
-def as_number(arguments: dict[str, Any], name: str, default: float, *, minimum: float = 0.0) -> float:
+def as_number(
+    arguments: dict[str, Any],
+    name: str,
+    default: float,
+    *,
+    minimum: float = 0.0,
+    maximum: float | None = None,
+) -> float:
     """A numeric input with fal-like validation errors."""
     value = arguments.get(name, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InputError([field_error(name, "Input should be a valid number", "float_parsing", value)])
-    if value < minimum:
-        raise InputError(
-            [
-                field_error(
-                    name,
-                    f"Input should be greater than or equal to {minimum}",
-                    "greater_than_equal",
-                    value,
-                    ge=minimum,
-                )
-            ]
-        )
+    check_range(name, value, minimum, maximum)
     return float(value)
 
 
@@ -154,31 +150,18 @@ def as_int(
     value = arguments.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int):
         raise InputError([field_error(name, "Input should be a valid integer", "int_parsing", value)])
-    if value < minimum:
-        raise InputError(
-            [
-                field_error(
-                    name,
-                    f"Input should be greater than or equal to {minimum}",
-                    "greater_than_equal",
-                    value,
-                    ge=minimum,
-                )
-            ]
-        )
-    if maximum is not None and value > maximum:
-        raise InputError(
-            [
-                field_error(
-                    name,
-                    f"Input should be less than or equal to {maximum}",
-                    "less_than_equal",
-                    value,
-                    le=maximum,
-                )
-            ]
-        )
+    check_range(name, value, minimum, maximum)
     return value
+
+
+def check_range(name: str, value: float, minimum: float, maximum: float | None) -> None:
+    """pydantic's ``ge``/``le`` errors, with the bound in ``ctx`` as fal reports it."""
+    if value < minimum:
+        msg = f"Input should be greater than or equal to {minimum}"
+        raise InputError([field_error(name, msg, "greater_than_equal", value, ge=minimum)])
+    if maximum is not None and value > maximum:
+        msg = f"Input should be less than or equal to {maximum}"
+        raise InputError([field_error(name, msg, "less_than_equal", value, le=maximum)])
 
 
 def require_str(arguments: dict[str, Any], name: str) -> str:

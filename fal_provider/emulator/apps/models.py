@@ -227,15 +227,7 @@ class EsrganApp(_ImageInputApp):
     description = "Upscaler stand-in (nearest-neighbour resize)."
 
     async def call(self, ctx: RunContext, arguments: dict[str, Any], path: str) -> AppResponse:
-        scale = as_number(arguments, "scale", 2.0, minimum=1.0)
-        if scale > 8:
-            raise InputError(
-                [
-                    field_error(
-                        "scale", "Input should be less than or equal to 8", "less_than_equal", scale, le=8
-                    )
-                ]
-            )
+        scale = as_number(arguments, "scale", 2.0, minimum=1.0, maximum=8)
         data = await self.load_input(ctx, arguments)
         await ctx.sleep(0.1)
         output, width, height = png.upscale(data, scale, UPSCALE_MAX_SIDE)

@@ -69,6 +69,28 @@ def test_result_before_completion_is_400_and_unknown_ids_are_404(client: httpx.C
     assert (missing.status_code, missing.json()) == (404, {"status": "NOT_FOUND"})
 
 
+def test_unknown_ids_are_gated_and_counted_like_known_ones(client: httpx.Client, emu: FalEmulator):
+    not_found = {"detail": "Request nope not found"}
+    for path in ("status", "status/stream", "", "response"):
+        response = client.get(f"/queue/emulator/echo/requests/nope/{path}".rstrip("/"))
+        assert (response.status_code, response.json()) == (404, not_found), path
+    assert client.post("/queue/emulator/echo/requests/nope/status").status_code == 404
+    stats = emu.stats()
+    assert (stats["status_stream_calls"], stats["result_calls"]) == (1, 2)
+    emu.set_faults(kind="429", count=1, endpoints=["result"])
+    assert client.get("/queue/emulator/echo/requests/nope").status_code == 429, "faults fire before lookup"
+
+
+def test_range_errors_name_the_bound(client: httpx.Client):
+    too_many = client.post("/run/fal-ai/flux/schnell", json={"prompt": "x", "num_images": 5}).json()
+    assert too_many["detail"][0]["type"] == "less_than_equal" and too_many["detail"][0]["ctx"] == {"le": 4}
+    too_few = client.post("/run/fal-ai/flux/schnell", json={"prompt": "x", "num_images": 0}).json()
+    assert too_few["detail"][0]["msg"] == "Input should be greater than or equal to 1"
+    scale = client.post("/run/fal-ai/esrgan", json={"image_url": "data:,", "scale": 9}).json()
+    assert scale["detail"][0]["msg"] == "Input should be less than or equal to 8"
+    assert scale["detail"][0]["ctx"] == {"le": 8}
+
+
 def test_unknown_app_is_404_with_detail(client: httpx.Client):
     response = client.post("/queue/nobody/nothing", json={})
     assert response.status_code == 404
