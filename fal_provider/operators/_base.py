@@ -17,7 +17,7 @@ from airflow.sdk import BaseOperator
 
 from fal_provider._compat import AirflowFailException, conf
 from fal_provider.models import CompletedStatus, FalRequestRef, RequestOptions
-from fal_provider.operators._completion import raise_unless_success
+from fal_provider.operators._completion import cancel_quietly, raise_unless_success
 from fal_provider.operators._waiting import SyncWaiter
 from fal_provider.operators.links import LINK_XCOM_KEY, FalRequestLink, request_url
 from fal_provider.results import DEFAULT_MAX_XCOM_BYTES, shape_result
@@ -125,6 +125,26 @@ def coerce_request(request: Any) -> FalRequestRef:
         raise AirflowFailException(str(err)) from None
 
 
+def fal_hook(fal_conn_id: str, headers: Mapping[str, str] | None) -> FalHook:
+    """The hook of an operator or sensor (imported late: the hook module is heavy for DAG parsing)."""
+    from fal_provider.hooks.fal import FalHook
+
+    return FalHook(fal_conn_id, headers=dict(headers) if headers else None)
+
+
+def publish_request(context: Context, hook: FalHook, ref: FalRequestRef, log: Any) -> None:
+    """Push the reference and the link before any waiting, so both show while the task is deferred."""
+    ti = context["ti"]
+    ti.xcom_push(key=REQUEST_XCOM_KEY, value=ref.to_xcom())
+    try:
+        queue_url = hook.settings.queue_url
+    except Exception:  # a link is a convenience: never fail the task over it
+        queue_url = None
+    url = request_url(ref, queue_url)
+    ti.xcom_push(key=LINK_XCOM_KEY, value=url)
+    log.info("fal request %s on %s: %s", ref.request_id, ref.app_id, url)
+
+
 class FalBaseOperator(BaseOperator):
     """Connection, extra headers and the request link, shared by every fal operator.
 
@@ -143,21 +163,10 @@ class FalBaseOperator(BaseOperator):
 
     @cached_property
     def hook(self) -> FalHook:
-        from fal_provider.hooks.fal import FalHook
-
-        return FalHook(self.fal_conn_id, headers=dict(self.headers) if self.headers else None)
+        return fal_hook(self.fal_conn_id, self.headers)
 
     def push_request(self, context: Context, ref: FalRequestRef) -> None:
-        """Publish the reference and link before any waiting, so both show while deferred."""
-        ti = context["ti"]
-        ti.xcom_push(key=REQUEST_XCOM_KEY, value=ref.to_xcom())
-        try:
-            queue_url = self.hook.settings.queue_url
-        except Exception:
-            queue_url = None
-        url = request_url(ref, queue_url)
-        ti.xcom_push(key=LINK_XCOM_KEY, value=url)
-        self.log.info("fal request %s on %s: %s", ref.request_id, ref.app_id, url)
+        publish_request(context, self.hook, ref, self.log)
 
 
 class FalWaitingOperator(FalBaseOperator):
@@ -289,10 +298,5 @@ class FalWaitingOperator(FalBaseOperator):
 
     def on_kill(self) -> None:
         """Cancel the request being waited on by this worker (best effort, never raises)."""
-        if self._request is None or not self.cancel_on_kill:
-            return
-        try:
-            outcome = self.hook.cancel(self._request)
-            self.log.info("Cancelled fal request %s on kill: %s", self._request.request_id, outcome)
-        except Exception as err:
-            self.log.warning("Could not cancel fal request %s on kill: %s", self._request.request_id, err)
+        if self._request is not None and self.cancel_on_kill:
+            cancel_quietly(self.hook, self._request, "task killed")

@@ -74,7 +74,7 @@ def cancel_quietly(hook: Any, ref: FalRequestRef, reason: str) -> None:
         log.warning("Could not cancel fal request %s (%s): %s", ref.request_id, reason, err)
 
 
-def raise_unless_success(event: Any, hook: Any, *, cancel_on_timeout: bool = True) -> FalRequestRef:
+def raise_unless_success(event: Any, hook: Any) -> FalRequestRef:
     """Return the request reference when the event says success; raise the right error otherwise.
 
     ``timeout`` cancels the request (nothing orphaned) and raises a retryable ``FalTimeoutError``;
@@ -84,8 +84,7 @@ def raise_unless_success(event: Any, hook: Any, *, cancel_on_timeout: bool = Tru
     if status == "success":
         return ref
     if status == "timeout":
-        if cancel_on_timeout:
-            cancel_quietly(hook, ref, "timeout")
+        cancel_quietly(hook, ref, "timeout")
         raise FalTimeoutError(
             str(event.get("error") or f"fal request {ref.request_id} timed out"),
             error_type="timeout",

@@ -20,19 +20,16 @@ from fal_provider._compat import AirflowSensorTimeout
 from fal_provider.models import CompletedStatus, FalRequestRef
 from fal_provider.operators._base import (
     DEFER_TIMEOUT_MARGIN,
-    REQUEST_XCOM_KEY,
     coerce_request,
     default_deferrable,
+    fal_hook,
+    publish_request,
 )
-from fal_provider.operators._completion import (
-    cancel_quietly,
-    failure_error,
-    raise_unless_success,
-    validate_event,
-)
-from fal_provider.operators.links import LINK_XCOM_KEY, FalRequestLink, request_url
+from fal_provider.operators._completion import cancel_quietly, raise_unless_success, validate_event
+from fal_provider.operators.links import FalRequestLink
 from fal_provider.triggers._wait import (
     StatusReporter,
+    completed_event,
     is_transient,
     resolve_webhook_deferrable,
     validate_backstop_interval,
@@ -116,9 +113,7 @@ class FalRequestSensor(BaseSensorOperator):
 
     @cached_property
     def hook(self) -> FalHook:
-        from fal_provider.hooks.fal import FalHook
-
-        return FalHook(self.fal_conn_id, headers=dict(self.headers) if self.headers else None)
+        return fal_hook(self.fal_conn_id, self.headers)
 
     def _resolve(self, context: Context) -> FalRequestRef:
         if self._ref is None:
@@ -126,12 +121,7 @@ class FalRequestSensor(BaseSensorOperator):
                 self._ref = coerce_request(self.request)
             else:
                 self._ref = self.hook.request_ref(str(self.app_id), str(self.request_id))
-            context["ti"].xcom_push(key=REQUEST_XCOM_KEY, value=self._ref.to_xcom())
-            try:
-                queue_url = self.hook.settings.queue_url
-            except Exception:
-                queue_url = None
-            context["ti"].xcom_push(key=LINK_XCOM_KEY, value=request_url(self._ref, queue_url))
+            publish_request(context, self.hook, self._ref, self.log)
         return self._ref
 
     def execute(self, context: Context) -> Any:
@@ -174,8 +164,7 @@ class FalRequestSensor(BaseSensorOperator):
         self._reporter.report(status)
         if not isinstance(status, CompletedStatus):
             return False
-        if status.failed:
-            raise failure_error(self.hook, ref, status.error, status.error_type)
+        raise_unless_success(completed_event(status, ref), self.hook)  # the operators' completion rules
         return PokeReturnValue(is_done=True, xcom_value=ref.to_xcom())
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
@@ -183,13 +172,12 @@ class FalRequestSensor(BaseSensorOperator):
         if status == "timeout":
             if self.cancel_on_timeout:
                 cancel_quietly(self.hook, ref, "sensor timeout")
-            raise AirflowSensorTimeout(f"fal request {ref.request_id} did not finish within {self.timeout}s")
+            raise AirflowSensorTimeout(
+                f"fal request {ref.request_id} did not finish within the sensor's timeout={self.timeout}s; "
+                "raise timeout= if the queue is this slow, or set soft_fail=True to skip instead of failing"
+            )
         return raise_unless_success(event, self.hook).to_xcom()
 
     def on_kill(self) -> None:
-        if self._ref is None or not self.cancel_on_kill:
-            return
-        try:
-            self.hook.cancel(self._ref)
-        except Exception as err:
-            self.log.warning("Could not cancel fal request %s on kill: %s", self._ref.request_id, err)
+        if self._ref is not None and self.cancel_on_kill:
+            cancel_quietly(self.hook, self._ref, "sensor killed")

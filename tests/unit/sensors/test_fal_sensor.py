@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from unittest.mock import MagicMock
 
@@ -38,7 +39,8 @@ def test_poke_false_until_completed_then_returns_reference() -> None:
     result = op.poke(context)
     assert isinstance(result, PokeReturnValue) and result.is_done
     assert result.xcom_value == REF.to_xcom()
-    assert pushed(context)["fal_request_url"] == REF.status_url
+    assert pushed(context) == {"fal_request": REF.to_xcom(), "fal_request_url": REF.status_url}
+    assert hook.get_status.call_count == 3
 
 
 def test_app_and_request_id_build_a_reference() -> None:
@@ -75,11 +77,13 @@ def test_transient_poke_errors_tolerated_up_to_limit() -> None:
 def test_deferrable_defers_with_deadline_from_sensor_timeout() -> None:
     hook = make_hook([queued()])
     op = sensor(hook, deferrable=True, timeout=300, wait_mode="stream")
+    before = time.time()
     with pytest.raises(TaskDeferred) as exc:
         op.execute(make_context())
     assert isinstance(exc.value.trigger, FalRequestTrigger)
     kwargs = exc.value.trigger.serialize()[1]
-    assert kwargs["wait_mode"] == "stream" and kwargs["end_time"] is not None
+    assert kwargs["wait_mode"] == "stream"
+    assert before + 300 <= kwargs["end_time"] <= time.time() + 300  # the sensor's timeout is the deadline
     assert exc.value.timeout.total_seconds() > 300
 
 
@@ -94,7 +98,7 @@ def test_execute_complete_outcomes() -> None:
     op = sensor(hook, deferrable=True)
     context = make_context()
     assert op.execute_complete(context, {"status": "success", "request": REF.to_xcom()}) == REF.to_xcom()
-    with pytest.raises(AirflowSensorTimeout):
+    with pytest.raises(AirflowSensorTimeout, match="raise timeout="):
         op.execute_complete(context, {"status": "timeout", "request": REF.to_xcom()})
     hook.cancel.assert_not_called()  # the sensor does not own the request by default
     with pytest.raises(AirflowException, match="Unexpected fal trigger event status"):
@@ -109,3 +113,17 @@ def test_cancel_on_timeout_opt_in() -> None:
     with pytest.raises(AirflowSensorTimeout):
         op.execute_complete(make_context(), {"status": "timeout", "request": REF.to_xcom()})
     hook.cancel.assert_called_once()
+
+
+def test_on_kill_cancels_the_watched_request_quietly_unless_disabled() -> None:
+    hook = make_hook([queued()])
+    op = sensor(hook)
+    op.on_kill()  # no request resolved yet: nothing to cancel
+    hook.cancel.assert_not_called()
+    op.poke(make_context())
+    hook.cancel.side_effect = FalServerError("down")
+    op.on_kill()  # logged, not raised
+    hook.cancel.assert_called_once_with(REF)
+    op.cancel_on_kill = False
+    op.on_kill()
+    assert hook.cancel.call_count == 1
