@@ -265,6 +265,15 @@ class BatchLedger:
 # --------------------------------------------------------------------------- result rules
 
 
+#: The result-rule settings, stored under these names by every operator that returns model output.
+RESULT_RULES = ("select", "output_path", "download_media", "max_xcom_bytes")
+
+
+def result_rules(operator: Any) -> dict[str, Any]:
+    """An operator's result-rule settings as keyword arguments for ``shape_items`` / ``shape_result``."""
+    return {name: getattr(operator, name) for name in RESULT_RULES}
+
+
 def shape_items(
     items: list[Any],
     *,

@@ -38,6 +38,7 @@ from fal_provider.operators._stream_utils import (
     check_msgpack_inputs,
     name_the_app,
     output_name,
+    result_rules,
     shape_items,
 )
 from fal_provider.results import DEFAULT_MAX_XCOM_BYTES
@@ -346,13 +347,7 @@ class FalRealtimeOperator(BaseOperator):
         )
 
     def _rules(self, context: Any) -> dict[str, Any]:
-        return {
-            "select": self.select,
-            "output_path": self.output_path,
-            "download_media": self.download_media,
-            "max_xcom_bytes": self.max_xcom_bytes,
-            "name": output_name(context, "realtime"),
-        }
+        return {**result_rules(self), "name": output_name(context, "realtime")}
 
 
 def _as_input_list(inputs: Any, app_id: str) -> list[Any]:

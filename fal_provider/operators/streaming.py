@@ -27,6 +27,7 @@ from fal_provider.operators._stream_utils import (
     name_the_app,
     output_name,
     preview,
+    result_rules,
     shape_items,
     stream_error_from_event,
 )
@@ -243,24 +244,10 @@ class FalStreamOperator(BaseOperator):
     def _shape(self, value: Any, context: Any) -> Any:
         name = output_name(context, "stream")
         if self.collect == "all":
-            return shape_items(
-                value,
-                select=self.select,
-                output_path=self.output_path,
-                download_media=self.download_media,
-                max_xcom_bytes=self.max_xcom_bytes,
-                name=name,
-            )
+            return shape_items(value, name=name, **result_rules(self))
         if self.select is not None and self.output_path is not None:
             select_fields(value, self.select)  # fail on a bad path before anything is written
-        return shape_result(
-            value,
-            select=self.select,
-            output_path=self.output_path,
-            download_media=self.download_media,
-            max_xcom_bytes=self.max_xcom_bytes,
-            request_id=name,
-        )
+        return shape_result(value, request_id=name, **result_rules(self))
 
 
 def _check_settings(
