@@ -41,6 +41,11 @@ if TYPE_CHECKING:
 REQUEST_XCOM_KEY = "fal_request"
 #: How much later than ``timeout`` Airflow's own deferral timeout fires, as a backstop only.
 DEFER_TIMEOUT_MARGIN = 120.0
+#: Appended to "must render to ..." errors: the usual cause is a Jinja template rendered as text.
+TEMPLATE_HINT = (
+    " A Jinja template renders to a string: set render_template_as_native_obj=True on the DAG, "
+    "or pass an XComArg / a literal instead."
+)
 
 
 def default_deferrable() -> bool:
@@ -98,7 +103,7 @@ def coerce_arguments(arguments: Any) -> dict[str, Any]:
     if not isinstance(arguments, Mapping):
         raise AirflowFailException(
             f"arguments must be a dict of model inputs (or a JSON object string), got "
-            f"{type(arguments).__name__}: {str(arguments)[:200]!r}"
+            f"{type(arguments).__name__}: {str(arguments)[:200]!r}.{TEMPLATE_HINT}"
         )
     return dict(arguments)
 

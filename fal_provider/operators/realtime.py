@@ -32,6 +32,7 @@ from fal_provider.exceptions import (
     FalStreamError,
     FalTimeoutError,
 )
+from fal_provider.operators._base import TEMPLATE_HINT
 from fal_provider.operators._stream_utils import (
     BatchLedger,
     RateLimitedLog,
@@ -352,7 +353,10 @@ class FalRealtimeOperator(BaseOperator):
 
 def _as_input_list(inputs: Any, app_id: str) -> list[Any]:
     if isinstance(inputs, Mapping | str | bytes) or not isinstance(inputs, Sequence):
-        raise ValueError(f"inputs for {app_id} must be a list of input mappings, got {type(inputs).__name__}")
+        hint = TEMPLATE_HINT if isinstance(inputs, str) else ""
+        raise ValueError(
+            f"inputs for {app_id} must be a list of input mappings, got {type(inputs).__name__}.{hint}"
+        )
     return list(inputs)
 
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from airflow.sdk import BaseOperator
 
 from fal_provider.exceptions import FalError, FalStreamError, FalTimeoutError
+from fal_provider.operators._base import TEMPLATE_HINT
 from fal_provider.operators._stream_utils import (
     RateLimitedLog,
     name_the_app,
@@ -199,7 +200,8 @@ class FalStreamOperator(BaseOperator):
     def execute(self, context: Any) -> Any:
         if not isinstance(self.arguments, Mapping):
             raise ValueError(
-                f"arguments for {self.app_id} must render to a mapping, got {type(self.arguments).__name__}"
+                f"arguments for {self.app_id} must render to a mapping (the app's input fields), got "
+                f"{type(self.arguments).__name__}.{TEMPLATE_HINT}"
             )
         collector = StreamCollector(
             self.app_id, collect=self.collect, progress=RateLimitedLog(self.log, self.log_interval)

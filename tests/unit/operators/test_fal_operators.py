@@ -286,6 +286,10 @@ def test_arguments_must_be_a_dict_after_rendering() -> None:
     op.arguments = ["not", "a", "dict"]
     with pytest.raises(AirflowFailException, match="arguments must be a dict"):
         op.execute(make_context())
+    op.arguments = "{'prompt': 'python repr, not JSON'}"  # a templated dict rendered as text
+    with pytest.raises(AirflowFailException, match="render_template_as_native_obj=True"):
+        op.execute(make_context())
+    assert hook.submit.call_count == 1  # nothing paid for a bad input
 
 
 def test_template_fields() -> None:

@@ -310,6 +310,9 @@ def test_execute_refuses_a_mapping_as_inputs() -> None:
     op, _ = make_op(FakeServer(), inputs={"prompt": "one"})
     with pytest.raises(ValueError, match="must be a list of input mappings, got dict"):
         op.execute(context())
+    op.inputs = '[{"prompt": "one"}]'  # a templated list rendered as text
+    with pytest.raises(ValueError, match=r"got str.*render_template_as_native_obj=True"):
+        op.execute(context())
 
 
 @pytest.mark.parametrize(

@@ -277,6 +277,15 @@ def test_execute_returns_the_final_event_and_passes_arguments() -> None:
     assert hook.client_closed, "the loop's shared HTTP client must be closed with the loop"
 
 
+def test_arguments_rendered_to_text_fail_before_streaming_and_say_how_to_fix() -> None:
+    hook = FakeStreamHook(EVENTS)
+    op = make_op(hook)
+    op.arguments = "{'count': 2}"  # a templated dict rendered as text (Python repr)
+    with pytest.raises(ValueError, match=r"must render to a mapping.*render_template_as_native_obj=True"):
+        op.execute(context())
+    assert hook.calls == []
+
+
 def test_execute_collect_all_applies_select_to_each_event() -> None:
     events = [{"output": "a", "partial": True}, {"output": "ab", "partial": False}]
     op = make_op(FakeStreamHook(events), collect="all", select="output")
