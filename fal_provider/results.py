@@ -15,10 +15,13 @@ can apply the same rules to their final values.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import mimetypes
+import os
 import re
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -161,20 +164,110 @@ def _target(output_path: Any, request_id: str | None) -> _Target:
     return _Target(result_file=base / f"{stem}.json", media_dir=base / f"{stem}_media")
 
 
-def _write(path: Any, data: bytes) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+class StagedOutput:
+    """Files that appear all together or not at all.
+
+    ``stage`` writes each file under a hidden temporary name in its final directory; ``publish``
+    renames them into place in staging order (callers stage the result JSON last, so it appears
+    last); ``rollback`` removes the temporaries, the published files this call created and the
+    directories it made, leaving the output location as it was, except that a file an earlier run
+    left at the same name and this call replaced cannot be restored.
+
+    Local paths are renamed with ``os.replace`` (atomic on POSIX, and fsynced first so a crash
+    cannot publish an empty file). Other ObjectStoragePath schemes use the filesystem's ``mv``; a
+    filesystem without one gets the data written straight to the final name at publish time,
+    which object stores still expose only once the upload completed, and the JSON-last order still
+    holds.
+    """
+
+    def __init__(self, on_error: Callable[[Any, BaseException], Exception]) -> None:
+        self._on_error = on_error
+        self._staged: list[tuple[Any, Any]] = []  # (temporary, final)
+        self._created: list[Any] = []  # final paths this call brought into existence
+        self._dirs: list[Any] = []  # directories this call made, deepest last
+
+    def stage(self, final: Any, data: bytes) -> None:
+        temporary = final.parent / f".{final.name}.{uuid.uuid4().hex[:12]}.part"
+        try:
+            self._make_dirs(final.parent)
+            self._staged.append((temporary, final))
+            self._write(temporary, data)
+        except Exception as err:
+            raise self._on_error(final, err) from None
+
+    def publish(self) -> None:
+        for temporary, final in self._staged:
+            try:
+                existed = final.exists()
+                self._move(temporary, final)
+            except Exception as err:
+                raise self._on_error(final, err) from None
+            if not existed:
+                self._created.append(final)
+        self._staged.clear()
+
+    def rollback(self) -> None:
+        """Best effort: each removal is tried even if another fails; the original error wins."""
+        for path in [temporary for temporary, _ in self._staged] + self._created:
+            with contextlib.suppress(Exception):
+                path.unlink(missing_ok=True)
+        for directory in reversed(self._dirs):
+            with contextlib.suppress(Exception):
+                if _is_local(directory):
+                    os.rmdir(directory.path)  # only succeeds when empty: never removes other files
+                elif not any(directory.iterdir()):
+                    directory.rmdir()
+        self._staged.clear()
+        self._created.clear()
+        self._dirs.clear()
+
+    def _make_dirs(self, directory: Any) -> None:
+        missing = []
+        while not directory.exists() and directory != directory.parent:
+            missing.append(directory)
+            directory = directory.parent
+        for path in reversed(missing):
+            path.mkdir(parents=True, exist_ok=True)
+            self._dirs.append(path)
+
+    @staticmethod
+    def _write(path: Any, data: bytes) -> None:
+        if _is_local(path):
+            with open(path.path, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            return
         with path.open("wb") as handle:
             handle.write(data)
-    except Exception as err:
-        raise ResultShapeError(
-            f"Cannot write {path}: {type(err).__name__}: {err}. Check that output_path points at a "
-            "writable location and that its connection (if any) has write access."
-        ) from None
+
+    @staticmethod
+    def _move(temporary: Any, final: Any) -> None:
+        if _is_local(final):
+            os.replace(temporary.path, final.path)
+            return
+        try:
+            temporary.fs.mv(temporary.path, final.path)
+        except NotImplementedError:
+            StagedOutput._write(final, temporary.read_bytes())
+            temporary.unlink(missing_ok=True)
 
 
-def _download_all(result: Any, target: _Target, timeout: float) -> list[dict[str, Any]]:
-    """Copy each media file and point its ``url`` at the copy (the original stays in ``fal_url``)."""
+def _is_local(path: Any) -> bool:
+    return str(getattr(path, "protocol", "") or "file") in ("file", "local")
+
+
+def _unwritable(path: Any, err: BaseException) -> ResultShapeError:
+    return ResultShapeError(
+        f"Cannot write {path}: {type(err).__name__}: {err}. Check that output_path points at a "
+        "writable location and that its connection (if any) has write access."
+    )
+
+
+def _download_all(result: Any, target: _Target, timeout: float, output: StagedOutput) -> list[dict[str, Any]]:
+    """Copy each media file and point its ``url`` at the copy (the original stays in ``fal_url``).
+
+    The copies are only staged here; ``persist_result`` publishes them once every one arrived."""
     copied: list[dict[str, Any]] = []
     for index, (field, media) in enumerate(list(iter_media(result))):
         original = str(media["url"])
@@ -184,7 +277,7 @@ def _download_all(result: Any, target: _Target, timeout: float) -> list[dict[str
             shown = original if not original.startswith("data:") else "data: URI"
             raise ResultShapeError(f"Cannot download fal media {shown} at {field}: {err}") from None
         dest = target.media_dir / _media_name(index, media, content_type)
-        _write(dest, data)
+        output.stage(dest, data)
         media["fal_url"] = original if not original.startswith("data:") else None
         media["url"] = str(dest)
         copied.append({"field": field, "path": str(dest), "bytes": len(data), "content_type": content_type})
@@ -199,15 +292,26 @@ def persist_result(
     request_id: str | None = None,
     timeout: float = 120.0,
 ) -> tuple[Any, dict[str, Any]]:
-    """Write the full result (and optionally its media) to ``output_path``.
+    """Write the full result (and optionally its media) to ``output_path``, all or nothing.
+
+    Every file is first staged under a temporary name and published only after all of them were
+    written, media first and the result JSON last: a reader that sees the JSON finds every file it
+    names complete, and a failure (download, write, crash) leaves no partial or orphaned output
+    from this call (see :class:`StagedOutput`).
 
     Returns the (possibly URL-rewritten) result and a small manifest describing what was written.
     """
     target = _target(output_path, request_id)
     result = json.loads(json.dumps(result))  # a private copy: URLs are rewritten in place
-    media = _download_all(result, target, timeout) if download_media else []
-    body = json.dumps(result, indent=2, sort_keys=True).encode()
-    _write(target.result_file, body)
+    output = StagedOutput(on_error=_unwritable)
+    try:
+        media = _download_all(result, target, timeout, output) if download_media else []
+        body = json.dumps(result, indent=2, sort_keys=True).encode()
+        output.stage(target.result_file, body)
+        output.publish()
+    except BaseException:
+        output.rollback()
+        raise
     manifest: dict[str, Any] = {
         "result_path": str(target.result_file),
         "result_bytes": len(body),

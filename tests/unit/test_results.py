@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fsspec.implementations.memory import MemoryFileSystem
 
 from fal_provider._compat import AirflowFailException
 from fal_provider.results import (
@@ -114,7 +117,10 @@ def media_server() -> Iterator[str]:
 
 def test_download_media_copies_files_and_rewrites_urls(tmp_path: Path, media_server: str) -> None:
     inline = "data:image/png;base64," + base64.b64encode(b"inline-bytes").decode()
-    result = {"images": [{"url": f"{media_server}/files/cat.png"}, {"url": inline}], "seed": 1}
+    result: dict[str, Any] = {
+        "images": [{"url": f"{media_server}/files/cat.png"}, {"url": inline}],
+        "seed": 1,
+    }
     manifest = shape_result(
         result,
         output_path=f"file://{tmp_path}",
@@ -153,3 +159,135 @@ def test_unwritable_output_path(tmp_path: Path) -> None:
 def test_download_media_without_output_path() -> None:
     with pytest.raises(ResultShapeError, match="needs output_path"):
         shape_result(RESULT, download_media=True)
+
+
+# --------------------------------------------------------------------------- all-or-nothing output
+
+
+def files_under(root: Path) -> list[str]:
+    """Every file and folder below ``root`` (hidden temporaries included), relative, sorted."""
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*"))
+
+
+def test_failed_download_leaves_nothing_behind(tmp_path: Path, media_server: str) -> None:
+    (tmp_path / "earlier.json").write_text("{}")  # someone else's output in the same folder
+    result = {"images": [{"url": f"{media_server}/ok.png"}, {"url": f"{media_server}/missing.png"}]}
+    with pytest.raises(ResultShapeError, match=r"missing\.png at images\.1"):
+        shape_result(result, output_path=f"file://{tmp_path}", download_media=True, request_id="rid")
+    # the first image had been downloaded and written; it, its folder and any temporary are gone
+    assert files_under(tmp_path) == ["earlier.json"]
+
+
+def test_failed_write_midway_leaves_no_partial_file(
+    tmp_path: Path, media_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_fsync = os.fsync
+    calls: list[int] = []
+
+    def disk_full_on_second_file(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", disk_full_on_second_file)
+    result = {"images": [{"url": f"{media_server}/a.png"}, {"url": f"{media_server}/b.png"}]}
+    with pytest.raises(ResultShapeError, match=r"Cannot write .*001_b.png: OSError"):
+        shape_result(result, output_path=f"file://{tmp_path}/out", download_media=True, request_id="rid")
+    assert files_under(tmp_path) == []  # not even the folder this call created
+
+
+def test_failed_result_publish_removes_the_media_it_published(
+    tmp_path: Path, media_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_replace = os.replace
+
+    def json_rename_fails(src: str, dst: str) -> None:
+        if dst.endswith(".json"):
+            raise PermissionError(13, "Permission denied")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", json_rename_fails)
+    result = {"images": [{"url": f"{media_server}/a.png"}]}
+    with pytest.raises(ResultShapeError, match=r"Cannot write .*rid.json: PermissionError"):
+        shape_result(result, output_path=f"file://{tmp_path}", download_media=True, request_id="rid")
+    assert files_under(tmp_path) == []
+
+
+def test_result_json_is_published_last_after_every_media_file(
+    tmp_path: Path, media_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_replace = os.replace
+    published: list[str] = []
+
+    def watch(src: str, dst: str) -> None:
+        assert Path(src).parent == Path(dst).parent and Path(src).name.startswith(".")  # same-folder temp
+        if dst.endswith(".json"):
+            assert all(Path(done).read_bytes() for done in published), "JSON before its media"
+            assert not Path(dst).exists()
+        published.append(dst)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", watch)
+    result = {"images": [{"url": f"{media_server}/a.png"}, {"url": f"{media_server}/b.png"}]}
+    shape_result(result, output_path=f"file://{tmp_path}", download_media=True, request_id="rid")
+    assert [Path(p).name for p in published] == ["000_a.png", "001_b.png", "rid.json"]
+    assert files_under(tmp_path) == ["rid.json", "rid_media", "rid_media/000_a.png", "rid_media/001_b.png"]
+
+
+def test_rewriting_an_existing_result_replaces_it_whole(tmp_path: Path) -> None:
+    shape_result({"v": 1}, output_path=f"file://{tmp_path}/out.json")
+    shape_result({"v": 2}, output_path=f"file://{tmp_path}/out.json")
+    assert json.loads((tmp_path / "out.json").read_text()) == {"v": 2}
+    assert files_under(tmp_path) == ["out.json"]
+
+
+class _Memory(MemoryFileSystem):
+    """An object store without a local path: its own in-memory contents, isolated per test."""
+
+    store: dict[str, Any] = {}
+    pseudo_dirs: list[str] = [""]
+    moves = 0
+
+    def mv(self, path1: Any, path2: Any, **kwargs: Any) -> None:
+        type(self).moves += 1
+        super().mv(path1, path2, **kwargs)
+
+
+class _MemoryWithoutMove(_Memory):
+    def mv(self, path1: Any, path2: Any, **kwargs: Any) -> None:
+        raise NotImplementedError
+
+
+@pytest.fixture(params=[_Memory, _MemoryWithoutMove], ids=["mv", "no-mv"])
+def memory_store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> type[_Memory]:
+    from airflow.sdk.io import store
+
+    fs_class: type[_Memory] = request.param
+    monkeypatch.setattr(fs_class, "store", {})
+    monkeypatch.setattr(fs_class, "pseudo_dirs", [""])
+    monkeypatch.setattr(fs_class, "moves", 0)
+    fs_class.clear_instance_cache()
+    monkeypatch.setitem(
+        store._STORE_CACHE, "memory-conn", store.ObjectStore(protocol="memory", conn_id="conn", fs=fs_class())
+    )
+    return fs_class
+
+
+def test_object_store_output_is_all_or_nothing(memory_store: type[_Memory], media_server: str) -> None:
+    result = {"images": [{"url": f"{media_server}/a.png"}]}
+    manifest = shape_result(
+        result, output_path="memory://conn@bucket/run", download_media=True, request_id="rid"
+    )
+    assert sorted(memory_store.store) == ["/bucket/run/rid.json", "/bucket/run/rid_media/000_a.png"]
+    assert memory_store.moves == (2 if memory_store is _Memory else 0)
+    assert (
+        json.loads(memory_store.store["/bucket/run/rid.json"].getvalue())["images"][0]["url"]
+        == (manifest["media"][0]["path"])
+    )
+
+    memory_store.store.clear()
+    failing = {"images": [{"url": f"{media_server}/a.png"}, {"url": f"{media_server}/missing.png"}]}
+    with pytest.raises(ResultShapeError, match=r"missing\.png"):
+        shape_result(failing, output_path="memory://conn@bucket/run", download_media=True, request_id="rid")
+    assert memory_store.store == {}
