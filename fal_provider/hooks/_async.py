@@ -16,49 +16,27 @@ from typing import Any
 import httpx
 from websockets.asyncio.client import connect as ws_connect_async
 
-from fal_provider.hooks._calls import (
-    CallBuilder,
-    json_body,
-    parse_cancel,
-    parse_status_response,
-    parse_submit,
-)
+from fal_provider.hooks import _upload
+from fal_provider.hooks._calls import CallBuilder, Options, Status
 from fal_provider.hooks._realtime import (
     WS_OPEN_ERRORS,
     WS_OPTIONS,
     AsyncRealtimeSession,
     RealtimeOpening,
     handshake_error,
+    realtime_url,
 )
 from fal_provider.hooks._settings import FalSettings
 from fal_provider.hooks._sse import aiter_model_events, aiter_status_events
 from fal_provider.hooks._transport import Call, asend, close_shared_async_client, shared_async_client
-from fal_provider.hooks._upload import (
-    CdnTokenCache,
-    MultipartUpload,
-    access_url,
-    guess_content_type,
-    needs_multipart,
-    open_source,
-    single_upload,
-)
-from fal_provider.models import (
-    CompletedStatus,
-    FalRequestRef,
-    InProgressStatus,
-    QueuedStatus,
-    RequestOptions,
-)
-
-Status = QueuedStatus | InProgressStatus | CompletedStatus
-Options = RequestOptions | Mapping[str, Any] | None
+from fal_provider.models import FalRequestRef
 
 
 class FalAsyncMixin:
-    """The ``a*`` methods of :class:`~fal_provider.hooks.fal.FalHook`."""
+    """The ``a*`` methods of :class:`~fal_provider.hooks.fal.FalHook`, and the logging both halves share."""
 
     log: Any
-    _cdn_tokens: CdnTokenCache
+    _cdn_tokens: _upload.CdnTokenCache
 
     async def aget_settings(self) -> FalSettings:  # implemented by FalHook
         raise NotImplementedError
@@ -75,6 +53,17 @@ class FalAsyncMixin:
         settings = await self.aget_settings()
         return await asend(shared_async_client(), call, settings, self.log, stream=stream)
 
+    async def _afetch(self, call: Call) -> Any:
+        return call.decode(await self._asend(call))
+
+    def _submitted(self, ref: FalRequestRef) -> FalRequestRef:
+        self.log.info("Submitted fal request %s to %s", ref.request_id, ref.app_id)
+        return ref
+
+    def _cancelled(self, call: Call, outcome: str) -> str:
+        self.log.info("fal %s: %s", call.label, outcome)
+        return outcome
+
     async def asubmit(
         self,
         app_id: str,
@@ -85,21 +74,18 @@ class FalAsyncMixin:
         headers: Mapping[str, str] | None = None,
         webhook_url: str | None = None,
     ) -> FalRequestRef:
-        call, app = (await self._acalls()).submit(
+        call = (await self._acalls()).submit(
             app_id, arguments, path=path, options=options, headers=headers, webhook_url=webhook_url
         )
-        ref = parse_submit(await self._asend(call), app, webhook_url)
-        self.log.info("Submitted fal request %s to %s", ref.request_id, app.full)
-        return ref
+        return self._submitted(await self._afetch(call))
 
     async def aget_status(self, request: FalRequestRef | Mapping[str, Any], *, logs: bool = False) -> Status:
-        call, _ = (await self._acalls()).status(request, logs=logs)
-        return parse_status_response(await self._asend(call), call.label)
+        return await self._afetch((await self._acalls()).status(request, logs=logs))
 
     async def aiter_status(
         self, request: FalRequestRef | Mapping[str, Any], *, logs: bool = False
     ) -> AsyncIterator[Status]:
-        call, _ = (await self._acalls()).status_stream(request, logs=logs)
+        call = (await self._acalls()).status_stream(request, logs=logs)
         response = await self._asend(call, stream=True)
         try:
             async for status in aiter_status_events(response, call.label):
@@ -108,14 +94,11 @@ class FalAsyncMixin:
             await response.aclose()
 
     async def aget_result(self, request: FalRequestRef | Mapping[str, Any]) -> Any:
-        call, _ = (await self._acalls()).result(request)
-        return json_body(await self._asend(call), call.label)
+        return await self._afetch((await self._acalls()).result(request))
 
     async def acancel(self, request: FalRequestRef | Mapping[str, Any]) -> str:
-        call, ref = (await self._acalls()).cancel(request)
-        outcome = parse_cancel(await self._asend(call))
-        self.log.info("Cancel of fal request %s on %s: %s", ref.request_id, ref.app_id, outcome)
-        return outcome
+        call = (await self._acalls()).cancel(request)
+        return self._cancelled(call, await self._afetch(call))
 
     async def arun(
         self,
@@ -128,8 +111,9 @@ class FalAsyncMixin:
         timeout: float | None = None,
     ) -> Any:
         builder = await self._acalls()
-        call, _ = builder.run(app_id, arguments, path=path, options=options, headers=headers, timeout=timeout)
-        return json_body(await self._asend(call), call.label)
+        return await self._afetch(
+            builder.run(app_id, arguments, path=path, options=options, headers=headers, timeout=timeout)
+        )
 
     async def astream(
         self,
@@ -140,9 +124,7 @@ class FalAsyncMixin:
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> AsyncIterator[Any]:
-        call, _ = (await self._acalls()).stream(
-            app_id, arguments, path=path, headers=headers, timeout=timeout
-        )
+        call = (await self._acalls()).stream(app_id, arguments, path=path, headers=headers, timeout=timeout)
         response = await self._asend(call, stream=True)
         try:
             async for event in aiter_model_events(response, call.label):
@@ -160,7 +142,8 @@ class FalAsyncMixin:
         token_expiration: int = 120,
     ) -> AsyncIterator[AsyncRealtimeSession]:
         opening = RealtimeOpening.plan(await self._acalls(), app_id, path, max_buffering, token_expiration)
-        url = opening.url(await self._asend(opening.token_call))
+        token = await self._afetch(opening.token_call)
+        url = realtime_url(opening.run_url, opening.app, opening.path, token, opening.max_buffering)
         try:
             connection = await ws_connect_async(url, **WS_OPTIONS)
         except WS_OPEN_ERRORS as exc:
@@ -178,33 +161,28 @@ class FalAsyncMixin:
         content_type: str | None = None,
         file_name: str | None = None,
     ) -> str:
-        source = await asyncio.to_thread(open_source, data, file_name)
-        kind = guess_content_type(content_type, source.name)
-        token = await self._acdn_token()
+        source = await asyncio.to_thread(_upload.open_source, data, file_name)
+        kind = _upload.guess_content_type(content_type, source.name)
+        token = self._cdn_tokens.get() or self._cdn_tokens.remember(
+            await self._afetch((await self._acalls()).storage_token())
+        )
         settings = await self.aget_settings()
-        if needs_multipart(source):
+        if _upload.needs_multipart(source):
             return await self._aupload_parts(
-                MultipartUpload(settings, source, content_type=kind, token=token)
+                _upload.MultipartUpload(settings, source, content_type=kind, token=token)
             )
         payload = await asyncio.to_thread(source.read)
-        call = single_upload(settings, source, payload, content_type=kind, token=token)
-        return access_url(json_body(await self._asend(call), call.label), call.label)
+        return await self._afetch(
+            _upload.single_upload(settings, source, payload, content_type=kind, token=token)
+        )
 
-    async def _acdn_token(self) -> Mapping[str, Any]:
-        token = self._cdn_tokens.get()
-        if token is None:
-            call = (await self._acalls()).storage_token()
-            token = self._cdn_tokens.remember(json_body(await self._asend(call), call.label))
-        return token
-
-    async def _aupload_parts(self, upload: MultipartUpload) -> str:
-        upload.started(await self._asend(upload.create()))
+    async def _aupload_parts(self, upload: _upload.MultipartUpload) -> str:
+        await self._afetch(upload.create())
         gate = asyncio.Semaphore(upload.concurrency)
 
         async def put(number: int) -> None:
             async with gate:
-                call = await asyncio.to_thread(upload.part, number)  # reads the part from disk
-                upload.part_done(number, await self._asend(call))
+                await self._afetch(await asyncio.to_thread(upload.part, number))  # reads from disk
 
         tasks = [asyncio.ensure_future(put(number)) for number in upload.numbers]
         try:
@@ -214,4 +192,4 @@ class FalAsyncMixin:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
-        return upload.finish(await self._asend(upload.complete()))
+        return await self._afetch(upload.complete())

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,7 +20,7 @@ from fal_provider import __version__
 from fal_provider.exceptions import FalServerError, error_from_response
 from fal_provider.hooks._retry import IDEMPOTENT, SUBMIT
 from fal_provider.hooks._settings import FalSettings
-from fal_provider.hooks._transport import Call, default_timeout
+from fal_provider.hooks._transport import Call, default_timeout, keep_response
 from fal_provider.models import (
     AppId,
     CompletedStatus,
@@ -31,6 +32,9 @@ from fal_provider.models import (
 )
 
 USER_AGENT = f"airflow-provider-fal/{__version__}"
+#: What status calls and streams return, and what ``options`` may be (both hook halves use these).
+Status = QueuedStatus | InProgressStatus | CompletedStatus
+Options = RequestOptions | Mapping[str, Any] | None
 _JSON_SCALARS = (str, int, float, bool, type(None))
 _MSGPACK_SCALARS = (*_JSON_SCALARS, bytes, bytearray, memoryview)
 
@@ -94,7 +98,7 @@ def join_url(base: str, *parts: str) -> str:
     return f"{base.rstrip('/')}/{tail}" if tail else base.rstrip("/")
 
 
-def build_options(options: RequestOptions | Mapping[str, Any] | None) -> RequestOptions:
+def build_options(options: Options) -> RequestOptions:
     if options is None or isinstance(options, RequestOptions):
         return RequestOptions.build(options)
     if not isinstance(options, Mapping):
@@ -120,6 +124,32 @@ class CallBuilder:
     def _json_headers(self, *layers: Mapping[str, str] | None) -> dict[str, str]:
         return self.headers({"Content-Type": "application/json", "Accept": "application/json"}, *layers)
 
+    def _model_post(
+        self,
+        base_url: str,
+        app: AppId,
+        path: str,
+        body: bytes,
+        *,
+        label: str,
+        headers: dict[str, str],
+        timeout: float | None = None,
+        params: Mapping[str, str] | None = None,
+        decode: Callable[[httpx.Response], Any] = keep_response,
+    ) -> Call:
+        """A POST that starts paid work (submit, run, stream): retried only where fal never saw it."""
+        return Call(
+            method="POST",
+            url=join_url(base_url, app.full, path),
+            label=f"{label} {app.full}",
+            policy=SUBMIT,
+            headers=headers,
+            timeout=default_timeout(self.settings, timeout),
+            params=dict(params or {}),
+            content=body,
+            decode=decode,
+        )
+
     # -- queue -------------------------------------------------------------------------------------
     def submit(
         self,
@@ -127,10 +157,11 @@ class CallBuilder:
         arguments: Any,
         *,
         path: str = "",
-        options: RequestOptions | Mapping[str, Any] | None = None,
+        options: Options = None,
         headers: Mapping[str, str] | None = None,
         webhook_url: str | None = None,
-    ) -> tuple[Call, AppId]:
+    ) -> Call:
+        """Decodes to a :class:`FalRequestRef`."""
         app = AppId.parse(app_id)
         opts = build_options(options)
         body = encode_arguments(arguments, app)
@@ -139,17 +170,16 @@ class CallBuilder:
             if urlsplit(webhook_url).scheme not in ("http", "https"):
                 raise ValueError(f"webhook_url must be an http(s) URL, got {webhook_url!r}")
             params["fal_webhook"] = webhook_url
-        call = Call(
-            method="POST",
-            url=join_url(self.settings.queue_url, app.full, path),
-            label=f"submit to {app.full}",
-            policy=SUBMIT,
+        return self._model_post(
+            self.settings.queue_url,
+            app,
+            path,
+            body,
+            label="submit to",
             headers=self._json_headers(headers, opts.headers()),
-            timeout=default_timeout(self.settings),
             params=params,
-            content=body,
+            decode=partial(parse_submit, app=app, webhook_url=webhook_url),
         )
-        return call, app
 
     def request_ref(self, app_id: str, request_id: str) -> FalRequestRef:
         """URLs built the way ``fal_client`` builds them from an id (sub-path dropped)."""
@@ -183,6 +213,7 @@ class CallBuilder:
         method: str = "GET",
         accept: str = "application/json",
         answers: frozenset[int] = frozenset(),
+        decode: Callable[[httpx.Response], Any] | None = None,
     ) -> Call:
         return Call(
             method=method,
@@ -193,27 +224,33 @@ class CallBuilder:
             timeout=default_timeout(self.settings),
             params=dict(params or {}),
             accept=answers,
+            decode=decode or partial(json_body, label=label),
         )
 
-    def status(self, request: Any, *, logs: bool = False) -> tuple[Call, FalRequestRef]:
+    def status(self, request: Any, *, logs: bool = False) -> Call:
         ref = self._urls(request)
         label = f"status of {ref.request_id} on {ref.app_id}"
-        return self._get(str(ref.status_url), label, {"logs": "1" if logs else "0"}), ref
+        params = {"logs": "1" if logs else "0"}
+        return self._get(
+            str(ref.status_url), label, params, decode=partial(parse_status_response, label=label)
+        )
 
-    def status_stream(self, request: Any, *, logs: bool = False) -> tuple[Call, FalRequestRef]:
+    def status_stream(self, request: Any, *, logs: bool = False) -> Call:
         ref = self._urls(request)
         url = join_url(str(ref.status_url), "stream")
         label = f"status stream of {ref.request_id} on {ref.app_id}"
-        return self._get(url, label, {"logs": "1" if logs else "0"}, accept="text/event-stream"), ref
+        return self._get(url, label, {"logs": "1" if logs else "0"}, accept="text/event-stream")
 
-    def result(self, request: Any) -> tuple[Call, FalRequestRef]:
+    def result(self, request: Any) -> Call:
         ref = self._urls(request)
-        return self._get(str(ref.response_url), f"result of {ref.request_id} on {ref.app_id}"), ref
+        return self._get(str(ref.response_url), f"result of {ref.request_id} on {ref.app_id}")
 
-    def cancel(self, request: Any) -> tuple[Call, FalRequestRef]:
+    def cancel(self, request: Any) -> Call:
+        """Decodes to the outcome word (see :func:`parse_cancel`)."""
         ref = self._urls(request)
         label = f"cancel of {ref.request_id} on {ref.app_id}"
-        return self._get(str(ref.cancel_url), label, method="PUT", answers=frozenset({400, 404})), ref
+        answers = frozenset({400, 404})
+        return self._get(str(ref.cancel_url), label, method="PUT", answers=answers, decode=parse_cancel)
 
     # -- direct calls ------------------------------------------------------------------------------
     def run(
@@ -222,24 +259,23 @@ class CallBuilder:
         arguments: Any,
         *,
         path: str = "",
-        options: RequestOptions | Mapping[str, Any] | None = None,
+        options: Options = None,
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
-    ) -> tuple[Call, AppId]:
+    ) -> Call:
         app = AppId.parse(app_id)
         opts = build_options(options)
-        body = encode_arguments(arguments, app)
-        call = Call(
-            method="POST",
-            url=join_url(self.settings.run_url, app.full, path),
-            label=f"run of {app.full}",
-            policy=SUBMIT,
+        return self._model_post(
+            self.settings.run_url,
+            app,
+            path,
+            encode_arguments(arguments, app),
+            label="run of",
             headers=self._json_headers(headers, opts.headers()),
-            timeout=default_timeout(self.settings, timeout),
+            timeout=timeout,
             params=opts.query_params(),
-            content=body,
+            decode=partial(json_body, label=f"run of {app.full}"),
         )
-        return call, app
 
     def stream(
         self,
@@ -249,41 +285,40 @@ class CallBuilder:
         path: str = "/stream",
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
-    ) -> tuple[Call, AppId]:
+    ) -> Call:
         app = AppId.parse(app_id)
-        body = encode_arguments(arguments, app)
-        call = Call(
-            method="POST",
-            url=join_url(self.settings.run_url, app.full, path),
-            label=f"stream of {app.full}",
-            policy=SUBMIT,
-            headers=self.headers(
-                {
-                    "Content-Type": "application/json",
-                    "Accept": "text/event-stream",
-                    "Cache-Control": "no-store",
-                },
-                headers,
-            ),
-            timeout=default_timeout(self.settings, timeout),
-            content=body,
+        accept = {
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+            "Cache-Control": "no-store",
+        }
+        return self._model_post(
+            self.settings.run_url,
+            app,
+            path,
+            encode_arguments(arguments, app),
+            label="stream of",
+            headers=self.headers(accept, headers),
+            timeout=timeout,
         )
-        return call, app
 
     def realtime_token(self, app: AppId, token_expiration: int) -> Call:
+        """Decodes to the token string."""
         if not isinstance(token_expiration, int) or token_expiration <= 0:
             raise ValueError(
                 f"token_expiration must be a positive number of seconds, got {token_expiration!r}"
             )
         body = json.dumps({"allowed_apps": [app.alias], "token_expiration": token_expiration}).encode()
+        label = f"realtime token for {app.full}"
         return Call(
             method="POST",
             url=join_url(self.settings.rest_url, "tokens") + "/",
-            label=f"realtime token for {app.full}",
+            label=label,
             policy=IDEMPOTENT,
             headers=self._json_headers(),
             timeout=default_timeout(self.settings),
             content=body,
+            decode=partial(parse_token, label=label),
         )
 
     def storage_token(self) -> Call:
@@ -296,6 +331,7 @@ class CallBuilder:
             timeout=default_timeout(self.settings),
             params={"storage_type": "fal-cdn-v3"},
             content=b"{}",
+            decode=partial(json_body, label="CDN storage token"),
         )
 
 
@@ -318,9 +354,7 @@ def parse_submit(response: httpx.Response, app: AppId, webhook_url: str | None) 
     return FalRequestRef.model_validate({**body, "app_id": app.full, "webhook_url": webhook_url})
 
 
-def parse_status_response(
-    response: httpx.Response, label: str
-) -> QueuedStatus | InProgressStatus | CompletedStatus:
+def parse_status_response(response: httpx.Response, label: str) -> Status:
     try:
         return parse_status(json_body(response, label))
     except ValueError as err:

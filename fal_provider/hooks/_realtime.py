@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-import httpx
 import msgpack
 from websockets.asyncio.client import ClientConnection as AsyncConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
@@ -37,7 +36,7 @@ from fal_provider.exceptions import (
     FalStreamError,
     FalTimeoutError,
 )
-from fal_provider.hooks._calls import USER_AGENT, CallBuilder, check_msgpack, parse_token
+from fal_provider.hooks._calls import USER_AGENT, CallBuilder, check_msgpack
 from fal_provider.hooks._transport import Call
 from fal_provider.models import AppId
 
@@ -85,7 +84,9 @@ class RealtimeOpening:
     """One opening of a session: a token call, then the WebSocket URL carrying that token.
 
     Built fresh for every opening, so every (re)connection gets its own token: fal checks the token
-    only at the handshake, and one fetched for an earlier opening may have expired since.
+    only at the handshake, and one fetched for an earlier opening may have expired since. The hook
+    passes the decoded token to :func:`realtime_url` (looked up in the hook modules, where tests of
+    the reconnect path wrap it to add the emulator's ``drop_after``).
     """
 
     app: AppId
@@ -103,10 +104,6 @@ class RealtimeOpening:
         run_url = builder.settings.run_url
         realtime_url(run_url, app, path, "check", max_buffering)
         return cls(app, builder.realtime_token(app, token_expiration), run_url, path, max_buffering)
-
-    def url(self, token_response: httpx.Response) -> str:
-        token = parse_token(token_response, self.token_call.label)
-        return realtime_url(self.run_url, self.app, self.path, token, self.max_buffering)
 
 
 def encode_message(message: Mapping[str, Any], app: AppId) -> bytes:

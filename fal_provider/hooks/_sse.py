@@ -16,10 +16,8 @@ import httpx
 from httpx_sse import EventSource, ServerSentEvent
 
 from fal_provider.exceptions import FalStreamError
-from fal_provider.hooks._calls import parse_status_response
-from fal_provider.models import CompletedStatus, InProgressStatus, QueuedStatus, parse_status
-
-Status = QueuedStatus | InProgressStatus | CompletedStatus
+from fal_provider.hooks._calls import Status, parse_status_response
+from fal_provider.models import CompletedStatus, parse_status
 
 
 def check_event_stream(response: httpx.Response, label: str) -> None:
@@ -53,34 +51,51 @@ def _model_event(event: ServerSentEvent, label: str) -> Any:
         raise FalStreamError(f"{label}: event is not JSON: {event.data[:120]!r}") from None
 
 
+class _StatusReader:
+    """Turns status events into statuses, and knows whether the stream may end now."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.completed = False
+
+    def read(self, event: ServerSentEvent) -> Status | None:
+        status = _status_from_event(event, self.label)
+        self.completed = isinstance(status, CompletedStatus)
+        return status
+
+    def broke(self, exc: httpx.TransportError) -> FalStreamError:
+        return FalStreamError(f"{self.label} broke: {type(exc).__name__}")
+
+    def ended_early(self) -> FalStreamError:
+        return FalStreamError(f"{self.label} ended before the request COMPLETED; poll the status instead")
+
+
 def iter_status_events(response: httpx.Response, label: str) -> Iterator[Status]:
     check_event_stream(response, label)
+    reader = _StatusReader(label)
     try:
         for event in EventSource(response).iter_sse():
-            status = _status_from_event(event, label)
-            if status is None:
-                continue
-            yield status
-            if isinstance(status, CompletedStatus):
+            if (status := reader.read(event)) is not None:
+                yield status
+            if reader.completed:
                 return
     except httpx.TransportError as exc:
-        raise FalStreamError(f"{label} broke: {type(exc).__name__}") from exc
-    raise FalStreamError(f"{label} ended before the request COMPLETED; poll the status instead")
+        raise reader.broke(exc) from exc
+    raise reader.ended_early()
 
 
 async def aiter_status_events(response: httpx.Response, label: str) -> AsyncIterator[Status]:
     check_event_stream(response, label)
+    reader = _StatusReader(label)
     try:
         async for event in EventSource(response).aiter_sse():
-            status = _status_from_event(event, label)
-            if status is None:
-                continue
-            yield status
-            if isinstance(status, CompletedStatus):
+            if (status := reader.read(event)) is not None:
+                yield status
+            if reader.completed:
                 return
     except httpx.TransportError as exc:
-        raise FalStreamError(f"{label} broke: {type(exc).__name__}") from exc
-    raise FalStreamError(f"{label} ended before the request COMPLETED; poll the status instead")
+        raise reader.broke(exc) from exc
+    raise reader.ended_early()
 
 
 def iter_model_events(response: httpx.Response, label: str) -> Iterator[Any]:

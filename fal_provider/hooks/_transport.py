@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -70,6 +70,11 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
+def keep_response(response: httpx.Response) -> httpx.Response:
+    """The ``decode`` of calls whose answer is streamed or read by the caller."""
+    return response
+
+
 @dataclass(frozen=True)
 class Call:
     """One HTTP call, described once and sent by either the sync or the async client."""
@@ -85,6 +90,8 @@ class Call:
     content: bytes | None = None
     #: Error statuses that are answers for this call (cancel: 400/404), returned instead of raised.
     accept: frozenset[int] = frozenset()
+    #: Turns the (checked) answer into what the hook method returns; both twins apply it.
+    decode: Callable[[httpx.Response], Any] = field(default=keep_response, repr=False)
 
     def build(self, client: httpx.Client | httpx.AsyncClient, *, long_lived: bool = False) -> httpx.Request:
         """``long_lived``: a streamed answer that holds its connection for a whole wait (see ``_pool``)."""
@@ -108,25 +115,32 @@ def transport_error(call: Call, exc: httpx.TransportError) -> FalError:
 
 def check_response(call: Call, response: httpx.Response) -> httpx.Response:
     """Return a usable answer or raise the typed error fal's answer maps to (body already read)."""
-    if response.is_success or response.status_code in call.accept:
+    if _is_answer(call, response):
         return response
     raise error_from_response(response.status_code, response.headers, response.content, context=call.label)
+
+
+def _retry_options(call: Call, settings: FalSettings, log: Any) -> dict[str, Any]:
+    return {
+        "limit": settings.retry_limit,
+        "min_wait": settings.retry_min_wait,
+        "max_wait": settings.retry_max_wait,
+        "log": log,
+        "label": call.label,
+    }
+
+
+def _is_answer(call: Call, response: httpx.Response) -> bool:
+    """A response the caller reads (maybe streamed); any other was read and closed before raising."""
+    return response.is_success or response.status_code in call.accept
 
 
 def send(
     client: httpx.Client, call: Call, settings: FalSettings, log: Any, *, stream: bool = False
 ) -> httpx.Response:
     """Send with the call's retry policy; a streamed answer is returned open (caller closes it)."""
-    retrying = sync_retrying(
-        call.policy,
-        limit=settings.retry_limit,
-        min_wait=settings.retry_min_wait,
-        max_wait=settings.retry_max_wait,
-        log=log,
-        label=call.label,
-    )
     try:
-        for attempt in retrying:
+        for attempt in sync_retrying(call.policy, **_retry_options(call, settings, log)):
             with attempt:
                 response = client.send(call.build(client), stream=stream)
                 if call.policy.retry_response(response):
@@ -137,7 +151,7 @@ def send(
         response = exc.response
     except httpx.TransportError as exc:
         raise transport_error(call, exc) from exc
-    if not (response.is_success or response.status_code in call.accept):
+    if not _is_answer(call, response):
         response.read()
         response.close()
     return check_response(call, response)
@@ -147,16 +161,8 @@ async def asend(
     client: httpx.AsyncClient, call: Call, settings: FalSettings, log: Any, *, stream: bool = False
 ) -> httpx.Response:
     """Async twin of :func:`send`."""
-    retrying = async_retrying(
-        call.policy,
-        limit=settings.retry_limit,
-        min_wait=settings.retry_min_wait,
-        max_wait=settings.retry_max_wait,
-        log=log,
-        label=call.label,
-    )
     try:
-        async for attempt in retrying:
+        async for attempt in async_retrying(call.policy, **_retry_options(call, settings, log)):
             with attempt:
                 response = await client.send(call.build(client, long_lived=stream), stream=stream)
                 if call.policy.retry_response(response):
@@ -167,7 +173,7 @@ async def asend(
         response = exc.response
     except httpx.TransportError as exc:
         raise transport_error(call, exc) from exc
-    if not (response.is_success or response.status_code in call.accept):
+    if not _is_answer(call, response):
         await response.aread()
         await response.aclose()
     return check_response(call, response)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import httpx
@@ -151,16 +152,21 @@ def single_upload(
     name = source.name
     headers = _cdn_headers(token, {"Content-Type": content_type}, {"X-Fal-File-Name": name} if name else None)
     label = f"upload of {name or 'data'} ({len(payload)} bytes)"
-    return _cdn_call(
-        settings, join_url(settings.cdn_url, "files/upload"), label, headers, method="POST", content=payload
-    )
+    url = join_url(settings.cdn_url, "files/upload")
+    decode = partial(_access_url_of, label=label)
+    return _cdn_call(settings, url, label, headers, method="POST", content=payload, decode=decode)
+
+
+def _access_url_of(response: httpx.Response, label: str) -> str:
+    return access_url(json_body(response, label), label)
 
 
 class MultipartUpload:
     """fal's multipart flow for one source, as calls and answer parsers.
 
     The hook sends :meth:`create`, then every :meth:`part` (concurrently, at most
-    :data:`MULTIPART_CONCURRENCY`) feeding each answer to :meth:`part_done`, then :meth:`complete`.
+    :data:`MULTIPART_CONCURRENCY`), then :meth:`complete`, and decodes each answer with the call's
+    ``decode``, which records the upload id and the parts' ETags here; the last one gives the URL.
     :meth:`part` reads its bytes from the source, so drivers call it off the event loop.
     """
 
@@ -201,9 +207,10 @@ class MultipartUpload:
             {"X-Fal-File-Name": self.source.name} if self.source.name else None,
         )
         url = join_url(self.settings.cdn_url, "files/upload/multipart")
-        return _cdn_call(self.settings, url, f"start of {self._label}", headers, method="POST")
+        label = f"start of {self._label}"
+        return _cdn_call(self.settings, url, label, headers, method="POST", decode=self._started_by)
 
-    def started(self, response: httpx.Response) -> None:
+    def _started_by(self, response: httpx.Response) -> None:
         label = f"start of {self._label}"
         body = json_body(response, label)
         upload_id = body.get("uploadId") if isinstance(body, Mapping) else None
@@ -220,9 +227,10 @@ class MultipartUpload:
         )
         label = f"part {number}/{self.total} of {self._label}"
         url = join_url(base, "multipart", upload_id, str(number))
-        return _cdn_call(self.settings, url, label, headers, method="PUT", content=data)
+        done = partial(self._part_done, number)
+        return _cdn_call(self.settings, url, label, headers, method="PUT", content=data, decode=done)
 
-    def part_done(self, number: int, response: httpx.Response) -> None:
+    def _part_done(self, number: int, response: httpx.Response) -> None:
         etag = response.headers.get("etag")
         if not etag:
             raise FalServerError(f"part {number}/{self.total} of {self._label}: the CDN sent no ETag")
@@ -237,9 +245,12 @@ class MultipartUpload:
         headers = _cdn_headers(self._token, {"Content-Type": "application/json"})
         url = join_url(base, "multipart", upload_id, "complete")
         content = json.dumps({"parts": parts}).encode()
-        return _cdn_call(self.settings, url, f"end of {self._label}", headers, method="POST", content=content)
+        label = f"end of {self._label}"
+        return _cdn_call(
+            self.settings, url, label, headers, method="POST", content=content, decode=self._finish
+        )
 
-    def finish(self, response: httpx.Response) -> str:
+    def _finish(self, response: httpx.Response) -> str:
         """The file's URL: the one fal announced when the upload started (as fal_client returns)."""
         del response  # a 2xx is all that counts; fal_client does not read the body either
         return self._started()[0]

@@ -25,15 +25,9 @@ from websockets.sync.client import connect as ws_connect
 
 from fal_provider._compat import AirflowNotFoundException
 from fal_provider.exceptions import FalAuthError, FalError
-from fal_provider.hooks import _conn_cache
+from fal_provider.hooks import _conn_cache, _upload
 from fal_provider.hooks._async import FalAsyncMixin
-from fal_provider.hooks._calls import (
-    CallBuilder,
-    json_body,
-    parse_cancel,
-    parse_status_response,
-    parse_submit,
-)
+from fal_provider.hooks._calls import CallBuilder, Options, Status
 from fal_provider.hooks._realtime import (
     WS_OPEN_ERRORS,
     WS_OPTIONS,
@@ -42,6 +36,7 @@ from fal_provider.hooks._realtime import (
     RealtimeOpening,
     RealtimeSession,
     handshake_error,
+    realtime_url,
 )
 from fal_provider.hooks._retry import NO_RETRY
 from fal_provider.hooks._settings import FalSettings, resolve_settings
@@ -54,25 +49,7 @@ from fal_provider.hooks._transport import (
     new_sync_client,
     send,
 )
-from fal_provider.hooks._upload import (
-    CdnTokenCache,
-    MultipartUpload,
-    access_url,
-    guess_content_type,
-    needs_multipart,
-    open_source,
-    single_upload,
-)
-from fal_provider.models import (
-    CompletedStatus,
-    FalRequestRef,
-    InProgressStatus,
-    QueuedStatus,
-    RequestOptions,
-)
-
-Status = QueuedStatus | InProgressStatus | CompletedStatus
-Options = RequestOptions | Mapping[str, Any] | None
+from fal_provider.models import FalRequestRef
 
 __all__ = ["AsyncRealtimeSession", "FalHook", "FalRealtimeError", "FalSettings", "RealtimeSession"]
 
@@ -107,7 +84,7 @@ class FalHook(FalAsyncMixin, BaseHook):
             "headers": dict(headers) if headers else None,
         }
         self._client: httpx.Client | None = None
-        self._cdn_tokens = CdnTokenCache()
+        self._cdn_tokens = _upload.CdnTokenCache()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(fal_conn_id={self.fal_conn_id!r})"
@@ -176,6 +153,9 @@ class FalHook(FalAsyncMixin, BaseHook):
     def _send(self, call: Call, *, stream: bool = False) -> httpx.Response:
         return send(self._http, call, self.settings, self.log, stream=stream)
 
+    def _fetch(self, call: Call) -> Any:
+        return call.decode(self._send(call))
+
     def close(self) -> None:
         """Close the hook's sync client. The async client is shared per loop and stays open."""
         if self._client is not None:
@@ -201,25 +181,22 @@ class FalHook(FalAsyncMixin, BaseHook):
         sent may mean fal already queued it; sending it again would run (and bill) the model twice, so
         those raise instead, and the task-level reattach logic (which stores the request id) decides.
         """
-        call, app = self._calls().submit(
+        call = self._calls().submit(
             app_id, arguments, path=path, options=options, headers=headers, webhook_url=webhook_url
         )
-        ref = parse_submit(self._send(call), app, webhook_url)
-        self.log.info("Submitted fal request %s to %s", ref.request_id, app.full)
-        return ref
+        return self._submitted(self._fetch(call))
 
     def request_ref(self, app_id: str, request_id: str) -> FalRequestRef:
         return self._calls().request_ref(app_id, request_id)
 
     def get_status(self, request: FalRequestRef | Mapping[str, Any], *, logs: bool = False) -> Status:
-        call, _ = self._calls().status(request, logs=logs)
-        return parse_status_response(self._send(call), call.label)
+        return self._fetch(self._calls().status(request, logs=logs))
 
     def iter_status(
         self, request: FalRequestRef | Mapping[str, Any], *, logs: bool = False
     ) -> Iterator[Status]:
         """fal's SSE status stream; ends after COMPLETED, raises FalStreamError if it ends earlier."""
-        call, _ = self._calls().status_stream(request, logs=logs)
+        call = self._calls().status_stream(request, logs=logs)
         response = self._send(call, stream=True)
         try:
             yield from iter_status_events(response, call.label)
@@ -227,15 +204,12 @@ class FalHook(FalAsyncMixin, BaseHook):
             response.close()
 
     def get_result(self, request: FalRequestRef | Mapping[str, Any]) -> Any:
-        call, _ = self._calls().result(request)
-        return json_body(self._send(call), call.label)
+        return self._fetch(self._calls().result(request))
 
     def cancel(self, request: FalRequestRef | Mapping[str, Any]) -> str:
         """``CANCELLATION_REQUESTED``, ``ALREADY_COMPLETED`` or ``NOT_FOUND``; raises on other errors."""
-        call, ref = self._calls().cancel(request)
-        outcome = parse_cancel(self._send(call))
-        self.log.info("Cancel of fal request %s on %s: %s", ref.request_id, ref.app_id, outcome)
-        return outcome
+        call = self._calls().cancel(request)
+        return self._cancelled(call, self._fetch(call))
 
     # -- direct calls ------------------------------------------------------------------------------
     def run(
@@ -249,10 +223,10 @@ class FalHook(FalAsyncMixin, BaseHook):
         timeout: float | None = None,
     ) -> Any:
         """Synchronous call on the run host; retried like submit (it starts paid work)."""
-        call, _ = self._calls().run(
+        call = self._calls().run(
             app_id, arguments, path=path, options=options, headers=headers, timeout=timeout
         )
-        return json_body(self._send(call), call.label)
+        return self._fetch(call)
 
     def stream(
         self,
@@ -264,7 +238,7 @@ class FalHook(FalAsyncMixin, BaseHook):
         timeout: float | None = None,
     ) -> Iterator[Any]:
         """Decoded JSON events of the app's ``/stream`` endpoint, until the server closes it."""
-        call, _ = self._calls().stream(app_id, arguments, path=path, headers=headers, timeout=timeout)
+        call = self._calls().stream(app_id, arguments, path=path, headers=headers, timeout=timeout)
         response = self._send(call, stream=True)
         try:
             yield from iter_model_events(response, call.label)
@@ -287,7 +261,8 @@ class FalHook(FalAsyncMixin, BaseHook):
         after ``token_expiration``; to reconnect after a drop, call ``realtime()`` again.
         """
         opening = RealtimeOpening.plan(self._calls(), app_id, path, max_buffering, token_expiration)
-        url = opening.url(self._send(opening.token_call))
+        token = self._fetch(opening.token_call)
+        url = realtime_url(opening.run_url, opening.app, opening.path, token, opening.max_buffering)
         try:
             connection = ws_connect(url, **WS_OPTIONS)
         except WS_OPEN_ERRORS as exc:
@@ -311,29 +286,25 @@ class FalHook(FalAsyncMixin, BaseHook):
         Above ``_upload.MULTIPART_THRESHOLD`` (100 MiB) the upload goes in parts, like fal's client:
         a local file is then read one part at a time, up to ``MULTIPART_CONCURRENCY`` parts in flight.
         """
-        source = open_source(data, file_name)
-        kind = guess_content_type(content_type, source.name)
-        token = self._cdn_token()
-        if needs_multipart(source):
-            return self._upload_parts(MultipartUpload(self.settings, source, content_type=kind, token=token))
-        call = single_upload(self.settings, source, source.read(), content_type=kind, token=token)
-        return access_url(json_body(self._send(call), call.label), call.label)
+        source = _upload.open_source(data, file_name)
+        kind = _upload.guess_content_type(content_type, source.name)
+        token = self._cdn_tokens.get() or self._cdn_tokens.remember(
+            self._fetch(self._calls().storage_token())
+        )
+        if _upload.needs_multipart(source):
+            return self._upload_parts(
+                _upload.MultipartUpload(self.settings, source, content_type=kind, token=token)
+            )
+        return self._fetch(
+            _upload.single_upload(self.settings, source, source.read(), content_type=kind, token=token)
+        )
 
-    def _cdn_token(self) -> Mapping[str, Any]:
-        token = self._cdn_tokens.get()
-        if token is None:
-            call = self._calls().storage_token()
-            token = self._cdn_tokens.remember(json_body(self._send(call), call.label))
-        return token
-
-    def _upload_parts(self, upload: MultipartUpload) -> str:
-        upload.started(self._send(upload.create()))
-
-        def put(number: int) -> None:
-            upload.part_done(number, self._send(upload.part(number)))
-
+    def _upload_parts(self, upload: _upload.MultipartUpload) -> str:
+        self._fetch(upload.create())
         with ThreadPoolExecutor(max_workers=upload.concurrency, thread_name_prefix="fal-upload") as pool:
-            futures = [pool.submit(put, number) for number in upload.numbers]
+            futures = [
+                pool.submit(lambda n: self._fetch(upload.part(n)), number) for number in upload.numbers
+            ]
             try:
                 for future in as_completed(futures):
                     future.result()
@@ -341,7 +312,7 @@ class FalHook(FalAsyncMixin, BaseHook):
                 for future in futures:  # do not start parts of an upload that already failed
                     future.cancel()
                 raise
-        return upload.finish(self._send(upload.complete()))
+        return self._fetch(upload.complete())
 
     # -- connection test ---------------------------------------------------------------------------
     def test_connection(self) -> tuple[bool, str]:

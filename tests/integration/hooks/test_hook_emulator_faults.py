@@ -3,34 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from fal_provider.emulator.testing import FalEmulator
 from fal_provider.exceptions import FalConnectionError, FalServerError
-from fal_provider.hooks import _retry
 from fal_provider.hooks.fal import FalHook
-
-
-@pytest.fixture
-def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Record retry waits instead of sleeping them (the HTTP itself stays real)."""
-    recorded: list[float] = []
-
-    async def fake_asleep(seconds: float) -> None:
-        recorded.append(seconds)
-
-    monkeypatch.setattr(_retry, "sleep", recorded.append)
-    monkeypatch.setattr(_retry, "asleep", fake_asleep)
-    return recorded
-
-
-@pytest.fixture
-def hook(fal_emulator_conn: FalEmulator) -> Iterator[FalHook]:
-    hook = FalHook()
-    yield hook
-    hook.close()
 
 
 def test_submit_429_with_retry_after_is_retried_and_submits_once(

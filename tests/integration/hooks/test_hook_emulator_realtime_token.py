@@ -7,7 +7,6 @@ a URL with an expired token is refused, and each opening of a session (a reconne
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -35,19 +34,6 @@ def opened_urls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     recording(fal, "ws_connect")
     recording(_async, "ws_connect_async")
     return urls
-
-
-@pytest.fixture
-def hook(fal_emulator_conn: FalEmulator) -> Iterator[FalHook]:
-    hook = FalHook()
-    yield hook
-    hook.close()
-
-
-@pytest.fixture
-async def ahook(fal_emulator_conn: FalEmulator) -> AsyncIterator[FalHook]:
-    yield FalHook()
-    await FalHook.aclose_shared_client()
 
 
 def test_open_session_outlives_its_token_and_reopening_fetches_a_new_one(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -20,13 +19,6 @@ from fal_provider.exceptions import (
 )
 from fal_provider.hooks.fal import FalHook, FalRealtimeError
 from fal_provider.models import CompletedStatus, RequestOptions
-
-
-@pytest.fixture
-def hook(fal_emulator_conn: FalEmulator) -> Iterator[FalHook]:
-    hook = FalHook()
-    yield hook
-    hook.close()
 
 
 def wait_completed(hook: FalHook, ref: object, timeout: float = 30.0) -> CompletedStatus:

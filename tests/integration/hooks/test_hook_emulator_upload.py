@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -27,19 +26,6 @@ def big_file(tmp_path: Path) -> Path:
     path = tmp_path / "clip.mp4"
     path.write_bytes(os.urandom(MIB + 300 * 1024))  # 6 parts, the last one short
     return path
-
-
-@pytest.fixture
-def hook(fal_emulator_conn: FalEmulator) -> Iterator[FalHook]:
-    hook = FalHook()
-    yield hook
-    hook.close()
-
-
-@pytest.fixture
-async def ahook(fal_emulator_conn: FalEmulator) -> AsyncIterator[FalHook]:
-    yield FalHook()
-    await FalHook.aclose_shared_client()
 
 
 def test_multipart_upload_round_trips(

@@ -79,6 +79,21 @@ def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return recorded
 
 
+def spy_aget_connection(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the connection ids ``BaseHook.aget_connection`` is asked for (it still answers)."""
+    from airflow.sdk import BaseHook
+
+    calls: list[str] = []
+    original = BaseHook.aget_connection.__func__  # type: ignore[attr-defined]
+
+    async def spy(cls: type, conn_id: str) -> object:
+        calls.append(conn_id)
+        return await original(cls, conn_id)
+
+    monkeypatch.setattr(BaseHook, "aget_connection", classmethod(spy))
+    return calls
+
+
 def mock_hook(script: Script, **kwargs: Any) -> FalHook:
     hook = FalHook(**kwargs)
     hook._client = httpx.Client(transport=httpx.MockTransport(script))

@@ -9,6 +9,7 @@ import pytest
 from fal_provider.hooks import _conn_cache
 from fal_provider.hooks._conn_cache import ConnFields, lookup
 from fal_provider.hooks.fal import FalHook
+from tests.unit.hooks.hook_fakes import spy_aget_connection
 
 
 @pytest.fixture(autouse=True)
@@ -85,17 +86,8 @@ def test_each_loop_has_its_own_entries() -> None:
 
 
 async def test_many_hooks_resolve_the_connection_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from airflow.sdk import BaseHook
-
     monkeypatch.setenv("AIRFLOW_CONN_FAL_DEFAULT", '{"conn_type": "fal", "password": "k-id:k-secret"}')
-    calls: list[str] = []
-    original = BaseHook.aget_connection.__func__  # type: ignore[attr-defined]
-
-    async def spy(cls: type, conn_id: str) -> object:
-        calls.append(conn_id)
-        return await original(cls, conn_id)
-
-    monkeypatch.setattr(BaseHook, "aget_connection", classmethod(spy))
+    calls = spy_aget_connection(monkeypatch)
     settings = await asyncio.gather(*(FalHook().aget_settings() for _ in range(100)))
     assert calls == ["fal_default"]
     assert {s.key for s in settings} == {"k-id:k-secret"}

@@ -9,7 +9,15 @@ import pytest
 from fal_provider.exceptions import FalAuthError, FalMissingCredentialsError
 from fal_provider.hooks._settings import DEFAULT_QUEUE_URL, DEFAULT_RUN_URL, resolve_settings
 from fal_provider.hooks.fal import FalHook
-from tests.unit.hooks.hook_fakes import KEY, QUEUE, Script, connection_json, mock_hook, ok
+from tests.unit.hooks.hook_fakes import (
+    KEY,
+    QUEUE,
+    Script,
+    connection_json,
+    mock_hook,
+    ok,
+    spy_aget_connection,
+)
 
 
 def test_connection_password_host_and_extras() -> None:
@@ -78,14 +86,7 @@ def test_missing_named_connection_is_not_silently_replaced(monkeypatch: pytest.M
 async def test_async_settings_use_aget_connection(monkeypatch: pytest.MonkeyPatch) -> None:
     from airflow.sdk import BaseHook
 
-    calls: list[str] = []
-    original = BaseHook.aget_connection.__func__  # type: ignore[attr-defined]
-
-    async def spy(cls: type, conn_id: str) -> object:
-        calls.append(conn_id)
-        return await original(cls, conn_id)
-
-    monkeypatch.setattr(BaseHook, "aget_connection", classmethod(spy))
+    calls = spy_aget_connection(monkeypatch)
     monkeypatch.setattr(BaseHook, "get_connection", classmethod(lambda cls, _id: pytest.fail("sync lookup")))
     settings = await FalHook().aget_settings()
     assert calls == ["fal_default"]
