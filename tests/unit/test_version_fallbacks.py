@@ -2,9 +2,10 @@
 
 * ``task_state_store`` (3.3+) vs the Variable fallback of ``RequestStore``: both are driven here on
   every version (a context without ``task_state_store`` is what a 3.1 worker hands the operator).
-* Trigger ``on_kill`` (3.3+): below 3.3 nothing calls it, so the trigger must never cancel fal just
-  because its coroutine was cancelled (that also happens on triggerer restarts), and the worker-side
-  deadline cancel is what remains; both are checked on every version.
+* Trigger ``on_kill`` (3.3+): below 3.3 the trigger only sees its coroutine cancelled, for a user's
+  kill and a triggerer restart alike (``triggers/_kill.py`` tells them apart; its own tests cover the
+  kill). Checked here on every version: a cancellation that is not known to be a kill never cancels
+  fal, and the worker-side deadline cancel still works.
 * Secret masking in async code: ``amask_secret`` is 3.3+, ``_compat`` supplies it on 3.1.
 """
 
@@ -118,8 +119,8 @@ def test_trigger_on_kill_overrides_the_3_3_hook() -> None:
 
 
 async def test_cancelled_trigger_never_cancels_the_fal_request() -> None:
-    """Below 3.3 a mark-failed only cancels the trigger's coroutine, as does every triggerer restart;
-    cancelling fal there would kill requests a restarted triggerer is about to pick up again."""
+    """Outside a triggerer no task state is known, as after a restart: cancelling fal there would kill
+    a request that a restarted triggerer is about to pick up again."""
     hook = MagicMock(name="FalHook")
     hook.aget_status = AsyncMock(side_effect=lambda *a, **k: queued())
     hook.acancel = AsyncMock()
