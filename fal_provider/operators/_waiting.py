@@ -1,7 +1,8 @@
 """Waiting on the worker (``deferrable=False``), with the trigger's policy.
 
-The loop mirrors :class:`~fal_provider.triggers.fal.FalRequestTrigger` and returns the same event
-dict, so the completion handler does not care which path produced it.
+The loop is :class:`~fal_provider.triggers.fal.FalRequestTrigger`'s with blocking I/O: both take
+their decisions from :mod:`fal_provider.triggers._wait` (``PollPolicy``, ``StreamFollower``) and
+return the same event dict, so the completion handler does not care which path produced it.
 """
 
 from __future__ import annotations
@@ -9,15 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fal_provider.models import CompletedStatus, FalRequestRef
-from fal_provider.triggers._wait import (
-    AdaptiveInterval,
-    StatusReporter,
-    completed_event,
-    error_event,
-    is_transient,
-    timeout_event,
-)
+from fal_provider.models import FalRequestRef
+from fal_provider.triggers._wait import PollPolicy, StreamFollower, timeout_event
 
 
 class SyncWaiter:
@@ -55,9 +49,7 @@ class SyncWaiter:
         return self._poll(ref)
 
     def _poll(self, ref: FalRequestRef) -> dict[str, Any]:
-        interval = AdaptiveInterval(self.poll_interval, self.max_poll_interval)
-        reporter = StatusReporter(self.log, self.log_fal_logs, ref)
-        errors = 0
+        policy = PollPolicy.of(self, ref)
         while True:
             remaining = self._remaining()
             if remaining is not None and remaining <= 0:
@@ -65,19 +57,12 @@ class SyncWaiter:
             try:
                 status = self.hook.get_status(ref, logs=self.log_fal_logs)
             except Exception as err:
-                if not is_transient(err):
-                    return error_event(ref, err)
-                errors += 1
-                if errors > self.max_consecutive_errors:
-                    return error_event(ref, err)
-                self.log.warning("Polling fal request %s failed (%d): %s", ref.request_id, errors, err)
-                self._sleep(getattr(err, "retry_after", None) or interval.next(None))
-                continue
-            errors = 0
-            reporter.report(status)
-            if isinstance(status, CompletedStatus):
-                return completed_event(status, ref)
-            self._sleep(interval.next(status))
+                step = policy.failed(err)
+            else:
+                step = policy.observed(status)
+            if isinstance(step, dict):
+                return step
+            self._sleep(step)
 
     def _sleep(self, seconds: float) -> None:
         remaining = self._remaining()
@@ -85,19 +70,16 @@ class SyncWaiter:
 
     def _stream(self, ref: FalRequestRef) -> dict[str, Any] | None:
         """Follow the status SSE; ``None`` hands over to polling (broken stream or deadline check)."""
-        reporter = StatusReporter(self.log, self.log_fal_logs, ref)
+        follower = StreamFollower(ref, log=self.log, log_fal_logs=self.log_fal_logs)
         try:
             for status in self.hook.iter_status(ref, logs=self.log_fal_logs):
-                reporter.report(status)
-                if isinstance(status, CompletedStatus):
-                    return completed_event(status, ref)
+                event = follower.observed(status)
+                if event is not None:
+                    return event
                 remaining = self._remaining()
                 if remaining is not None and remaining <= 0:
                     return timeout_event(ref, self.end_time)
         except Exception as err:
-            if not is_transient(err):
-                return error_event(ref, err)
-            self.log.warning("fal status stream for %s broke (%s); polling instead", ref.request_id, err)
-            return None
-        self.log.warning("fal status stream for %s ended before COMPLETED; polling instead", ref.request_id)
+            return follower.broke(err)
+        follower.ended()
         return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
 
 from fal_provider import exceptions as fal_exceptions
 from fal_provider.exceptions import FalError
@@ -167,3 +167,105 @@ def is_transient(err: BaseException) -> bool:
     import httpx
 
     return isinstance(err, httpx.TransportError | OSError)
+
+
+class WaitSettings(Protocol):
+    """The waiting knobs the trigger and the worker-side waiter both carry, under the same names."""
+
+    poll_interval: float
+    max_poll_interval: float
+    max_consecutive_errors: int
+    log_fal_logs: bool
+
+    @property
+    def log(self) -> logging.Logger | Any: ...
+
+
+class PollPolicy:
+    """What to do after each status poll: stop with an event, or wait this many seconds.
+
+    The trigger (async) and the worker (sync) run the same loop around different I/O; this holds
+    everything in that loop that is not I/O, so both count errors, back off and report alike.
+    """
+
+    def __init__(
+        self,
+        ref: FalRequestRef,
+        *,
+        poll_interval: float,
+        max_poll_interval: float,
+        max_consecutive_errors: int,
+        log: logging.Logger | Any,
+        log_fal_logs: bool,
+    ) -> None:
+        self.ref = ref
+        self.max_consecutive_errors = max_consecutive_errors
+        self.log = log
+        self.interval = AdaptiveInterval(poll_interval, max_poll_interval)
+        self.reporter = StatusReporter(log, log_fal_logs, ref)
+        self.errors = 0
+
+    @classmethod
+    def of(cls, waiter: WaitSettings, ref: FalRequestRef) -> PollPolicy:
+        return cls(
+            ref,
+            poll_interval=waiter.poll_interval,
+            max_poll_interval=waiter.max_poll_interval,
+            max_consecutive_errors=waiter.max_consecutive_errors,
+            log=waiter.log,
+            log_fal_logs=waiter.log_fal_logs,
+        )
+
+    def observed(self, status: Status) -> dict[str, Any] | float:
+        """A status arrived: the final event, or the wait before the next poll."""
+        self.errors = 0
+        self.reporter.report(status)
+        if isinstance(status, CompletedStatus):
+            return completed_event(status, self.ref)
+        return self.interval.next(status)
+
+    def failed(self, err: Exception) -> dict[str, Any] | float:
+        """A poll raised: an ``error`` event once it is permanent or too many in a row, else a wait
+        (fal's ``Retry-After`` when it gave one)."""
+        if not is_transient(err):
+            return error_event(self.ref, err)
+        self.errors += 1
+        if self.errors > self.max_consecutive_errors:
+            return error_event(self.ref, err)
+        self.log.warning(
+            "Polling fal request %s failed (%d/%d): %s",
+            self.ref.request_id,
+            self.errors,
+            self.max_consecutive_errors,
+            err,
+        )
+        return float(getattr(err, "retry_after", None) or self.interval.next(None))
+
+
+class StreamFollower:
+    """What to do with each message of fal's status stream and with its end.
+
+    ``None`` from :meth:`broke` or :meth:`ended` hands over to polling.
+    """
+
+    def __init__(self, ref: FalRequestRef, *, log: logging.Logger | Any, log_fal_logs: bool) -> None:
+        self.ref = ref
+        self.log = log
+        self.reporter = StatusReporter(log, log_fal_logs, ref)
+
+    def observed(self, status: Status) -> dict[str, Any] | None:
+        self.reporter.report(status)
+        if isinstance(status, CompletedStatus):
+            return completed_event(status, self.ref)
+        return None
+
+    def broke(self, err: Exception) -> dict[str, Any] | None:
+        if not is_transient(err):
+            return error_event(self.ref, err)
+        self.log.warning("fal status stream for %s broke (%s); polling instead", self.ref.request_id, err)
+        return None
+
+    def ended(self) -> None:
+        self.log.warning(
+            "fal status stream for %s ended before COMPLETED; polling instead", self.ref.request_id
+        )

@@ -17,8 +17,8 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from fal_provider._compat import AIRFLOW_V_3_3_PLUS
 from fal_provider.models import CompletedStatus, FalRequestRef
 from fal_provider.triggers._wait import (
-    AdaptiveInterval,
-    StatusReporter,
+    PollPolicy,
+    StreamFollower,
     completed_event,
     error_event,
     is_transient,
@@ -146,48 +146,29 @@ class FalRequestTrigger(BaseTrigger):
         return await self._wait_poll(hook, ref)
 
     async def _wait_poll(self, hook: Any, ref: FalRequestRef) -> dict[str, Any]:
-        interval = AdaptiveInterval(self.poll_interval, self.max_poll_interval)
-        reporter = StatusReporter(self.log, self.log_fal_logs, ref)
-        errors = 0
+        policy = PollPolicy.of(self, ref)
         while True:
             try:
                 status = await hook.aget_status(ref, logs=self.log_fal_logs)
             except Exception as err:
-                if not is_transient(err):
-                    return error_event(ref, err)
-                errors += 1
-                if errors > self.max_consecutive_errors:
-                    return error_event(ref, err)
-                self.log.warning(
-                    "Polling fal request %s failed (%d/%d): %s",
-                    ref.request_id,
-                    errors,
-                    self.max_consecutive_errors,
-                    err,
-                )
-                delay = getattr(err, "retry_after", None) or interval.next(None)
-                await asyncio.sleep(delay)
-                continue
-            errors = 0
-            reporter.report(status)
-            if isinstance(status, CompletedStatus):
-                return completed_event(status, ref)
-            await asyncio.sleep(interval.next(status))
+                step = policy.failed(err)
+            else:
+                step = policy.observed(status)
+            if isinstance(step, dict):
+                return step
+            await asyncio.sleep(step)
 
     async def _wait_stream(self, hook: Any, ref: FalRequestRef) -> dict[str, Any] | None:
         """Follow fal's status SSE; ``None`` means the stream broke and polling should take over."""
-        reporter = StatusReporter(self.log, self.log_fal_logs, ref)
+        follower = StreamFollower(ref, log=self.log, log_fal_logs=self.log_fal_logs)
         try:
             async for status in hook.aiter_status(ref, logs=self.log_fal_logs):
-                reporter.report(status)
-                if isinstance(status, CompletedStatus):
-                    return completed_event(status, ref)
+                event = follower.observed(status)
+                if event is not None:
+                    return event
         except Exception as err:
-            if not is_transient(err):
-                return error_event(ref, err)
-            self.log.warning("fal status stream for %s broke (%s); polling instead", ref.request_id, err)
-            return None
-        self.log.warning("fal status stream for %s ended before COMPLETED; polling instead", ref.request_id)
+            return follower.broke(err)
+        follower.ended()
         return None
 
     async def _wait_webhook(self, hook: Any, ref: FalRequestRef) -> dict[str, Any]:

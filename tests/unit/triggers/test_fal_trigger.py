@@ -6,35 +6,15 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
-from unittest.mock import AsyncMock, MagicMock, patch
+from unittest.mock import AsyncMock, patch
 
 import pytest
 
 from fal_provider.exceptions import FalAuthError, FalServerError, FalStreamError
 from fal_provider.triggers._wait import AdaptiveInterval
 from fal_provider.triggers.fal import FalRequestTrigger
-from tests.unit.operators.fakes import done, make_ref, queued, running
-
-REF = make_ref().to_xcom()
-
-
-def trigger(**kwargs: Any) -> FalRequestTrigger:
-    kwargs.setdefault("poll_interval", 0.01)
-    kwargs.setdefault("max_poll_interval", 0.02)
-    return FalRequestTrigger(request=REF, **kwargs)
-
-
-def async_hook(statuses: list[Any] | None = None) -> MagicMock:
-    hook = MagicMock(name="FalHook")
-    hook.aget_status = AsyncMock(side_effect=list(statuses or []))
-    hook.acancel = AsyncMock(return_value="CANCELLATION_REQUESTED")
-    return hook
-
-
-async def first_event(trig: FalRequestTrigger, hook: MagicMock) -> dict[str, Any]:
-    with patch.object(FalRequestTrigger, "_hook", return_value=hook):
-        event = await trig.run().__anext__()
-    return event.payload
+from tests.unit.operators.fakes import done, queued, running
+from tests.unit.triggers.helpers import REF, async_hook, first_event, trigger
 
 
 def test_serialize_round_trip_has_identifiers_and_no_credentials() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from typing import Any
-from unittest.mock import AsyncMock, MagicMock, patch
+from unittest.mock import MagicMock, patch
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -18,9 +18,9 @@ from fal_provider.sensors.fal import FalRequestSensor
 from fal_provider.triggers.fal import FalRequestTrigger
 from fal_provider.webhooks.store import WebhookRecord, record_key
 from fal_provider.webhooks.urls import WebhookUrlError
-from tests.unit.operators.fakes import APP, done, make_context, make_hook, make_ref, queued, running
+from tests.unit.operators.fakes import APP, done, make_context, make_hook, queued, running
+from tests.unit.triggers.helpers import REF, async_hook, first_event
 
-REF = make_ref().to_xcom()
 BASE_URL = "https://airflow.example.com/prefix"
 
 
@@ -55,19 +55,6 @@ def task_context() -> Any:
 def webhook_trigger(**kwargs: Any) -> FalRequestTrigger:
     kwargs.setdefault("backstop_interval", 0.01)
     return FalRequestTrigger(request=REF, wait_mode="webhook", **kwargs)
-
-
-def async_hook(statuses: list[Any] | None = None) -> MagicMock:
-    hook = MagicMock(name="FalHook")
-    hook.aget_status = AsyncMock(side_effect=list(statuses or []))
-    hook.acancel = AsyncMock(return_value="CANCELLATION_REQUESTED")
-    return hook
-
-
-async def first_event(trig: FalRequestTrigger, hook: MagicMock) -> dict[str, Any]:
-    with patch.object(FalRequestTrigger, "_hook", return_value=hook):
-        event = await trig.run().__anext__()
-    return event.payload
 
 
 # ----------------------------------------------------------------------------- trigger
