@@ -9,8 +9,10 @@ simply cancelled by the triggerer. It covers the other cases:
   ``backstop_interval`` seconds the record is read again and then fal's status is polled once;
 - the deadline passes: ``timeout``.
 
-Reads go through the Task SDK (``Variable.get`` in a thread), the way triggers must reach the
-metadata database in Airflow 3; the receiver writes through the ORM.
+Reads go through the Task SDK (``Variable.get`` under asgiref's ``sync_to_async``), the way
+triggers must reach the metadata database in Airflow 3: the triggerer's supervisor channel answers
+on the triggerer's own event loop, which ``sync_to_async`` routes back to and a bare thread does
+not. The receiver writes through the ORM.
 """
 
 from __future__ import annotations
@@ -35,15 +37,17 @@ Reader = Callable[[str], Awaitable[str | None]]
 
 async def _read_variable(key: str) -> str | None:
     from airflow.sdk import Variable
+    from asgiref.sync import sync_to_async
 
-    value = await asyncio.to_thread(Variable.get, key, default=None)
+    value = await sync_to_async(Variable.get)(key, default=None)
     return None if value is None else str(value)
 
 
 async def _delete_variable(key: str) -> None:
     from airflow.sdk import Variable
+    from asgiref.sync import sync_to_async
 
-    await asyncio.to_thread(Variable.delete, key)
+    await sync_to_async(Variable.delete)(key)
 
 
 async def aget_webhook_record(request_id: str, *, reader: Reader | None = None) -> WebhookRecord | None:
