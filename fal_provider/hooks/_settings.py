@@ -104,6 +104,7 @@ def resolve_settings(
     extras: Mapping[str, Any],
     overrides: Mapping[str, Any],
     env: Mapping[str, str] | None = None,
+    conn_found: bool = True,
 ) -> FalSettings:
     """Combine connection fields, extras, hook arguments (``overrides``, non-``None`` win) and env.
 
@@ -113,9 +114,17 @@ def resolve_settings(
     environ = os.environ if env is None else env
     key = (password or "").strip() or key_from_env(environ)
     if not key:
+        where = (
+            f"connection {conn_id!r} has no password (API Key)"
+            if conn_found
+            # Outside a task (a script, a notebook), Airflow 3 hooks see only connections from
+            # environment variables and secrets backends, not those stored in the metadata database.
+            else f"connection {conn_id!r} is not defined here (outside a task Airflow 3 only reads "
+            f"connections from AIRFLOW_CONN_{conn_id.upper()} and secrets backends)"
+        )
         raise FalMissingCredentialsError(
-            f"No fal API key: connection {conn_id!r} has no password (API Key) and neither FAL_KEY nor "
-            "FAL_KEY_ID + FAL_KEY_SECRET is set in the environment."
+            f"No fal API key: {where}, and neither FAL_KEY nor FAL_KEY_ID + FAL_KEY_SECRET is set in "
+            "the environment."
         )
     merged: dict[str, Any] = {k: v for k, v in extras.items() if v not in (None, "")}
     merged.update({k: v for k, v in overrides.items() if v is not None})

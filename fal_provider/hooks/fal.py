@@ -108,6 +108,7 @@ class FalHook(FalAsyncMixin, BaseHook):
             host=getattr(conn, "host", None),
             extras=extras,
             overrides=self._overrides,
+            conn_found=conn is not None,
         )
 
     def _missing_ok(self) -> bool:
