@@ -55,13 +55,30 @@ class RequestStore:
             log.warning("Ignoring an unreadable stored fal request reference: %r", raw)
             return None
 
-    def save(self, ref: FalRequestRef) -> None:
-        if self._state is not None:
-            self._state.set(STATE_KEY, ref.to_xcom())
-        else:
-            from airflow.sdk import Variable
+    def save(self, ref: FalRequestRef) -> bool:
+        """Remember the request for a later try; best effort, never fails the task.
 
-            Variable.set(self._variable_key, json.dumps(ref.to_xcom()))
+        It runs right after a paid submit. Failing the task here would leave that request running
+        with nobody waiting for it, and the retry would pay again anyway; waiting for it is better,
+        and only a later failure of this try loses the reattach (logged).
+        """
+        try:
+            if self._state is not None:
+                self._state.set(STATE_KEY, ref.to_xcom())
+            else:
+                from airflow.sdk import Variable
+
+                Variable.set(self._variable_key, json.dumps(ref.to_xcom()))
+        except Exception as err:
+            log.warning(
+                "Could not store fal request %s for reattach on retry (%s: %s); waiting for it anyway. "
+                "If this try fails, a retry submits a new request.",
+                ref.request_id,
+                type(err).__name__,
+                err,
+            )
+            return False
+        return True
 
     def clear(self) -> None:
         """Forget the request (after success); best effort, never fails the task."""

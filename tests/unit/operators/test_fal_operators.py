@@ -219,6 +219,28 @@ def test_retry_reattaches_to_succeeded_request_and_returns_result() -> None:
     assert store.data == {}
 
 
+def test_failing_to_store_the_request_still_waits_for_it(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The submit is paid: losing the reattach record must not abandon the running request."""
+
+    def unavailable(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("state store unavailable")
+
+    hook = make_hook([done()], result={"waited": True})
+    store = FakeStateStore()
+    monkeypatch.setattr(store, "set", unavailable)  # task_state_store (Airflow >= 3.3)
+    from airflow.sdk import Variable
+
+    monkeypatch.setattr(Variable, "set", unavailable)  # the Variable fallback (below 3.3)
+    context = make_context(store)
+    with caplog.at_level("WARNING"):
+        assert inference(hook).execute(context) == {"waited": True}
+    hook.submit.assert_called_once()
+    hook.get_result.assert_called_once()
+    assert "Could not store fal request" in caplog.text
+
+
 @pytest.mark.parametrize(
     "status_or_error", [done(error="boom", error_type="runner_server_error"), FalNotFoundError("404")]
 )
