@@ -258,6 +258,7 @@ class DeploymentCluster(AirflowEnv):
         super().__init__(dags_folder=dags_folder)
         self.pg = pg
         self.emulator = emulator
+        self._api_token: str | None = None
         self.extra_env.update(
             {
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg.sqlalchemy_url,
@@ -362,10 +363,30 @@ class DeploymentCluster(AirflowEnv):
             time.sleep(0.5)
         raise AirflowCommandError(f"{task_id} pushed no fal_request XCom{self.component_logs()}")
 
-    # -- REST API (SimpleAuthManager, all admins: no token needed) --------------------------------
+    # -- REST API (SimpleAuthManager in all-admins mode, with a bearer token) ---------------------
+
+    def _token(self, *, refresh: bool = False) -> str:
+        """An admin JWT from ``GET /auth/token``, the all-admins route of SimpleAuthManager.
+
+        Airflow 3.3 lets all-admins requests through without a token (a middleware adds one), but
+        3.1 only honours the setting in its login routes and answers 401 to a bare REST call; the
+        token route exists on both, so asking it once works for every supported version.
+        """
+        if refresh or self._api_token is None:
+            response = httpx.get(f"{self.api_url}/auth/token", timeout=60)
+            if response.status_code not in (200, 201):
+                raise AirflowCommandError(f"GET /auth/token: {response.status_code} {response.text}")
+            self._api_token = str(response.json()["access_token"])
+        return self._api_token
 
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.request(method, f"{self.api_url}{path}", timeout=60, **kwargs)
+        url = f"{self.api_url}{path}"
+        headers = {**kwargs.pop("headers", {}), "authorization": f"Bearer {self._token()}"}
+        response = httpx.request(method, url, timeout=60, headers=headers, **kwargs)
+        if response.status_code == 401:  # expired token (long runs): ask once more
+            headers["authorization"] = f"Bearer {self._token(refresh=True)}"
+            response = httpx.request(method, url, timeout=60, headers=headers, **kwargs)
+        return response
 
     def wait_for_dags(self, dag_ids: Iterable[str], timeout: float = 180) -> None:
         pending = set(dag_ids)
