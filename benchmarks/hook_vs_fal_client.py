@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -52,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=200, help="round trips per client (default 200)")
     parser.add_argument("--interval", type=float, default=0.1, help="status poll interval, s (default 0.1)")
     parser.add_argument("--duration", type=float, default=0.0, help="echo duration_s per request (default 0)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="rounds of N requests per client, alternating which goes first; medians reported (default 5)",
+    )
     args = parser.parse_args(argv)
 
     import fal_client
@@ -83,15 +90,33 @@ def main(argv: list[str] | None = None) -> int:
         with emulator.patch_fal_client():
             via_fal_client(-1)
             via_hook(-1)
-            emulator.reset()
-            client_s = _timed("fal_client", n, via_fal_client)
-            client_calls = _calls_per_request(emulator.stats(), n)
-        emulator.reset()
-        hook_s = _timed("FalHook", n, via_hook)
-        hook_calls = _calls_per_request(emulator.stats(), n)
+
+            def measure(label: str, one: Callable[[int], Any]) -> tuple[float, dict[str, float]]:
+                emulator.reset()
+                seconds = _timed(label, n, one)
+                return seconds, _calls_per_request(emulator.stats(), n)
+
+            # Rounds alternate which client goes first, so a burst of load from elsewhere on the
+            # machine does not land on one side only; the medians are compared.
+            client_runs: list[float] = []
+            hook_runs: list[float] = []
+            for r in range(args.rounds):
+                order = (("fal_client", via_fal_client), ("FalHook", via_hook))
+                for label, one in order if r % 2 == 0 else reversed(order):
+                    seconds, calls = measure(label, one)
+                    if label == "FalHook":
+                        hook_runs.append(seconds)
+                        hook_calls = calls
+                    else:
+                        client_runs.append(seconds)
+                        client_calls = calls
+        client_s, hook_s = statistics.median(client_runs), statistics.median(hook_runs)
         hook.close()
 
-    print(f"{n} submit -> wait -> result round trips of {APP} (poll interval {interval} s), sequential")
+    print(
+        f"{n} submit -> wait -> result round trips of {APP} (poll interval {interval} s), sequential; "
+        f"median of {args.rounds} rounds"
+    )
     print(
         f"{'client':<12}{'total s':>10}{'ms/request':>12}{'submit':>9}{'status':>9}{'result':>9}  (calls/request)"
     )
@@ -100,7 +125,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{label:<12}{seconds:>10.2f}{1000 * seconds / n:>12.1f}"
             f"{calls['submit']:>9.2f}{calls['status']:>9.2f}{calls['result']:>9.2f}"
         )
-    print(f"ratio FalHook / fal_client: {hook_s / client_s:.2f}")
+    print(f"ratio FalHook / fal_client (medians): {hook_s / client_s:.2f}")
+    print(
+        "per-round totals, s: fal_client "
+        + " ".join(f"{x:.2f}" for x in client_runs)
+        + " | FalHook "
+        + " ".join(f"{x:.2f}" for x in hook_runs)
+    )
     return 0
 
 
