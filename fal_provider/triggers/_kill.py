@@ -10,10 +10,15 @@ SDK (``RuntimeTaskInstance.get_task_states``), which the triggerer serves from t
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 #: The state a task instance keeps while its trigger is only being moved or restarted.
 DEFERRED = "deferred"
+#: Reported for a task instance that exists but has no state: a clear resets a deferred task to
+#: ``None`` until the scheduler picks it up again, so "no state" is a user action, not "unknown".
+CLEARED = "cleared"
 
 
 def _state_key(task_id: str, map_index: int | None) -> str:
@@ -30,7 +35,8 @@ def _get_task_states(**query: Any) -> dict[str, Any]:
 
 
 async def task_instance_state(task_instance: Any) -> str | None:
-    """The current state of the trigger's task instance, or ``None`` when the answer names none.
+    """The current state of the trigger's task instance, :data:`CLEARED` when it exists without one,
+    or ``None`` when the answer does not name it at all.
 
     ``sync_to_async`` (not a plain thread) because the triggerer's Task SDK channel turns the blocking
     call back into a coroutine on the triggerer's own loop, which only asgiref's pairing allows.
@@ -45,9 +51,13 @@ async def task_instance_state(task_instance: Any) -> str | None:
         run_ids=[task_instance.run_id],
         map_index=map_index,
     )
-    state = (states.get(task_instance.run_id) or {}).get(_state_key(task_instance.task_id, map_index))
-    if state is None:
+    run_states = states.get(task_instance.run_id) or {}
+    key = _state_key(task_instance.task_id, map_index)
+    if key not in run_states:
         return None
+    state = run_states[key]
+    if state is None:
+        return CLEARED
     return str(getattr(state, "value", state))
 
 
@@ -55,3 +65,21 @@ def is_user_kill(state: str | None) -> bool:
     """A known state other than ``deferred``: the user (or the scheduler on their behalf) moved the
     task on, so nothing will come back for this request. ``None`` (unknown) is not a kill."""
     return state is not None and state != DEFERRED
+
+
+async def finish_despite_cancels(cleanup: Awaitable[None]) -> None:
+    """Run ``cleanup`` to its end although the triggerer keeps cancelling the calling trigger.
+
+    A triggerer below 3.3 re-sends its cancel on every loop (about once a second) until ``run()``
+    returns, so a cleanup slower than that is cancelled again in the middle of a Task SDK call. That
+    call's answer is then never read, and 3.1's supervisor channel (``TriggerCommsDecoder``) hands
+    it to the next caller, which fails "Response read out of order"; when that caller is the
+    triggerer's own state sync, the whole triggerer process exits. ``cleanup`` is bounded and never
+    raises, so waiting it out is safe; it only stops early if it is cancelled itself (shutdown).
+    """
+    task = asyncio.ensure_future(cleanup)
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            continue

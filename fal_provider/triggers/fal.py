@@ -131,7 +131,9 @@ class FalRequestTrigger(BaseTrigger):
             event = timeout_event(ref, self.end_time)
         except asyncio.CancelledError:
             if not AIRFLOW_V_3_3_PLUS:
-                await self._cancel_if_user_killed()
+                from fal_provider.triggers._kill import finish_despite_cancels
+
+                await finish_despite_cancels(self._cancel_if_user_killed())
             raise
         yield TriggerEvent(event)
 
