@@ -38,7 +38,6 @@ echo "ci_floor: Airflow $("$venv/bin/python" -c 'from importlib.metadata import 
   "in $venv, install $((installed - started)) s"
 
 status=0
-"$venv/bin/python" -m pytest tests/unit tests/integration tests/e2e --ignore=tests/e2e/deployment \
-  -q -p no:cacheprovider || status=$?
+"$venv/bin/python" -m pytest tests/unit tests/integration tests/e2e -q -p no:cacheprovider || status=$?
 echo "ci_floor: tests $(($(date +%s) - installed)) s, total $(($(date +%s) - started)) s, exit $status"
 exit "$status"
