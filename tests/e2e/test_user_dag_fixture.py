@@ -26,11 +26,18 @@ USER_DAG = textwrap.dedent(
     from fal_provider.operators.fal import FalInferenceOperator
 
     with DAG("user_dag_with_fal", schedule=None, start_date=pendulum.datetime(2026, 1, 1)) as dag:
-        FalInferenceOperator(
+        image = FalInferenceOperator(
             task_id="image",
             app_id="fal-ai/flux/schnell",
             arguments={"prompt": "a red barn", "seed": 3},
             select="images.0.url",
+        )
+        # The README's chaining example: an XComArg nested in the arguments dict.
+        FalInferenceOperator(
+            task_id="upscale",
+            app_id="fal-ai/esrgan",
+            arguments={"image_url": image.output, "scale": 2},
+            select="image",
         )
     """
 )
@@ -55,6 +62,6 @@ def user_dag() -> Any:
 def test_user_dag_runs_against_the_emulator_fixture(user_dag: Any, fal_emulator_conn: FalEmulator) -> None:
     run = user_dag.test()
     assert run.state == "success"
-    assert fal_emulator_conn.stats()["submits"] == {"fal-ai/flux/schnell": 1}
-    ti = next(t for t in run.get_task_instances() if t.task_id == "image")
-    assert ti.state == "success"
+    assert fal_emulator_conn.stats()["submits"] == {"fal-ai/flux/schnell": 1, "fal-ai/esrgan": 1}
+    states = {t.task_id: t.state for t in run.get_task_instances()}
+    assert states == {"image": "success", "upscale": "success"}
