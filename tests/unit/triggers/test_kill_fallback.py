@@ -9,7 +9,8 @@ and the answer parsing are the real code.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from types import SimpleNamespace
 from typing import Any
 from unittest.mock import AsyncMock, MagicMock, patch
@@ -50,9 +51,11 @@ def deferred_trigger(map_index: int = -1, **kwargs: Any) -> FalRequestTrigger:
     return trig
 
 
-async def cancel_while_waiting(trig: FalRequestTrigger, hook: MagicMock, states: TaskStates) -> None:
-    """Start ``run()`` on a request that stays queued, cancel it as the triggerer would, and insist
-    the cancellation comes back out."""
+@contextlib.asynccontextmanager
+async def waiting_run(
+    trig: FalRequestTrigger, hook: MagicMock, states: TaskStates
+) -> AsyncIterator[asyncio.Future[Any]]:
+    """``run()`` started on a request that stays queued, once it has polled: ready to be cancelled."""
     hook.aget_status = AsyncMock(return_value=queued())
     with (
         patch.object(FalRequestTrigger, "_hook", return_value=hook),
@@ -61,6 +64,12 @@ async def cancel_while_waiting(trig: FalRequestTrigger, hook: MagicMock, states:
         task = asyncio.ensure_future(trig.run().__anext__())
         while hook.aget_status.await_count == 0:
             await asyncio.sleep(0.01)
+        yield task
+
+
+async def cancel_while_waiting(trig: FalRequestTrigger, hook: MagicMock, states: TaskStates) -> None:
+    """Cancel a waiting ``run()`` as the triggerer would, and insist the cancellation comes back out."""
+    async with waiting_run(trig, hook, states) as task:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

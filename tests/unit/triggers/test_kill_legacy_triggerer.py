@@ -20,13 +20,13 @@ from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 
 from fal_provider.triggers._kill import CLEARED, finish_despite_cancels, task_instance_state
 from fal_provider.triggers.fal import FalRequestTrigger
-from tests.unit.operators.fakes import queued
 from tests.unit.triggers.helpers import async_hook
 from tests.unit.triggers.test_kill_fallback import (  # noqa: F401  (legacy: a fixture, used by name)
     TaskStates,
     cancel_while_waiting,
     deferred_trigger,
     legacy,
+    waiting_run,
 )
 
 
@@ -59,14 +59,7 @@ class SlowTaskStates(TaskStates):
 async def cancel_repeatedly(trig: FalRequestTrigger, hook: MagicMock, states: TaskStates) -> None:
     """Cancel ``run()`` as a 3.1 triggerer does: again and again until it ends; the cancellation
     must still come out at the end."""
-    hook.aget_status = AsyncMock(return_value=queued())
-    with (
-        patch.object(FalRequestTrigger, "_hook", return_value=hook),
-        patch.object(RuntimeTaskInstance, "get_task_states", side_effect=states),
-    ):
-        task = asyncio.ensure_future(trig.run().__anext__())
-        while hook.aget_status.await_count == 0:
-            await asyncio.sleep(0.01)
+    async with waiting_run(trig, hook, states) as task:
         for _ in range(200):
             if task.done():
                 break
