@@ -153,6 +153,15 @@ class FalMissingCredentialsError(FalPermanentError):
     """No key in the connection and none in the environment."""
 
 
+class FalInputError(FalPermanentError, ValueError):
+    """Local validation failed before anything was sent or paid for.
+
+    Both a ``ValueError`` (what Python code checking arguments expects) and a
+    :class:`FalPermanentError` (the same input fails the same way on every try, so Airflow spends no
+    retries on it). The message says what was wrong and how to fix it, and never echoes a secret.
+    """
+
+
 def _detail_text(detail: Any) -> str:
     if isinstance(detail, list):
         parts = []
