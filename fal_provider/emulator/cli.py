@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fal_provider.emulator.config import DEFAULT_CONCURRENCY, EmulatorConfig
-from fal_provider.emulator.faults import FAULT_KINDS, FaultConfig, parse_cli_fault
+from fal_provider.emulator.faults import FAULT_KINDS, LOST_ANSWERS, FaultConfig, parse_cli_fault
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="SPEC",
         help=(
-            "inject a fault: KIND[:RATE][#COUNT][@ENDPOINT,...], e.g. 429:0.1@submit or 503#2@result; "
-            f"kinds: {', '.join(FAULT_KINDS)} (repeatable)"
+            "inject a fault: KIND[/ANSWER][:RATE][#COUNT][@ENDPOINT,...], e.g. 429:0.1@submit, "
+            "503#2@result, or after_accept/502#1@submit (the submit is queued, then its answer is "
+            f"lost as {'|'.join(LOST_ANSWERS)}); kinds: {', '.join(FAULT_KINDS)} (repeatable)"
         ),
     )
     parser.add_argument("--faults-json", default=None, help='full fault config JSON {"seed":..,"rules":[..]}')
@@ -101,7 +102,9 @@ def config_from_args(args: argparse.Namespace) -> tuple[EmulatorConfig, FaultCon
         user_id=args.user_id,
         public_url=args.public_url,
     )
-    fault_data: dict[str, Any] = json.loads(args.faults_json) if args.faults_json else {"rules": []}
+    fault_data: Any = json.loads(args.faults_json) if args.faults_json else {"rules": []}
+    if not isinstance(fault_data, dict):
+        raise ValueError('--faults-json must be an object {"seed": .., "rules": [..]}')
     fault_data.setdefault("seed", args.seed)
     fault_data["rules"] = [*fault_data.get("rules", []), *(parse_cli_fault(s) for s in args.fault)]
     return config, FaultConfig.from_json(fault_data)

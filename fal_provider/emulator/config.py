@@ -1,15 +1,43 @@
 """Runtime configuration of the emulator.
 
 One mutable object shared by the queue, the apps and the admin endpoint, so a test can change
-concurrency or pacing of a running emulator without restarting it.
+concurrency or pacing of a running emulator without restarting it. Every value, at start-up and on
+each update, passes one strict schema: a wrong type or range is refused whole and changes nothing.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, StringConstraints
+
+from fal_provider.emulator.validation import STRICT, InvalidSettings, validated
 
 DEFAULT_CONCURRENCY = 4
+
+_Slots = Annotated[int, Field(ge=1, le=10_000)]
+_NoControlChars = r"^[^\x00-\x1f\x7f]+$"
+
+
+class ConfigSchema(BaseModel):
+    """The allowed types and ranges of :class:`EmulatorConfig`'s fields."""
+
+    model_config = STRICT
+
+    # key_id:key_secret, as fal issues them; the value is never quoted in an error.
+    key: Annotated[str, StringConstraints(pattern=r"^[^:\s]+:[^:\s]+$")] | None
+    concurrency: _Slots
+    app_concurrency: dict[Annotated[str, StringConstraints(min_length=1)], _Slots]
+    latency_scale: float = Field(ge=0.0, le=10_000.0)
+    ping_interval_s: float = Field(gt=0.0, le=3600.0)
+    webhook_attempts: int = Field(ge=1, le=100)
+    webhook_base_delay_s: float = Field(ge=0.0, le=3600.0)
+    webhook_timeout_s: float = Field(gt=0.0, le=3600.0)
+    llm_token_interval_s: float = Field(ge=0.0, le=60.0)
+    # Sent as the X-Fal-Webhook-User-Id header, so no CR/LF.
+    user_id: Annotated[str, StringConstraints(pattern=_NoControlChars)]
+    public_url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s/]+\S*$")] | None
 
 
 @dataclass
@@ -28,26 +56,31 @@ class EmulatorConfig:
     user_id: str = "emulator-user"
     public_url: str | None = None
 
+    def __post_init__(self) -> None:
+        validated(ConfigSchema, asdict(self), "emulator config")
+
     def concurrency_for(self, app_id: str) -> int:
         """Per-app override first (exact endpoint id or its ``owner/app`` base), else the global value."""
         if app_id in self.app_concurrency:
-            return max(1, int(self.app_concurrency[app_id]))
+            return self.app_concurrency[app_id]
         base = "/".join(app_id.split("/")[:2])
-        if base in self.app_concurrency:
-            return max(1, int(self.app_concurrency[base]))
-        return max(1, int(self.concurrency))
+        return self.app_concurrency.get(base, self.concurrency)
 
-    def update(self, changes: dict[str, Any]) -> None:
-        """Apply a partial update; unknown names raise so typos in tests are loud."""
-        names = {f.name for f in fields(self)}
-        unknown = set(changes) - names
-        if unknown:
-            raise ValueError(f"Unknown config fields: {sorted(unknown)}")
-        for name, value in changes.items():
-            if name == "app_concurrency":
-                self.app_concurrency.update({str(k): int(v) for k, v in dict(value).items()})
-            else:
-                setattr(self, name, value)
+    def update(self, changes: Any) -> None:
+        """Apply a partial update (``app_concurrency`` entries are merged) only if the result is valid.
+
+        Raises :class:`~fal_provider.emulator.validation.InvalidSettings` naming each bad or unknown
+        field; the config is then untouched.
+        """
+        if not isinstance(changes, dict):
+            message = "expected a JSON object of config fields"
+            raise InvalidSettings("config", [{"field": "(body)", "message": message, "type": "dict_type"}])
+        merged = {**asdict(self), **changes}
+        if isinstance(changes.get("app_concurrency"), dict):
+            merged["app_concurrency"] = {**self.app_concurrency, **changes["app_concurrency"]}
+        checked = validated(ConfigSchema, merged, "config")
+        for name in changes:
+            setattr(self, name, getattr(checked, name))
 
     def public_view(self) -> dict[str, Any]:
         """Everything except the key, which never leaves the process."""

@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from fal_provider.emulator.faults import FaultConfig
 from fal_provider.emulator.state import EmulatorState
+from fal_provider.emulator.validation import InvalidSettings
+
+
+class _BadBody(Exception):
+    """A control body that is not JSON at all."""
+
+
+async def _json_body(request: Request) -> Any:
+    raw = await request.body()
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise _BadBody from None
+
+
+def _refused(exc: InvalidSettings | _BadBody) -> JSONResponse:
+    """400 with every bad field and why; the caller has changed nothing."""
+    if isinstance(exc, _BadBody):
+        errors = [{"field": "(body)", "message": "body is not valid JSON", "type": "json_invalid"}]
+        return JSONResponse({"detail": "Invalid JSON body", "errors": errors}, status_code=400)
+    return JSONResponse({"detail": str(exc), "errors": exc.errors}, status_code=400)
 
 
 def admin_routes(state: EmulatorState) -> list[Route]:
@@ -24,17 +50,17 @@ def admin_routes(state: EmulatorState) -> list[Route]:
     async def faults(request: Request) -> Response:
         if request.method == "POST":
             try:
-                state.faults = FaultConfig.from_json(await request.json())
-            except (TypeError, ValueError) as exc:
-                return JSONResponse({"detail": str(exc)}, status_code=422)
+                state.faults = FaultConfig.from_json(await _json_body(request))
+            except (InvalidSettings, _BadBody) as exc:
+                return _refused(exc)
         return JSONResponse(state.faults.to_json())
 
     async def config(request: Request) -> Response:
         if request.method == "POST":
             try:
-                state.config.update(await request.json())
-            except (TypeError, ValueError) as exc:
-                return JSONResponse({"detail": str(exc)}, status_code=422)
+                state.config.update(await _json_body(request))
+            except (InvalidSettings, _BadBody) as exc:
+                return _refused(exc)
             state.engine.pump_all()
         return JSONResponse(state.config.public_view())
 

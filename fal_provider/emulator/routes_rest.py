@@ -109,7 +109,7 @@ def cdn_routes(state: EmulatorState) -> list[Route]:
         return None if detail is None else JSONResponse({"detail": detail}, status_code=401)
 
     async def guarded(request: Request) -> Response | None:
-        fault = await state.inject_fault("upload")
+        fault = await state.inject_fault(request, "upload")
         return fault if fault is not None else cdn_auth_error(request)
 
     async def upload(request: Request) -> Response:

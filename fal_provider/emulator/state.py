@@ -18,16 +18,11 @@ from fal_provider.emulator.auth import check_key
 from fal_provider.emulator.cdn import FileStore
 from fal_provider.emulator.config import EmulatorConfig
 from fal_provider.emulator.faults import FaultConfig, FaultRule
-from fal_provider.emulator.netfaults import DropConnection, DropMidResponse
+from fal_provider.emulator.netfaults import DropConnection, DropMidResponse, answer_slot, nginx_page
 from fal_provider.emulator.queue import QueuedRequest, QueueEngine
 from fal_provider.emulator.stats import Stats
 from fal_provider.emulator.tokens import TokenSigner
 from fal_provider.emulator.webhooks import WebhookDispatcher, generate_signing_key, webhook_payload
-
-NGINX_BODY = (
-    "<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n"
-    "<center><h1>{code} {reason}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
-)
 
 
 class EmulatorState:
@@ -67,17 +62,29 @@ class EmulatorState:
     def check_auth(self, conn: HTTPConnection) -> Response | None:
         return check_key(conn, self.config.key)
 
-    async def inject_fault(self, endpoint: str, app_id: str | None = None) -> Response | Any:
-        """The response of a fault that fires for this call, or None."""
+    async def inject_fault(
+        self, conn: HTTPConnection, endpoint: str, app_id: str | None = None
+    ) -> Response | Any:
+        """The response of a fault that fires for this call, or None (the call then proceeds).
+
+        An ``after_accept`` fault also returns None: the call runs and is answered as usual, and the
+        answer is then lost on the way out (see :class:`~fal_provider.emulator.netfaults.AnswerSlot`).
+        """
         rule = self.faults.pick(endpoint, app_id)
         if rule is None:
             return None
         self.stats.faults[rule.kind] += 1
+        if rule.kind == "after_accept":
+            slot = answer_slot(conn.scope)
+            if slot is None:
+                raise RuntimeError("after_accept faults need the emulator's outer ASGI wrapper")
+            slot.lose_with = rule.answer
+            return None
         return await fault_response(rule)
 
     async def gate(self, conn: HTTPConnection, endpoint: str, app_id: str | None = None) -> Response | Any:
         """Injected fault for this call (ingress comes first, as on fal), then the auth check."""
-        fault = await self.inject_fault(endpoint, app_id)
+        fault = await self.inject_fault(conn, endpoint, app_id)
         if fault is not None:
             return fault
         return self.check_auth(conn)
@@ -184,8 +191,7 @@ async def fault_response(rule: FaultRule) -> Response | Any:
             headers={"x-fal-request-id": "emulated-fault", "X-Fal-Error-Type": "internal_error"},
         )
     if rule.kind in ("502", "503"):
-        reason = "Bad Gateway" if rule.kind == "502" else "Service Temporarily Unavailable"
-        return HTMLResponse(NGINX_BODY.format(code=rule.kind, reason=reason), status_code=int(rule.kind))
+        return HTMLResponse(nginx_page(int(rule.kind)), status_code=int(rule.kind))
     if rule.kind == "drop":
         return DropConnection()
     if rule.kind == "drop_mid":

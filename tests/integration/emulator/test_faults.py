@@ -81,7 +81,8 @@ def test_rates_are_deterministic_given_a_seed():
 
 def test_fault_config_validation_and_cli_syntax(emu: FalEmulator):
     bad = httpx.post(f"{emu.base_url}/_emulator/faults", json={"kind": "explode"})
-    assert bad.status_code == 422
+    assert bad.status_code == 400
+    assert bad.json()["errors"][0]["field"] == "rules.0.kind"
     assert parse_cli_fault("429:0.2@submit,status") == {
         "kind": "429",
         "rate": 0.2,
@@ -89,6 +90,12 @@ def test_fault_config_validation_and_cli_syntax(emu: FalEmulator):
     }
     assert parse_cli_fault("503#2@result") == {"kind": "503", "count": 2, "endpoints": ["result"]}
     assert parse_cli_fault("drop") == {"kind": "drop", "rate": 1.0}
+    assert parse_cli_fault("after_accept/502#1@submit") == {
+        "kind": "after_accept",
+        "answer": "502",
+        "count": 1,
+        "endpoints": ["submit"],
+    }
     emu.set_faults(kind="429", count=1)
     assert httpx.get(f"{emu.base_url}/_emulator/faults").json()["rules"][0]["kind"] == "429"
     emu.reset()
