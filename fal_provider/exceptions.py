@@ -9,12 +9,37 @@ these classes.
 
 Messages never contain the API key: they are built from fal's response bodies, which do not echo
 credentials, and from request ids.
+
+The tree (every public fal error lives in this module)::
+
+    FalError (AirflowException)                  .status_code .error_type .detail .request_id .retry_after
+    ├── FalTransientError                        a retry can help: Airflow's ``retries`` apply
+    │   ├── FalServerError                       5xx, a retryable model error, X-Fal-Retryable: true
+    │   ├── FalRateLimitError                    429
+    │   ├── FalTimeoutError                      HTTP timeout, 408/504 that was not the user's, task deadline
+    │   ├── FalConnectionError                   connection failed or broke before fal answered
+    │   ├── FalRequestFailed                     a queued request finished with a retryable error
+    │   └── FalStreamError                       a stream or realtime session broke
+    └── FalPermanentError (AirflowFailException) the same input fails again: no retries spent
+        ├── FalValidationError                   422
+        │   └── FalContentPolicyError            blocked by the model's content policy
+        ├── FalAuthError                         401/403
+        ├── FalNotFoundError                     404
+        ├── FalBadRequestError                   400 and other 4xx
+        ├── FalPermanentRequestFailed            a queued request finished with a permanent error
+        ├── FalRequestCancelled                  cancelled by a user, ``on_kill`` or a timeout
+        ├── FalMissingCredentialsError           no key anywhere
+        └── FalInputError (also ValueError)      local validation, before anything is sent
+
+An HTTP error answer becomes one of these in three steps: :meth:`ErrorAnswer.parse` reads it,
+:func:`classify` picks the class from one ordered table, :func:`error_message` words it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from fal_provider._compat import AirflowException, AirflowFailException
@@ -67,7 +92,7 @@ class FalError(AirflowException):
     ) -> None:
         super().__init__(message)
         self.message = message
-        self.http_status = status_code
+        self.status_code = status_code
         self.error_type = error_type
         self.detail = detail
         self.request_id = request_id
@@ -185,7 +210,7 @@ def _first_type(detail: Any) -> str | None:
     return None
 
 
-def _parse_retry_after(headers: Mapping[str, str]) -> float | None:
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     raw = headers.get("retry-after") or headers.get("Retry-After")
     if raw is None:
         return None
@@ -203,6 +228,98 @@ def _parse_retry_after(headers: Mapping[str, str]) -> float | None:
         return max(0.0, when.timestamp() - time.time())
 
 
+@dataclass(frozen=True)
+class ErrorAnswer:
+    """What an HTTP error answer from fal says, read once from its status, headers and body."""
+
+    status_code: int
+    headers: Mapping[str, str]
+    parsed: Any
+    detail: Any
+    error_type: str | None
+
+    @classmethod
+    def parse(cls, status_code: int, headers: Mapping[str, str], body: bytes | str | Any) -> ErrorAnswer:
+        """``headers`` must be case-insensitive (``httpx.Headers``) or already lower-cased."""
+        parsed = _parse_body(body)
+        detail = parsed.get("detail", parsed) if isinstance(parsed, Mapping) else parsed
+        error_type = (
+            (parsed.get("error_type") if isinstance(parsed, Mapping) else None)
+            or headers.get("x-fal-error-type")
+            or _first_type(detail)
+        )
+        return cls(status_code, headers, parsed, detail, error_type)
+
+    @property
+    def retryable_header(self) -> str:
+        return (self.headers.get("x-fal-retryable") or "").lower()
+
+    @property
+    def user_timeout(self) -> bool:
+        return self.headers.get("x-fal-request-timeout-type") == "user"
+
+
+def _parse_body(body: bytes | str | Any) -> Any:
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    if not isinstance(body, str):
+        return body
+    try:
+        return json.loads(body) if body else None
+    except ValueError:
+        return body
+
+
+def _content_policy_or_validation(answer: ErrorAnswer) -> type[FalError]:
+    if answer.error_type == "content_policy_violation":
+        return FalContentPolicyError
+    return FalValidationError
+
+
+def _retryable_by_header(answer: ErrorAnswer) -> type[FalError]:
+    return FalServerError if answer.status_code >= 500 else FalRequestFailed
+
+
+_Rule = Callable[[ErrorAnswer], bool]
+_Pick = Callable[[ErrorAnswer], "type[FalError]"]
+
+#: How an error answer is classified: the first rule that matches decides. Order matters: fal's
+#: explicit ``X-Fal-Retryable: true`` wins over the status code, except for auth and not-found
+#: answers, which no retry can fix.
+_CLASSIFICATION: tuple[tuple[_Rule, _Pick], ...] = (
+    (lambda a: a.retryable_header == "true" and a.status_code not in (401, 403, 404), _retryable_by_header),
+    (lambda a: a.status_code in (401, 403), lambda a: FalAuthError),
+    (lambda a: a.status_code == 404, lambda a: FalNotFoundError),
+    (lambda a: a.status_code == 429, lambda a: FalRateLimitError),
+    (lambda a: a.status_code in (408, 504) and not a.user_timeout, lambda a: FalTimeoutError),
+    (lambda a: a.status_code == 422 or a.retryable_header == "false", _content_policy_or_validation),
+    (
+        lambda a: a.status_code == 499 or a.error_type in ("client_cancelled", "client_disconnected"),
+        lambda a: FalRequestCancelled,
+    ),
+    (lambda a: a.status_code >= 500 or a.error_type in RETRYABLE_ERROR_TYPES, lambda a: FalServerError),
+)
+
+
+def classify(answer: ErrorAnswer) -> type[FalError]:
+    """The error class for an answer: the first matching rule of the table, else a bad request."""
+    for matches, pick in _CLASSIFICATION:
+        if matches(answer):
+            return pick(answer)
+    return FalBadRequestError
+
+
+def error_message(answer: ErrorAnswer, context: str) -> str:
+    """A message that names the call, the status and what fal said (never the request's headers)."""
+    head = f"{context} failed with HTTP {answer.status_code}"
+    parsed = answer.parsed
+    if isinstance(parsed, Mapping) and parsed.get("status") in {"ALREADY_COMPLETED", "NOT_FOUND"}:
+        return f"{head}: {parsed['status']}"
+    detail = answer.detail
+    text = _detail_text(detail) if detail not in (None, "") else f"HTTP {answer.status_code}"
+    return head + (f" ({answer.error_type})" if answer.error_type else "") + f": {text}"
+
+
 def error_from_response(
     status_code: int,
     headers: Mapping[str, str],
@@ -215,53 +332,15 @@ def error_from_response(
 
     ``headers`` must be case-insensitive (``httpx.Headers``) or already lower-cased.
     """
-    if isinstance(body, bytes):
-        body = body.decode("utf-8", "replace")
-    parsed: Any = body
-    if isinstance(body, str):
-        try:
-            parsed = json.loads(body) if body else None
-        except ValueError:
-            parsed = body
-    detail = parsed.get("detail", parsed) if isinstance(parsed, Mapping) else parsed
-    error_type = (
-        (parsed.get("error_type") if isinstance(parsed, Mapping) else None)
-        or headers.get("x-fal-error-type")
-        or _first_type(detail)
+    answer = ErrorAnswer.parse(status_code, headers, body)
+    return classify(answer)(
+        error_message(answer, context),
+        status_code=status_code,
+        error_type=answer.error_type,
+        detail=answer.detail,
+        request_id=request_id or headers.get("x-fal-request-id"),
+        retry_after=parse_retry_after(headers),
     )
-    retryable_header = (headers.get("x-fal-retryable") or "").lower()
-    text = _detail_text(detail) if detail not in (None, "") else f"HTTP {status_code}"
-    message = f"{context} failed with HTTP {status_code}" + (f" ({error_type})" if error_type else "")
-    message += f": {text}"
-    if isinstance(parsed, Mapping) and parsed.get("status") in {"ALREADY_COMPLETED", "NOT_FOUND"}:
-        message = f"{context} failed with HTTP {status_code}: {parsed['status']}"
-    kwargs: dict[str, Any] = {
-        "status_code": status_code,
-        "error_type": error_type,
-        "detail": detail,
-        "request_id": request_id or headers.get("x-fal-request-id"),
-        "retry_after": _parse_retry_after(headers),
-    }
-    cls: type[FalError]
-    if retryable_header == "true" and status_code not in (401, 403, 404):
-        cls = FalServerError if status_code >= 500 else FalRequestFailed
-    elif status_code in (401, 403):
-        cls = FalAuthError
-    elif status_code == 404:
-        cls = FalNotFoundError
-    elif status_code == 429:
-        cls = FalRateLimitError
-    elif status_code in (408, 504) and headers.get("x-fal-request-timeout-type") != "user":
-        cls = FalTimeoutError
-    elif status_code == 422 or retryable_header == "false":
-        cls = FalContentPolicyError if error_type == "content_policy_violation" else FalValidationError
-    elif status_code == 499 or error_type in ("client_cancelled", "client_disconnected"):
-        cls = FalRequestCancelled
-    elif status_code >= 500 or error_type in RETRYABLE_ERROR_TYPES:
-        cls = FalServerError
-    else:
-        cls = FalBadRequestError
-    return cls(message, **kwargs)
 
 
 def error_from_completed(

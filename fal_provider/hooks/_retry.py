@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import tenacity
 
-from fal_provider.exceptions import _parse_retry_after
+from fal_provider.exceptions import parse_retry_after
 
 #: Status codes a gateway in front of fal answers without the request reaching fal.
 INGRESS_CODES = frozenset({502, 503, 504})
@@ -42,7 +42,7 @@ class RetryableResponse(Exception):
     def __init__(self, response: httpx.Response) -> None:
         super().__init__(f"HTTP {response.status_code}")
         self.response = response
-        self.retry_after = _parse_retry_after(response.headers)
+        self.retry_after = parse_retry_after(response.headers)
 
 
 def is_ingress_error(response: httpx.Response) -> bool:

@@ -325,7 +325,7 @@ class FalHook(FalAsyncMixin, BaseHook):
         except FalAuthError as err:
             return (
                 False,
-                f"fal rejected the API key of connection {self.fal_conn_id!r} (HTTP {err.http_status})",
+                f"fal rejected the API key of connection {self.fal_conn_id!r} (HTTP {err.status_code})",
             )
         except FalError as err:
             return False, str(err)
