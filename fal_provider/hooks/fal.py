@@ -28,6 +28,7 @@ from fal_provider.exceptions import FalAuthError, FalError
 from fal_provider.hooks import _conn_cache, _upload
 from fal_provider.hooks._async import FalAsyncMixin
 from fal_provider.hooks._calls import CallBuilder, Options, Status
+from fal_provider.hooks._headers import check_headers
 from fal_provider.hooks._realtime import (
     WS_OPEN_ERRORS,
     WS_OPTIONS,
@@ -76,6 +77,7 @@ class FalHook(FalAsyncMixin, BaseHook):
         headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
+        check_headers(headers, f"{type(self).__name__}(headers=...)")
         self.fal_conn_id = fal_conn_id
         self._overrides: dict[str, Any] = {
             "retry_limit": retry_limit,
@@ -149,7 +151,7 @@ class FalHook(FalAsyncMixin, BaseHook):
         return self._client
 
     def _calls(self) -> CallBuilder:
-        return CallBuilder(self.settings)
+        return CallBuilder(self.settings, self.log)
 
     def _send(self, call: Call, *, stream: bool = False) -> httpx.Response:
         return send(self._http, call, self.settings, self.log, stream=stream)
