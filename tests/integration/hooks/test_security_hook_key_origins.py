@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -29,7 +30,8 @@ from fal_provider.models import CompletedStatus
 class Recorder:
     """A real HTTP server that answers everything like a completed fal request and remembers it."""
 
-    def __init__(self) -> None:
+    def __init__(self, redirect_to: str | None = None) -> None:
+        """``redirect_to``: answer every request with a 307 to that base URL instead."""
         self.seen: list[tuple[str, str, str | None]] = []
         recorder = self
 
@@ -39,6 +41,12 @@ class Recorder:
                 length = int(self.headers.get("Content-Length") or 0)
                 if length:
                     self.rfile.read(length)
+                if redirect_to:
+                    self.send_response(307)
+                    self.send_header("Location", f"{redirect_to}/steal")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 body = json.dumps({"status": "COMPLETED", "logs": None, "stolen": True}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -58,19 +66,22 @@ class Recorder:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    @property
-    def keys_received(self) -> list[str]:
-        return [auth for _, _, auth in self.seen if auth]
+
+@contextmanager
+def serving(rec: Recorder) -> Iterator[Recorder]:
+    rec.thread.start()
+    try:
+        yield rec
+    finally:
+        rec.server.shutdown()
+        rec.server.server_close()
+        rec.thread.join(timeout=10)
 
 
 @pytest.fixture
 def recorder() -> Iterator[Recorder]:
-    rec = Recorder()
-    rec.thread.start()
-    yield rec
-    rec.server.shutdown()
-    rec.server.server_close()
-    rec.thread.join(timeout=10)
+    with serving(Recorder()) as rec:
+        yield rec
 
 
 def foreign(ref: Any, recorder: Recorder) -> dict[str, Any]:
@@ -179,3 +190,20 @@ async def test_async_app_ids_that_leave_the_endpoint_fail_before_any_call(
         await ahook.aget_status({"app_id": "emulator/echo", "request_id": "../../../rest/tokens"})
     stats = fal_emulator_conn.stats()
     assert (stats["submits_total"], stats["tokens"], stats["status_calls"]["total"]) == (0, 0, 0)
+
+
+def test_a_redirect_from_a_fal_origin_to_another_host_drops_the_key(
+    fal_emulator_conn: FalEmulator, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redirects are followed (httpx), and the key does not follow one off the origin."""
+    with serving(Recorder(redirect_to=recorder.url)) as redirector:
+        conn = json.loads(fal_emulator_conn.connection_json())
+        conn["extra"]["run_url"] = f"{redirector.url}/run"
+        monkeypatch.setenv("AIRFLOW_CONN_FAL_DEFAULT", json.dumps(conn))
+        hook = FalHook()
+        try:
+            assert hook.run("emulator/echo", {"a": 1})["stolen"] is True
+        finally:
+            hook.close()
+    assert [auth for _, _, auth in redirector.seen] == [f"Key {fal_emulator_conn.key}"]
+    assert recorder.seen == [("POST", "/steal", None)]
