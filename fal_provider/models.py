@@ -98,7 +98,9 @@ class AppId:
     """An endpoint id split the way fal's clients split it.
 
     Submit and run URLs use the whole id (``fal-ai/flux/dev``); status, result and cancel URLs use
-    only ``[namespace/]owner/app`` (``fal-ai/flux``), so both forms are kept.
+    only ``[namespace/]owner/app`` (``fal-ai/flux``), so both forms are kept. Every segment is
+    checked against the id alphabet (see :data:`MAX_SEGMENT`), because the id becomes URL path
+    segments: ``../../rest/tokens`` or ``a/b?fal_webhook=...`` would otherwise reach another endpoint.
     """
 
     owner: str
@@ -204,8 +206,9 @@ def parse_status(data: Any) -> QueuedStatus | InProgressStatus | CompletedStatus
 class FalRequestRef(BaseModel):
     """Everything needed to find a queued request again: small, JSON, safe to put in XCom.
 
-    It carries no credentials; the URLs are fal's own (or the emulator's) and the connection
-    supplies the key when they are used.
+    It carries no credentials. Its URLs are hints, not trusted: the hook uses one only if it is a
+    plain URL on the connection's queue origin, and otherwise rebuilds it from app id and request
+    id, so a reference from ``dag_run.conf`` or an XCom cannot send the key elsewhere.
     """
 
     model_config = ConfigDict(extra="ignore", frozen=True)

@@ -140,7 +140,6 @@ def request_headers(call: Call, settings: FalSettings) -> dict[str, str]:
     A keyed call to any other origin is refused (a permanent error, before anything is sent): the
     key goes only to the hosts the connection names, whatever URL a reference or answer carried.
     """
-    headers = {name: value for name, value in call.headers.items() if name.lower() != "authorization"}
     if not call.with_key:
         return dict(call.headers)
     origin = origin_of(call.url)
@@ -151,6 +150,8 @@ def request_headers(call: Call, settings: FalSettings) -> dict[str, str]:
             f"one of connection {settings.conn_id!r}'s fal origins ({allowed}). Configure the host "
             "(connection host, or extras run_url / rest_url / cdn_url) if it really is fal."
         )
+    # The key replaces any Authorization a caller put in the headers.
+    headers = {name: value for name, value in call.headers.items() if name.lower() != "authorization"}
     headers["Authorization"] = f"Key {settings.key}"
     return headers
 

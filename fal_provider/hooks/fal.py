@@ -3,8 +3,10 @@
 Each method describes its HTTP call once (``_calls.CallBuilder``); the sync method sends it with the
 hook's own ``httpx.Client`` and the async twin with the event loop's shared ``httpx.AsyncClient``.
 Retries, error mapping and key hygiene live in ``_transport``/``_retry``, so every call behaves the
-same way: bad input is a ``ValueError`` before any network call, fal's error answers become typed
-:class:`~fal_provider.exceptions.FalError` subclasses, and the key never leaves the headers.
+same way: bad input is a :class:`~fal_provider.exceptions.FalInputError` (a ``ValueError`` that
+Airflow does not retry) before any network call, fal's error answers become typed
+:class:`~fal_provider.exceptions.FalError` subclasses, and the key is sent only to the connection's
+configured fal origins (``_transport.request_headers``), never to a URL a request reference carried.
 """
 
 from __future__ import annotations
