@@ -9,13 +9,80 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from fal_provider.exceptions import FalInputError
+from fal_provider.hooks._headers import check_header_value
+
 _NAMESPACES = ("workflows", "comfy")
+#: The id alphabet: one segment of an app id, of a ``path`` or a request id is 1-128 letters, digits,
+#: '-', '_' or '.', and never '.' or '..' alone. fal's ids (``fal-ai/flux/schnell``,
+#: ``fal-ai/florence-2-large/more-detailed-caption``, ``110602490-lora``, UUID request ids) fit it;
+#: everything a URL gives meaning to ('/', '?', '#', '%', whitespace, control characters) does not.
+MAX_SEGMENT = 128
+_SEGMENT = re.compile(rf"[A-Za-z0-9_.-]{{1,{MAX_SEGMENT}}}")
+_ALPHABET = "letters, digits, '-', '_' and '.'"
+
+
+def _shown(value: str) -> str:
+    """The bad value for an error message: escaped (control characters visible), and short."""
+    return repr(value if len(value) <= 120 else value[:120] + "...")
+
+
+def _segment_problem(segment: str) -> str | None:
+    if segment == "":
+        return "an empty segment ('//', or a leading or trailing '/')"
+    if segment in (".", ".."):
+        return f"a {segment!r} segment (ids are path segments and cannot walk up the URL)"
+    if _SEGMENT.fullmatch(segment):
+        return None
+    bad = next((c for c in segment if not (c.isascii() and (c.isalnum() or c in "-_."))), None)
+    if bad is None:
+        return f"a segment longer than {MAX_SEGMENT} characters"
+    if bad in "?#%":
+        return f"{bad!r} (ids are URL path segments: a query, fragment or escape cannot be part of one)"
+    if bad.isspace() or not bad.isprintable():
+        return "whitespace or a control character"
+    return f"the character {bad!r} (only {_ALPHABET} are allowed)"
+
+
+def split_segments(value: str, what: str, hint: str = "") -> list[str]:
+    """``value`` split at '/' (one leading and one trailing '/' ignored), every segment checked.
+
+    Raises :class:`FalInputError` naming ``what`` and the problem, before anything is sent.
+    """
+    if not isinstance(value, str):
+        raise FalInputError(f"{what} must be a string, got {type(value).__name__}{hint}")
+    text = value[1:] if value.startswith("/") else value
+    text = text[:-1] if text.endswith("/") else text
+    segments = text.split("/") if text else []
+    for segment in segments:
+        problem = _segment_problem(segment)
+        if problem:
+            raise FalInputError(f"Invalid {what} {_shown(value)}: it contains {problem}{hint}")
+    return segments
+
+
+def check_request_id(value: Any) -> str:
+    """A request id is one segment of the id alphabet (fal's are UUIDs)."""
+    if not isinstance(value, str) or not value:
+        raise FalInputError(f"request_id must be a non-empty string, got {value!r}")
+    problem = "'/' (a request id is one segment)" if "/" in value else _segment_problem(value)
+    if problem:
+        raise FalInputError(
+            f"Invalid request_id {_shown(value)}: it contains {problem}; a request id is {_ALPHABET}"
+        )
+    return value
+
+
+def check_path(path: str, what: str = "path") -> str:
+    """An endpoint sub-path (``/stream``, ``more-detailed-caption``) as ``a/b`` without outer slashes."""
+    return "/".join(split_segments(path or "", what, f"; a path is '/'-separated segments of {_ALPHABET}"))
 
 
 class RequestState(str, Enum):
@@ -31,7 +98,9 @@ class AppId:
     """An endpoint id split the way fal's clients split it.
 
     Submit and run URLs use the whole id (``fal-ai/flux/dev``); status, result and cancel URLs use
-    only ``[namespace/]owner/app`` (``fal-ai/flux``), so both forms are kept.
+    only ``[namespace/]owner/app`` (``fal-ai/flux``), so both forms are kept. Every segment is
+    checked against the id alphabet (see :data:`MAX_SEGMENT`), because the id becomes URL path
+    segments: ``../../rest/tokens`` or ``a/b?fal_webhook=...`` would otherwise reach another endpoint.
     """
 
     owner: str
@@ -41,16 +110,19 @@ class AppId:
 
     @classmethod
     def parse(cls, app_id: str) -> AppId:
-        if not isinstance(app_id, str) or not app_id.strip().strip("/"):
-            raise ValueError(
+        """Raise :class:`FalInputError` for anything but ``[namespace/]owner/app[/path...]`` in the id
+        alphabet (see :data:`MAX_SEGMENT`), or a legacy ``<digits>-<alias>`` id."""
+        form = " Expected 'owner/app[/path]' like 'fal-ai/flux/dev'."
+        if not isinstance(app_id, str) or app_id.strip("/") == "":
+            raise FalInputError(
                 f"fal app id must be a non-empty 'owner/app[/path]' string like 'fal-ai/flux/dev', got {app_id!r}"
             )
-        parts = [p for p in app_id.strip().strip("/").split("/") if p]
+        parts = split_segments(app_id, "fal app id", "." + form)
         if len(parts) == 1:
             legacy = parts[0].split("-", 1)
-            if len(legacy) == 2 and legacy[0].isdigit():
+            if len(legacy) == 2 and legacy[0].isdigit() and legacy[1]:
                 return cls(owner=legacy[0], alias=legacy[1])
-            raise ValueError(
+            raise FalInputError(
                 f"Invalid fal app id {app_id!r}: expected 'owner/app[/path]' (e.g. 'fal-ai/flux/dev'), "
                 "or 'workflows/owner/app' / 'comfy/owner/app'."
             )
@@ -58,7 +130,9 @@ class AppId:
         if parts[0] in _NAMESPACES:
             namespace, parts = parts[0], parts[1:]
             if len(parts) < 2:
-                raise ValueError(f"Invalid fal app id {app_id!r}: expected '{namespace}/owner/app[/path]'.")
+                raise FalInputError(
+                    f"Invalid fal app id {app_id!r}: expected '{namespace}/owner/app[/path]'."
+                )
         return cls(owner=parts[0], alias=parts[1], path="/".join(parts[2:]), namespace=namespace)
 
     @property
@@ -132,8 +206,9 @@ def parse_status(data: Any) -> QueuedStatus | InProgressStatus | CompletedStatus
 class FalRequestRef(BaseModel):
     """Everything needed to find a queued request again: small, JSON, safe to put in XCom.
 
-    It carries no credentials; the URLs are fal's own (or the emulator's) and the connection
-    supplies the key when they are used.
+    It carries no credentials. Its URLs are hints, not trusted: the hook uses one only if it is a
+    plain URL on the connection's queue origin, and otherwise rebuilds it from app id and request
+    id, so a reference from ``dag_run.conf`` or an XCom cannot send the key elsewhere.
     """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -156,9 +231,7 @@ class FalRequestRef(BaseModel):
     @field_validator("request_id")
     @classmethod
     def _valid_request_id(cls, value: str) -> str:
-        if not value or "/" in value:
-            raise ValueError(f"request_id must be a non-empty id without '/', got {value!r}")
-        return value
+        return check_request_id(value)
 
     @classmethod
     def coerce(cls, value: Any) -> FalRequestRef:
@@ -171,7 +244,7 @@ class FalRequestRef(BaseModel):
             except ValueError:
                 pass
         if not isinstance(value, dict):
-            raise ValueError(
+            raise FalInputError(
                 "A fal request reference must be a dict with 'app_id' and 'request_id' (the XCom value of "
                 f"FalSubmitOperator), got {type(value).__name__}: {str(value)[:120]!r}"
             )
@@ -181,7 +254,7 @@ class FalRequestRef(BaseModel):
             problems = "; ".join(
                 f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in err.errors()
             )
-            raise ValueError(
+            raise FalInputError(
                 f"Invalid fal request reference {str(value)[:200]!r}: {problems}. Expected the XCom value of "
                 "FalSubmitOperator, or {'app_id': 'owner/app', 'request_id': '...'}."
             ) from None
@@ -213,6 +286,13 @@ class RequestOptions(BaseModel):
     )
     disable_fallback: bool | None = None
     max_queue_length: int | None = Field(default=None, ge=0)
+
+    @field_validator("runner_hint")
+    @classmethod
+    def _header_safe(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_header_value("X-Fal-Runner-Hint", value, "runner_hint")
+        return value
 
     @field_validator("start_timeout")
     @classmethod
@@ -247,7 +327,7 @@ class RequestOptions(BaseModel):
             problems = "; ".join(
                 f"{'.'.join(map(str, e['loc']))}={e.get('input')!r}: {e['msg']}" for e in err.errors()
             )
-            raise ValueError(f"Invalid fal request options: {problems}") from None
+            raise FalInputError(f"Invalid fal request options: {problems}") from None
 
     def headers(self) -> dict[str, str]:
         out: dict[str, str] = {}

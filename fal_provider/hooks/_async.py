@@ -47,7 +47,7 @@ class FalAsyncMixin:
         await close_shared_async_client()
 
     async def _acalls(self) -> CallBuilder:
-        return CallBuilder(await self.aget_settings())
+        return CallBuilder(await self.aget_settings(), self.log)
 
     async def _asend(self, call: Call, *, stream: bool = False) -> httpx.Response:
         settings = await self.aget_settings()

@@ -8,6 +8,7 @@ hook from drifting apart, and lets unit tests check URLs, headers and validation
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -17,9 +18,10 @@ from urllib.parse import urlsplit
 import httpx
 
 from fal_provider import __version__
-from fal_provider.exceptions import FalServerError, error_from_response
+from fal_provider.exceptions import FalInputError, FalServerError, error_from_response
+from fal_provider.hooks._headers import check_headers
 from fal_provider.hooks._retry import IDEMPOTENT, SUBMIT
-from fal_provider.hooks._settings import FalSettings
+from fal_provider.hooks._settings import FalSettings, origin_of, show_origin
 from fal_provider.hooks._transport import Call, default_timeout, keep_response
 from fal_provider.models import (
     AppId,
@@ -28,6 +30,8 @@ from fal_provider.models import (
     InProgressStatus,
     QueuedStatus,
     RequestOptions,
+    check_path,
+    check_request_id,
     parse_status,
 )
 
@@ -37,51 +41,68 @@ Status = QueuedStatus | InProgressStatus | CompletedStatus
 Options = RequestOptions | Mapping[str, Any] | None
 _JSON_SCALARS = (str, int, float, bool, type(None))
 _MSGPACK_SCALARS = (*_JSON_SCALARS, bytes, bytearray, memoryview)
+#: Deepest nesting accepted in arguments and realtime messages. Model inputs are a few levels deep;
+#: the limit keeps the check (and the encoders) far from Python's recursion limit.
+MAX_DEPTH = 100
 
 
-def find_unencodable(value: Any, path: str, scalars: tuple[type, ...]) -> str | None:
-    """Describe the first value a JSON/msgpack encoder would reject, by its path, or ``None``."""
+def _shown_path(path: str) -> str:
+    """A key path short enough for an error message (a 100-level path is kilobytes)."""
+    return path if len(path) <= 300 else f"{path[:140]}...{path[-140:]}"
+
+
+def find_unencodable(
+    value: Any, path: str, scalars: tuple[type, ...], _parents: tuple[tuple[int, str], ...] = ()
+) -> str | None:
+    """Describe the first value a JSON/msgpack encoder would reject, by its path, or ``None``.
+
+    That includes a container that contains itself (circular) and nesting deeper than
+    :data:`MAX_DEPTH`, which the encoders would turn into a ``RecursionError`` or a bare
+    ``ValueError`` without saying where.
+    """
     if isinstance(value, float) and not math.isfinite(value):
         return f"{path} is {value!r} (not a finite number)"
     if isinstance(value, scalars):
         return None
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                return f"{path} has a key {key!r} of type {type(key).__name__} (keys must be strings)"
-            problem = find_unencodable(item, f"{path}[{key!r}]", scalars)
-            if problem:
-                return problem
-        return None
-    if isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            problem = find_unencodable(item, f"{path}[{index}]", scalars)
-            if problem:
-                return problem
-        return None
-    return f"{path} is of type {type(value).__name__}"
+    if not isinstance(value, (Mapping, list, tuple)):
+        return f"{path} is of type {type(value).__name__}"
+    for parent_id, parent_path in _parents:
+        if parent_id == id(value):
+            return f"{_shown_path(path)} is {_shown_path(parent_path)} again (a circular reference)"
+    if len(_parents) >= MAX_DEPTH:
+        return f"{_shown_path(path)} is nested more than {MAX_DEPTH} levels deep"
+    parents = (*_parents, (id(value), path))
+    items = value.items() if isinstance(value, Mapping) else enumerate(value)
+    for key, item in items:
+        if isinstance(value, Mapping) and not isinstance(key, str):
+            return f"{path} has a key {key!r} of type {type(key).__name__} (keys must be strings)"
+        child = f"{path}[{key!r}]" if isinstance(value, Mapping) else f"{path}[{key}]"
+        problem = find_unencodable(item, child, scalars, parents)
+        if problem:
+            return problem
+    return None
 
 
 def encode_arguments(arguments: Any, app: AppId) -> bytes:
-    """JSON body for a model call; a ValueError naming the bad key comes before any network call."""
+    """JSON body for a model call; a FalInputError naming the bad key comes before any network call."""
     if not isinstance(arguments, Mapping):
-        raise ValueError(
+        raise FalInputError(
             f"Arguments for fal app {app.full!r} must be a JSON object (a dict), got {type(arguments).__name__}"
         )
     problem = find_unencodable(arguments, "arguments", _JSON_SCALARS)
     if problem:
-        raise ValueError(f"Arguments for fal app {app.full!r} are not JSON-serialisable: {problem}")
+        raise FalInputError(f"Arguments for fal app {app.full!r} are not JSON-serialisable: {problem}")
     return json.dumps(arguments, allow_nan=False, separators=(",", ":")).encode()
 
 
 def check_msgpack(message: Any, app: AppId) -> None:
     if not isinstance(message, Mapping):
-        raise ValueError(
+        raise FalInputError(
             f"Realtime messages for {app.full!r} must be a mapping, got {type(message).__name__}"
         )
     problem = find_unencodable(message, "message", _MSGPACK_SCALARS)
     if problem:
-        raise ValueError(f"Realtime message for {app.full!r} cannot be encoded with msgpack: {problem}")
+        raise FalInputError(f"Realtime message for {app.full!r} cannot be encoded with msgpack: {problem}")
 
 
 def merge_headers(*layers: Mapping[str, str] | None) -> dict[str, str]:
@@ -102,24 +123,30 @@ def build_options(options: Options) -> RequestOptions:
     if options is None or isinstance(options, RequestOptions):
         return RequestOptions.build(options)
     if not isinstance(options, Mapping):
-        raise ValueError(f"options must be RequestOptions or a mapping, got {type(options).__name__}")
+        raise FalInputError(f"options must be RequestOptions or a mapping, got {type(options).__name__}")
     return RequestOptions.build(dict(options))
 
 
-class CallBuilder:
-    """Builds the calls for one set of settings."""
+def _user_headers(headers: Mapping[str, str] | None) -> Mapping[str, str] | None:
+    if headers is not None and not isinstance(headers, Mapping):
+        raise FalInputError(f"headers must be a mapping of names to values, got {type(headers).__name__}")
+    check_headers(headers, "headers")
+    return headers
 
-    def __init__(self, settings: FalSettings) -> None:
+
+class CallBuilder:
+    """Builds the calls for one set of settings.
+
+    ``log`` gets the warning when a request reference's URL is replaced (see :meth:`_target`).
+    """
+
+    def __init__(self, settings: FalSettings, log: Any = None) -> None:
         self.settings = settings
+        self.log = log if log is not None else logging.getLogger(__name__)
 
     def headers(self, *layers: Mapping[str, str] | None) -> dict[str, str]:
-        """User-Agent, connection/hook defaults, then per-call layers; the key always last."""
-        return merge_headers(
-            {"User-Agent": USER_AGENT},
-            self.settings.headers,
-            *layers,
-            {"Authorization": f"Key {self.settings.key}"},
-        )
+        """User-Agent, connection/hook defaults, then per-call layers. The transport adds the key."""
+        return merge_headers({"User-Agent": USER_AGENT}, self.settings.headers, *layers)
 
     def _json_headers(self, *layers: Mapping[str, str] | None) -> dict[str, str]:
         return self.headers({"Content-Type": "application/json", "Accept": "application/json"}, *layers)
@@ -140,7 +167,7 @@ class CallBuilder:
         """A POST that starts paid work (submit, run, stream): retried only where fal never saw it."""
         return Call(
             method="POST",
-            url=join_url(base_url, app.full, path),
+            url=join_url(base_url, app.full, check_path(path)),
             label=f"{label} {app.full}",
             policy=SUBMIT,
             headers=headers,
@@ -163,12 +190,15 @@ class CallBuilder:
     ) -> Call:
         """Decodes to a :class:`FalRequestRef`."""
         app = AppId.parse(app_id)
+        check_path(path)
+        _user_headers(headers)
         opts = build_options(options)
         body = encode_arguments(arguments, app)
         params = opts.query_params()
         if webhook_url:
-            if urlsplit(webhook_url).scheme not in ("http", "https"):
-                raise ValueError(f"webhook_url must be an http(s) URL, got {webhook_url!r}")
+            parts = urlsplit(webhook_url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise FalInputError(f"webhook_url must be an absolute http(s) URL, got {webhook_url!r}")
             params["fal_webhook"] = webhook_url
         return self._model_post(
             self.settings.queue_url,
@@ -184,7 +214,7 @@ class CallBuilder:
     def request_ref(self, app_id: str, request_id: str) -> FalRequestRef:
         """URLs built the way ``fal_client`` builds them from an id (sub-path dropped)."""
         app = AppId.parse(app_id)
-        base = join_url(self.settings.queue_url, app.base, "requests", request_id)
+        base = join_url(self.settings.queue_url, app.base, "requests", check_request_id(request_id))
         return FalRequestRef(
             app_id=app.full,
             request_id=request_id,
@@ -193,16 +223,41 @@ class CallBuilder:
             cancel_url=f"{base}/cancel",
         )
 
-    def _urls(self, request: FalRequestRef | Mapping[str, Any] | str) -> FalRequestRef:
+    def _target(
+        self, request: FalRequestRef | Mapping[str, Any] | str, name: str
+    ) -> tuple[FalRequestRef, str]:
+        """The reference and its ``name`` URL (``status_url``...), made safe to send the key to.
+
+        A reference may come from ``dag_run.conf``, an XCom or a user's dict, so its URLs are not
+        trusted: one that is not a plain URL on the connection's queue origin (scheme, host, port;
+        no user info, query or fragment) is replaced by the URL built from app id and request id,
+        with a warning. A real fal submit returns URLs on the queue origin, so they are kept.
+        """
         ref = FalRequestRef.coerce(request)
-        built = self.request_ref(ref.app_id, ref.request_id)
-        return ref.model_copy(
-            update={
-                "status_url": ref.status_url or built.status_url,
-                "response_url": ref.response_url or built.response_url,
-                "cancel_url": ref.cancel_url or built.cancel_url,
-            }
-        )
+        given: str | None = getattr(ref, name)
+        if given and self._on_queue_origin(given):
+            return ref, given
+        rebuilt: str = getattr(self.request_ref(ref.app_id, ref.request_id), name)
+        if given:
+            self.log.warning(
+                "fal request %s on %s: its %s is on %s, not on the connection's queue origin %s; "
+                "using %s instead (the API key is only sent to the configured fal hosts)",
+                ref.request_id,
+                ref.app_id,
+                name,
+                show_origin(origin_of(given)),
+                show_origin(self.settings.queue_origin),
+                rebuilt,
+            )
+        return ref, rebuilt
+
+    def _on_queue_origin(self, url: str) -> bool:
+        try:
+            parsed = httpx.URL(url)
+        except (httpx.InvalidURL, TypeError, ValueError):
+            return False
+        plain = not (parsed.userinfo or parsed.query or parsed.fragment)
+        return plain and origin_of(parsed) == self.settings.queue_origin
 
     def _get(
         self,
@@ -228,29 +283,27 @@ class CallBuilder:
         )
 
     def status(self, request: Any, *, logs: bool = False) -> Call:
-        ref = self._urls(request)
+        ref, url = self._target(request, "status_url")
         label = f"status of {ref.request_id} on {ref.app_id}"
         params = {"logs": "1" if logs else "0"}
-        return self._get(
-            str(ref.status_url), label, params, decode=partial(parse_status_response, label=label)
-        )
+        return self._get(url, label, params, decode=partial(parse_status_response, label=label))
 
     def status_stream(self, request: Any, *, logs: bool = False) -> Call:
-        ref = self._urls(request)
-        url = join_url(str(ref.status_url), "stream")
+        ref, status_url = self._target(request, "status_url")
+        url = join_url(status_url, "stream")
         label = f"status stream of {ref.request_id} on {ref.app_id}"
         return self._get(url, label, {"logs": "1" if logs else "0"}, accept="text/event-stream")
 
     def result(self, request: Any) -> Call:
-        ref = self._urls(request)
-        return self._get(str(ref.response_url), f"result of {ref.request_id} on {ref.app_id}")
+        ref, url = self._target(request, "response_url")
+        return self._get(url, f"result of {ref.request_id} on {ref.app_id}")
 
     def cancel(self, request: Any) -> Call:
         """Decodes to the outcome word (see :func:`parse_cancel`)."""
-        ref = self._urls(request)
+        ref, url = self._target(request, "cancel_url")
         label = f"cancel of {ref.request_id} on {ref.app_id}"
         answers = frozenset({400, 404})
-        return self._get(str(ref.cancel_url), label, method="PUT", answers=answers, decode=parse_cancel)
+        return self._get(url, label, method="PUT", answers=answers, decode=parse_cancel)
 
     # -- direct calls ------------------------------------------------------------------------------
     def run(
@@ -264,6 +317,7 @@ class CallBuilder:
         timeout: float | None = None,
     ) -> Call:
         app = AppId.parse(app_id)
+        _user_headers(headers)
         opts = build_options(options)
         return self._model_post(
             self.settings.run_url,
@@ -287,6 +341,7 @@ class CallBuilder:
         timeout: float | None = None,
     ) -> Call:
         app = AppId.parse(app_id)
+        _user_headers(headers)
         accept = {
             "Content-Type": "application/json",
             "Accept": "text/event-stream",
@@ -304,8 +359,12 @@ class CallBuilder:
 
     def realtime_token(self, app: AppId, token_expiration: int) -> Call:
         """Decodes to the token string."""
-        if not isinstance(token_expiration, int) or token_expiration <= 0:
-            raise ValueError(
+        if (
+            isinstance(token_expiration, bool)
+            or not isinstance(token_expiration, int)
+            or token_expiration <= 0
+        ):
+            raise FalInputError(
                 f"token_expiration must be a positive number of seconds, got {token_expiration!r}"
             )
         body = json.dumps({"allowed_apps": [app.alias], "token_expiration": token_expiration}).encode()

@@ -32,13 +32,15 @@ from fal_provider.exceptions import (
     FalAuthError,
     FalConnectionError,
     FalError,
+    FalInputError,
     FalNotFoundError,
     FalStreamError,
     FalTimeoutError,
 )
 from fal_provider.hooks._calls import USER_AGENT, CallBuilder, check_msgpack
+from fal_provider.hooks._settings import origin_of
 from fal_provider.hooks._transport import Call
-from fal_provider.models import AppId
+from fal_provider.models import AppId, check_path
 
 #: fal's accepted range for ``max_buffering``.
 MAX_BUFFERING_RANGE = (1, 60)
@@ -62,10 +64,14 @@ class FalRealtimeError(FalStreamError):
 
 
 def realtime_url(run_url: str, app: AppId, path: str, token: str, max_buffering: int | None) -> str:
-    """``wss://fal.run/owner/app[/sub]/realtime?fal_jwt_token=...`` (``ws://`` for an http run URL)."""
+    """``wss://fal.run/owner/app[/sub]/realtime?fal_jwt_token=...`` (``ws://`` for an http run URL).
+
+    The app id and ``path`` are checked path segments, and the URL must end up on the run origin:
+    the token (app-scoped, short-lived, but a credential) goes nowhere else.
+    """
     parts = urlsplit(run_url)
     scheme = "ws" if parts.scheme == "http" else "wss"
-    route = "/".join(p.strip("/") for p in (parts.path, app.full, path) if p.strip("/"))
+    route = "/".join(p.strip("/") for p in (parts.path, app.full, check_path(path)) if p.strip("/"))
     query: dict[str, str] = {"fal_jwt_token": token}
     if max_buffering is not None:
         low, high = MAX_BUFFERING_RANGE
@@ -74,9 +80,14 @@ def realtime_url(run_url: str, app: AppId, path: str, token: str, max_buffering:
             or not isinstance(max_buffering, int)
             or not low <= max_buffering <= high
         ):
-            raise ValueError(f"max_buffering must be an integer from {low} to {high}, got {max_buffering!r}")
+            raise FalInputError(
+                f"max_buffering must be an integer from {low} to {high}, got {max_buffering!r}"
+            )
         query["max_buffering"] = str(max_buffering)
-    return urlunsplit((scheme, parts.netloc, f"/{route}", urlencode(query), ""))
+    url = urlunsplit((scheme, parts.netloc, f"/{route}", urlencode(query), ""))
+    if origin_of(url) is None or origin_of(url) != origin_of(run_url):
+        raise FalInputError(f"realtime URL for {app.full!r} would leave the run host {run_url!r}")
+    return url
 
 
 @dataclass(frozen=True)
@@ -111,7 +122,9 @@ def encode_message(message: Mapping[str, Any], app: AppId) -> bytes:
     try:
         return msgpack.packb(dict(message), use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as err:
-        raise ValueError(f"Realtime message for {app.full!r} cannot be encoded with msgpack: {err}") from None
+        raise FalInputError(
+            f"Realtime message for {app.full!r} cannot be encoded with msgpack: {err}"
+        ) from None
 
 
 def decode_frame(frame: str | bytes, app: AppId) -> dict[str, Any] | None:

@@ -13,7 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fal_provider.exceptions import FalMissingCredentialsError
+import httpx
+
+from fal_provider.exceptions import FalInputError, FalMissingCredentialsError
+from fal_provider.hooks._headers import check_headers, check_key
 
 DEFAULT_QUEUE_URL = "https://queue.fal.run"
 DEFAULT_RUN_URL = "https://fal.run"
@@ -24,6 +27,35 @@ DEFAULT_RETRY_LIMIT = 5
 DEFAULT_RETRY_MIN_WAIT = 0.5
 DEFAULT_RETRY_MAX_WAIT = 30.0
 DEFAULT_TIMEOUT = 120.0
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+#: A WebSocket goes to the same server as the HTTP URL it was derived from.
+_HTTP_SCHEME_OF = {"ws": "http", "wss": "https"}
+
+#: ``(scheme, host, port)``, normalised: lower case, default port filled in, ``ws``/``wss`` as
+#: ``http``/``https``.
+Origin = tuple[str, str, int]
+
+
+def origin_of(url: str | httpx.URL) -> Origin | None:
+    """The origin a request to ``url`` would connect to, parsed as httpx parses it; ``None`` when
+    ``url`` is not an absolute http(s)/ws(s) URL (such a URL never gets the key)."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return None
+    scheme = _HTTP_SCHEME_OF.get(parsed.scheme.lower(), parsed.scheme.lower())
+    host = parsed.raw_host.decode("ascii", "replace").lower()
+    if scheme not in _DEFAULT_PORTS or not host:
+        return None
+    return scheme, host, parsed.port or _DEFAULT_PORTS[scheme]
+
+
+def show_origin(origin: Origin | None) -> str:
+    if origin is None:
+        return "<not an http(s) URL>"
+    scheme, host, port = origin
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}" + ("" if port == _DEFAULT_PORTS[scheme] else f":{port}")
 
 
 @dataclass(frozen=True)
@@ -45,6 +77,27 @@ class FalSettings:
     timeout: float = DEFAULT_TIMEOUT
     conn_id: str = "fal_default"
 
+    def __post_init__(self) -> None:
+        """A key or header that cannot be sent as given fails here, before any call (see ``_headers``)."""
+        check_key(self.key, self.conn_id)
+        check_headers(self.headers, f"Connection {self.conn_id!r}, extra 'headers'")
+        for name in ("queue_url", "run_url", "rest_url", "cdn_url"):
+            if origin_of(getattr(self, name)) is None:
+                raise FalInputError(
+                    f"Connection {self.conn_id!r}: {name} must be an absolute http(s) URL, "
+                    f"got {getattr(self, name)!r}"
+                )
+
+    @property
+    def key_origins(self) -> frozenset[Origin]:
+        """The only origins the key is sent to: the configured queue, run, REST and CDN hosts."""
+        origins = (origin_of(url) for url in (self.queue_url, self.run_url, self.rest_url, self.cdn_url))
+        return frozenset(origin for origin in origins if origin is not None)
+
+    @property
+    def queue_origin(self) -> Origin | None:
+        return origin_of(self.queue_url)
+
     def __str__(self) -> str:
         return repr(self)
 
@@ -61,10 +114,12 @@ def normalize_url(value: str | None, default: str) -> str:
 
 def key_from_env(env: Mapping[str, str]) -> str | None:
     """fal_client's order: ``FAL_KEY``, else ``FAL_KEY_ID`` + ``FAL_KEY_SECRET``."""
-    if env.get("FAL_KEY"):
-        return env["FAL_KEY"]
-    if env.get("FAL_KEY_ID") and env.get("FAL_KEY_SECRET"):
-        return f"{env['FAL_KEY_ID']}:{env['FAL_KEY_SECRET']}"
+    key = (env.get("FAL_KEY") or "").strip()
+    if key:
+        return key
+    key_id, secret = (env.get("FAL_KEY_ID") or "").strip(), (env.get("FAL_KEY_SECRET") or "").strip()
+    if key_id and secret:
+        return f"{key_id}:{secret}"
     return None
 
 
@@ -76,11 +131,11 @@ def parse_headers(raw: Any, conn_id: str) -> dict[str, str]:
         try:
             raw = json.loads(raw)
         except ValueError:
-            raise ValueError(
+            raise FalInputError(
                 f"Connection {conn_id!r}: extra 'headers' must be a JSON object, got unparsable text"
             ) from None
     if not isinstance(raw, Mapping):
-        raise ValueError(
+        raise FalInputError(
             f"Connection {conn_id!r}: extra 'headers' must be a JSON object, got {type(raw).__name__}"
         )
     return {str(k): str(v) for k, v in raw.items()}
@@ -90,9 +145,9 @@ def _number(value: Any, name: str, conn_id: str, *, integer: bool = False, minim
     try:
         number = int(value) if integer else float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"Connection {conn_id!r}: {name} must be a number, got {value!r}") from None
+        raise FalInputError(f"Connection {conn_id!r}: {name} must be a number, got {value!r}") from None
     if number < minimum:
-        raise ValueError(f"Connection {conn_id!r}: {name} must be >= {minimum}, got {value!r}")
+        raise FalInputError(f"Connection {conn_id!r}: {name} must be >= {minimum}, got {value!r}")
     return number
 
 

@@ -5,6 +5,14 @@ many hooks on one event loop, so async calls share ONE ``httpx.AsyncClient`` per
 connection: credentials and timeouts travel with each request, never with the client. Its transport
 (:mod:`._pool`) splits the connections into small pools, because one big httpcore pool costs CPU
 quadratic in its size once ~1,000 triggers use it.
+
+The key: a :class:`Call` never holds it. :func:`request_headers`, the one place that adds
+``Authorization: Key ...``, adds it only when the call's URL (parsed as httpx parses it) is on one of
+the connection's configured origins (``FalSettings.key_origins``: queue, run, REST, CDN; scheme, host
+and port), and refuses the call otherwise; :func:`send` and :func:`asend` use it for every call, so a
+new call cannot forget the check. Calls that must not carry the key (CDN uploads to URLs fal's
+storage API hands back, which may be on other hosts) say ``with_key=False``. Redirects are followed,
+and httpx drops ``Authorization`` when one leaves the origin.
 """
 
 from __future__ import annotations
@@ -18,10 +26,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from fal_provider.exceptions import FalConnectionError, FalError, FalTimeoutError, error_from_response
+from fal_provider.exceptions import (
+    FalConnectionError,
+    FalError,
+    FalInputError,
+    FalTimeoutError,
+    error_from_response,
+)
+from fal_provider.hooks._headers import check_headers
 from fal_provider.hooks._pool import LONG_LIVED, ShardedTransport
 from fal_provider.hooks._retry import RetryableResponse, RetryPolicy, async_retrying, sync_retrying
-from fal_provider.hooks._settings import FalSettings
+from fal_provider.hooks._settings import FalSettings, origin_of, show_origin
 
 #: A worker's hook makes a handful of calls at a time.
 SYNC_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=16, keepalive_expiry=30.0)
@@ -83,7 +98,8 @@ class Call:
     url: str
     label: str
     policy: RetryPolicy
-    #: Carries the key: kept out of repr so tracebacks that print locals do not show it.
+    #: Never the key (see :func:`request_headers`); may hold other secrets (a CDN token, a user's
+    #: proxy token), so kept out of repr: tracebacks that print locals do not show them.
     headers: Mapping[str, str] = field(repr=False)
     timeout: httpx.Timeout
     params: Mapping[str, str] = field(default_factory=dict)
@@ -92,18 +108,52 @@ class Call:
     accept: frozenset[int] = frozenset()
     #: Turns the (checked) answer into what the hook method returns; both twins apply it.
     decode: Callable[[httpx.Response], Any] = field(default=keep_response, repr=False)
+    #: Send ``Authorization: Key ...`` (only ever to a configured origin; see :func:`request_headers`).
+    with_key: bool = True
 
-    def build(self, client: httpx.Client | httpx.AsyncClient, *, long_lived: bool = False) -> httpx.Request:
-        """``long_lived``: a streamed answer that holds its connection for a whole wait (see ``_pool``)."""
+    def __post_init__(self) -> None:
+        check_headers(self.headers, self.label)
+
+    def build(
+        self,
+        client: httpx.Client | httpx.AsyncClient,
+        headers: Mapping[str, str],
+        *,
+        long_lived: bool = False,
+    ) -> httpx.Request:
+        """``headers``: from :func:`request_headers`. ``long_lived``: a streamed answer that holds its
+        connection for a whole wait (see ``_pool``)."""
         return client.build_request(
             self.method,
             self.url,
             params=dict(self.params) or None,
             content=self.content,
-            headers=dict(self.headers),
+            headers=dict(headers),
             timeout=self.timeout,
             extensions={LONG_LIVED: True} if long_lived else None,
         )
+
+
+def request_headers(call: Call, settings: FalSettings) -> dict[str, str]:
+    """The call's headers, plus the key if the call wants it and its URL is on a configured origin.
+
+    A keyed call to any other origin is refused (a permanent error, before anything is sent): the
+    key goes only to the hosts the connection names, whatever URL a reference or answer carried.
+    """
+    if not call.with_key:
+        return dict(call.headers)
+    origin = origin_of(call.url)
+    if origin is None or origin not in settings.key_origins:
+        allowed = ", ".join(sorted(show_origin(o) for o in settings.key_origins))
+        raise FalInputError(
+            f"{call.label}: refusing to send the fal API key to {show_origin(origin)}, which is not "
+            f"one of connection {settings.conn_id!r}'s fal origins ({allowed}). Configure the host "
+            "(connection host, or extras run_url / rest_url / cdn_url) if it really is fal."
+        )
+    # The key replaces any Authorization a caller put in the headers.
+    headers = {name: value for name, value in call.headers.items() if name.lower() != "authorization"}
+    headers["Authorization"] = f"Key {settings.key}"
+    return headers
 
 
 def transport_error(call: Call, exc: httpx.TransportError) -> FalError:
@@ -139,10 +189,11 @@ def send(
     client: httpx.Client, call: Call, settings: FalSettings, log: Any, *, stream: bool = False
 ) -> httpx.Response:
     """Send with the call's retry policy; a streamed answer is returned open (caller closes it)."""
+    headers = request_headers(call, settings)
     try:
         for attempt in sync_retrying(call.policy, **_retry_options(call, settings, log)):
             with attempt:
-                response = client.send(call.build(client), stream=stream)
+                response = client.send(call.build(client, headers), stream=stream)
                 if call.policy.retry_response(response):
                     response.read()
                     response.close()
@@ -161,10 +212,11 @@ async def asend(
     client: httpx.AsyncClient, call: Call, settings: FalSettings, log: Any, *, stream: bool = False
 ) -> httpx.Response:
     """Async twin of :func:`send`."""
+    headers = request_headers(call, settings)
     try:
         async for attempt in async_retrying(call.policy, **_retry_options(call, settings, log)):
             with attempt:
-                response = await client.send(call.build(client, long_lived=stream), stream=stream)
+                response = await client.send(call.build(client, headers, long_lived=stream), stream=stream)
                 if call.policy.retry_response(response):
                     await response.aread()
                     await response.aclose()

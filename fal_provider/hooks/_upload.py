@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from fal_provider.exceptions import FalServerError
+from fal_provider.exceptions import FalInputError, FalServerError
 from fal_provider.hooks._calls import USER_AGENT, join_url, json_body, merge_headers
 from fal_provider.hooks._retry import IDEMPOTENT
 from fal_provider.hooks._settings import FalSettings
@@ -71,7 +71,7 @@ def open_source(data: bytes | str | os.PathLike[str], file_name: str | None) -> 
                 f"Cannot upload {path!r}: not a file (str/PathLike data means a local path)"
             )
         return UploadSource(name=file_name or os.path.basename(path), size=os.path.getsize(path), path=path)
-    raise ValueError(f"upload data must be bytes or a local file path, got {type(data).__name__}")
+    raise FalInputError(f"upload data must be bytes or a local file path, got {type(data).__name__}")
 
 
 def guess_content_type(content_type: str | None, file_name: str | None) -> str:
@@ -134,9 +134,21 @@ def _cdn_headers(token: Mapping[str, Any], *layers: Mapping[str, str] | None) ->
 
 
 def _cdn_call(settings: FalSettings, url: str, label: str, headers: dict[str, str], **kwargs: Any) -> Call:
+    """A CDN call: authenticated by the storage token, never by the key (``with_key=False``).
+
+    The part and complete URLs are built from the ``access_url`` fal's storage API answers with,
+    which may be on another host than the configured CDN (fal_client follows it the same way); the
+    key must not go there, and never does, because no CDN call asks the transport for it.
+    """
     # Uploads are idempotent: a repeated POST/PUT at worst leaves an orphan object or part.
     return Call(
-        url=url, label=label, policy=IDEMPOTENT, headers=headers, timeout=default_timeout(settings), **kwargs
+        url=url,
+        label=label,
+        policy=IDEMPOTENT,
+        headers=headers,
+        timeout=default_timeout(settings),
+        with_key=False,
+        **kwargs,
     )
 
 

@@ -3,8 +3,10 @@
 Each method describes its HTTP call once (``_calls.CallBuilder``); the sync method sends it with the
 hook's own ``httpx.Client`` and the async twin with the event loop's shared ``httpx.AsyncClient``.
 Retries, error mapping and key hygiene live in ``_transport``/``_retry``, so every call behaves the
-same way: bad input is a ``ValueError`` before any network call, fal's error answers become typed
-:class:`~fal_provider.exceptions.FalError` subclasses, and the key never leaves the headers.
+same way: bad input is a :class:`~fal_provider.exceptions.FalInputError` (a ``ValueError`` that
+Airflow does not retry) before any network call, fal's error answers become typed
+:class:`~fal_provider.exceptions.FalError` subclasses, and the key is sent only to the connection's
+configured fal origins (``_transport.request_headers``), never to a URL a request reference carried.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from fal_provider.exceptions import FalAuthError, FalError
 from fal_provider.hooks import _conn_cache, _upload
 from fal_provider.hooks._async import FalAsyncMixin
 from fal_provider.hooks._calls import CallBuilder, Options, Status
+from fal_provider.hooks._headers import check_headers
 from fal_provider.hooks._realtime import (
     WS_OPEN_ERRORS,
     WS_OPTIONS,
@@ -76,6 +79,7 @@ class FalHook(FalAsyncMixin, BaseHook):
         headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
+        check_headers(headers, f"{type(self).__name__}(headers=...)")
         self.fal_conn_id = fal_conn_id
         self._overrides: dict[str, Any] = {
             "retry_limit": retry_limit,
@@ -149,7 +153,7 @@ class FalHook(FalAsyncMixin, BaseHook):
         return self._client
 
     def _calls(self) -> CallBuilder:
-        return CallBuilder(self.settings)
+        return CallBuilder(self.settings, self.log)
 
     def _send(self, call: Call, *, stream: bool = False) -> httpx.Response:
         return send(self._http, call, self.settings, self.log, stream=stream)

@@ -74,8 +74,13 @@ def test_submit_extra_path_webhook_and_max_queue_length() -> None:
     assert script.body() == {"p": 1}
 
 
-def test_returned_urls_are_followed_verbatim() -> None:
-    urls = {"status_url": "http://other/s", "response_url": "http://other/r", "cancel_url": "http://other/c"}
+def test_returned_urls_on_the_queue_origin_are_followed_verbatim() -> None:
+    """(URLs on other origins are rebuilt instead: see test_security_hook_key_origins.)"""
+    urls = {
+        "status_url": "http://fal.test/other/s",
+        "response_url": "http://fal.test/other/r",
+        "cancel_url": "http://fal.test/other/c",
+    }
     script = Script(
         ok({**SUBMITTED, **urls}), ok({"status": "COMPLETED", "logs": None}), ok({"x": 1}), ok({}, 202)
     )
@@ -85,9 +90,9 @@ def test_returned_urls_are_followed_verbatim() -> None:
     assert hook.get_result(ref.to_xcom()) == {"x": 1}
     assert hook.cancel(ref) == "CANCELLATION_REQUESTED"
     assert [str(r.url) for r in script.requests[1:]] == [
-        "http://other/s?logs=1",
-        "http://other/r",
-        "http://other/c",
+        "http://fal.test/other/s?logs=1",
+        "http://fal.test/other/r",
+        "http://fal.test/other/c",
     ]
     assert script.requests[3].method == "PUT"
 
