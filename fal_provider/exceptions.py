@@ -12,7 +12,7 @@ credentials, and from request ids.
 
 The tree (every public fal error lives in this module)::
 
-    FalError (AirflowException)                  .status_code .error_type .detail .request_id .retry_after
+    FalError (AirflowException)                  .http_status .error_type .detail .request_id .retry_after
     ├── FalTransientError                        a retry can help: Airflow's ``retries`` apply
     │   ├── FalServerError                       5xx, a retryable model error, X-Fal-Retryable: true
     │   ├── FalRateLimitError                    429
@@ -84,7 +84,7 @@ class FalError(AirflowException):
         self,
         message: str,
         *,
-        status_code: int | None = None,
+        http_status: int | None = None,
         error_type: str | None = None,
         detail: Any = None,
         request_id: str | None = None,
@@ -92,7 +92,7 @@ class FalError(AirflowException):
     ) -> None:
         super().__init__(message)
         self.message = message
-        self.status_code = status_code
+        self.http_status = http_status
         self.error_type = error_type
         self.detail = detail
         self.request_id = request_id
@@ -335,7 +335,7 @@ def error_from_response(
     answer = ErrorAnswer.parse(status_code, headers, body)
     return classify(answer)(
         error_message(answer, context),
-        status_code=status_code,
+        http_status=status_code,
         error_type=answer.error_type,
         detail=answer.detail,
         request_id=request_id or headers.get("x-fal-request-id"),

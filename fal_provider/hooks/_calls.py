@@ -402,7 +402,7 @@ def json_body(response: httpx.Response, label: str) -> Any:
         raise FalServerError(
             f"{label}: fal answered HTTP {response.status_code} with a body that is not JSON "
             f"({response.headers.get('content-type', 'no content type')})",
-            status_code=response.status_code,
+            http_status=response.status_code,
         ) from None
 
 

@@ -164,14 +164,14 @@ def handshake_error(exc: BaseException, app: AppId) -> FalError:
         status = exc.response.status_code
         if status in (401, 403):
             return FalAuthError(
-                f"realtime connection to {app.full} refused: HTTP {status}", status_code=status
+                f"realtime connection to {app.full} refused: HTTP {status}", http_status=status
             )
         if status == 404:
             return FalNotFoundError(
                 f"fal app {app.full!r} has no realtime endpoint (HTTP 404 on the WebSocket)",
-                status_code=status,
+                http_status=status,
             )
-        return FalStreamError(f"realtime connection to {app.full} failed: HTTP {status}", status_code=status)
+        return FalStreamError(f"realtime connection to {app.full} failed: HTTP {status}", http_status=status)
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
         return FalTimeoutError(f"realtime connection to {app.full} timed out")
     return FalConnectionError(f"realtime connection to {app.full} failed: {type(exc).__name__}: {exc}")

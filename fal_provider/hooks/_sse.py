@@ -27,7 +27,7 @@ def check_event_stream(response: httpx.Response, label: str) -> None:
         raise FalStreamError(
             f"{label}: expected an event stream, got HTTP {response.status_code} "
             f"with content type {content_type or 'none'!r}",
-            status_code=response.status_code,
+            http_status=response.status_code,
         )
 
 

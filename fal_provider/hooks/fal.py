@@ -329,7 +329,7 @@ class FalHook(FalAsyncMixin, BaseHook):
         except FalAuthError as err:
             return (
                 False,
-                f"fal rejected the API key of connection {self.fal_conn_id!r} (HTTP {err.status_code})",
+                f"fal rejected the API key of connection {self.fal_conn_id!r} (HTTP {err.http_status})",
             )
         except FalError as err:
             return False, str(err)

@@ -183,4 +183,4 @@ def test_wrong_key_is_an_auth_error_without_the_key(fal_emulator_conn: FalEmulat
     monkeypatch.setenv("AIRFLOW_CONN_FAL_DEFAULT", bad)
     with pytest.raises(FalAuthError) as info:
         FalHook().submit("emulator/echo", {})
-    assert "wrong-secret" not in str(info.value) and info.value.status_code == 401
+    assert "wrong-secret" not in str(info.value) and info.value.http_status == 401

@@ -81,7 +81,7 @@ def test_validation_error_carries_fals_detail_list() -> None:
     with pytest.raises(FalValidationError) as info:
         mock_hook(Script(ok({"detail": detail}, 422))).get_result(REF)
     assert info.value.detail == detail
-    assert info.value.status_code == 422
+    assert info.value.http_status == 422
     assert "prompt" in str(info.value)
 
 
