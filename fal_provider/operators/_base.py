@@ -17,7 +17,7 @@ from airflow.sdk import BaseOperator
 
 from fal_provider._compat import conf
 from fal_provider.exceptions import FalInputError
-from fal_provider.models import CompletedStatus, FalRequestRef, RequestOptions
+from fal_provider.models import AppId, CompletedStatus, FalRequestRef, RequestOptions
 from fal_provider.operators._checks import (
     TEMPLATE_HINT,
     check_headers,
@@ -101,15 +101,9 @@ def build_request_options(options: Any) -> RequestOptions:
         return RequestOptions.build(options)  # type: ignore[arg-type]
 
 
-def seconds(value: float | timedelta | None, name: str) -> float | None:
-    return check_seconds(value, name)
-
-
 def check_submit_params(app_id: Any, arguments: Any) -> None:
     """Parse-time checks of the submit inputs that are already known (the rest run in ``execute``)."""
     if not is_templated(app_id):
-        from fal_provider.models import AppId
-
         with input_errors():
             AppId.parse(app_id)
     if arguments is not None and not is_templated(arguments):
@@ -266,7 +260,7 @@ class FalWaitingOperator(FalBaseOperator):
         check_poll_intervals(poll_interval, max_poll_interval)
         self.poll_interval = poll_interval
         self.max_poll_interval = max_poll_interval
-        self.timeout = seconds(timeout, "timeout")
+        self.timeout = check_seconds(timeout, "timeout")
         self.max_consecutive_errors = check_max_consecutive_errors(max_consecutive_errors)
         self.cancel_on_kill = cancel_on_kill
         self.log_fal_logs = log_fal_logs

@@ -97,6 +97,7 @@ BOOL_CASES: list[tuple[type, dict[str, Any], str]] = [
     (FalSubmitOperator, {"start_timeout": True}, "start_timeout must be a number"),
     (FalInferenceOperator, {"options": {"start_timeout": True}}, "start_timeout must be a number"),
     (FalSubmitOperator, {"max_queue_length": True}, "max_queue_length must be a number"),
+    (FalSubmitOperator, {"priority": True}, "priority"),
     (FalSubmitOperator, {"object_lifecycle": False}, "object_lifecycle must be a number"),
     (FalInferenceOperator, {"poll_interval": True}, "poll_interval must be a number"),
     (FalInferenceOperator, {"max_poll_interval": True}, "max_poll_interval must be a number"),
