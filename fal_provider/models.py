@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from fal_provider.exceptions import FalInputError
-from fal_provider.hooks._headers import check_header_value
+from fal_provider.headers import check_header_value
 
 _NAMESPACES = ("workflows", "comfy")
 #: The id alphabet: one segment of an app id, of a ``path`` or a request id is 1-128 letters, digits,

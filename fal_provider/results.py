@@ -21,14 +21,14 @@ import mimetypes
 import os
 import re
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 import httpx
 
-from fal_provider._compat import AirflowFailException
+from fal_provider.exceptions import FalInputError
 
 #: Default ceiling for a value returned to XCom without ``output_path`` (bytes of JSON).
 DEFAULT_MAX_XCOM_BYTES = 256 * 1024
@@ -36,11 +36,68 @@ DEFAULT_MAX_XCOM_BYTES = 256 * 1024
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-class ResultShapeError(AirflowFailException, ValueError):
+class ResultShapeError(FalInputError):
     """The result rules cannot be applied; the same configuration fails again, so no retry."""
 
 
+class ResultTooLargeError(ResultShapeError):
+    """A result over ``max_xcom_bytes``; the message says how to keep it out of XCom."""
+
+
 # --------------------------------------------------------------------------- select
+
+#: ``[0]``, ``['name']`` or ``["name"]`` inside a path: Python/JS indexing, not a select path.
+_INDEX = re.compile(r"\[\s*(?:(\d+)|'([^']*)'|\"([^\"]*)\")\s*\]")
+#: Appended when a list of paths seems to have been rendered by Jinja as its text.
+_NATIVE_HINT = (
+    " A Jinja template renders to a string: set render_template_as_native_obj=True on the DAG, "
+    "or pass the list itself."
+)
+
+
+def _dotted(path: str) -> str:
+    """``images[0].url`` -> ``images.0.url``; ``a['b']`` -> ``a.b``."""
+    return _INDEX.sub(lambda m: "." + next(g for g in m.groups() if g is not None), path).lstrip(".")
+
+
+def check_select_path(path: Any) -> None:
+    """The syntax of one path, checked before any result exists (and at DAG parse time).
+
+    Paths are field names and list indexes joined by dots; the usual mistake is Python or
+    JavaScript indexing, so the error shows the dotted spelling of what was written.
+    """
+    if not isinstance(path, str) or not path.strip():
+        raise ResultShapeError(f"select paths must be non-empty strings like 'images.0.url', got {path!r}")
+    if "[" in path or "]" in path:
+        stripped = path.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            raise ResultShapeError(
+                f"select {path!r} looks like a list of paths rendered as text.{_NATIVE_HINT}"
+            )
+        raise ResultShapeError(
+            f"select path {path!r}: list indexes and fields are joined by dots, not brackets; "
+            f"write {_dotted(path)!r}"
+        )
+    if any(not segment for segment in path.split(".")):
+        raise ResultShapeError(
+            f"select path {path!r} has an empty segment (a leading, trailing or doubled '.'); "
+            "join field names and list indexes with single dots, like 'images.0.url'"
+        )
+
+
+def check_select(select: Any) -> None:
+    """``select`` is one dotted path (``images.0.url``) or a non-empty list of them."""
+    if select is None:
+        return
+    if isinstance(select, str):
+        check_select_path(select)
+        return
+    if isinstance(select, Mapping) or not isinstance(select, Sequence) or not select:
+        raise ResultShapeError(
+            f"select must be a field path like 'images.0.url' or a non-empty list of them, got {select!r}"
+        )
+    for path in select:
+        check_select_path(path)
 
 
 def resolve_path(result: Any, path: str) -> Any:
@@ -49,8 +106,7 @@ def resolve_path(result: Any, path: str) -> Any:
     The error names the failing segment and what exists at that point, because the usual mistake
     is a guess at a model's output schema.
     """
-    if not isinstance(path, str) or not path.strip():
-        raise ResultShapeError(f"select paths must be non-empty strings like 'images.0.url', got {path!r}")
+    check_select_path(path)
     current = result
     walked: list[str] = []
     for segment in path.split("."):
@@ -82,10 +138,9 @@ def _step(current: Any, segment: str, path: str, walked: list[str]) -> Any:
 
 def select_fields(result: Any, select: str | Sequence[str]) -> Any:
     """One path gives its value; a list of paths gives ``{path: value}`` so names stay explicit."""
+    check_select(select)
     if isinstance(select, str):
         return resolve_path(result, select)
-    if not isinstance(select, Sequence) or not select:
-        raise ResultShapeError(f"select must be a field path or a non-empty list of them, got {select!r}")
     return {path: resolve_path(result, path) for path in select}
 
 
@@ -157,11 +212,16 @@ def _target(output_path: Any, request_id: str | None) -> _Target:
             f"output_path {str(output_path)!r} is not a usable URI or ObjectStoragePath "
             f"(e.g. 'file:///data/fal/' or 's3://conn@bucket/prefix/'): {err}"
         ) from None
+    result_file = target_file(base, request_id)
+    stem = result_file.name[: -len(".json")]
+    return _Target(result_file=result_file, media_dir=result_file.parent / f"{stem}_media")
+
+
+def target_file(base: Any, request_id: str | None) -> Any:
+    """The result JSON's path: ``base`` itself when it names a ``.json`` file, else a file in it."""
     if base.name.endswith(".json"):
-        stem = base.name[: -len(".json")]
-        return _Target(result_file=base, media_dir=base.parent / f"{stem}_media")
-    stem = _SAFE_NAME.sub("_", request_id or "result")
-    return _Target(result_file=base / f"{stem}.json", media_dir=base / f"{stem}_media")
+        return base
+    return base / f"{_SAFE_NAME.sub('_', request_id or 'result')}.json"
 
 
 class StagedOutput:
@@ -257,7 +317,7 @@ def _is_local(path: Any) -> bool:
     return str(getattr(path, "protocol", "") or "file") in ("file", "local")
 
 
-def _unwritable(path: Any, err: BaseException) -> ResultShapeError:
+def unwritable(path: Any, err: BaseException) -> ResultShapeError:
     return ResultShapeError(
         f"Cannot write {path}: {type(err).__name__}: {err}. Check that output_path points at a "
         "writable location and that its connection (if any) has write access."
@@ -303,7 +363,7 @@ def persist_result(
     """
     target = _target(output_path, request_id)
     result = json.loads(json.dumps(result))  # a private copy: URLs are rewritten in place
-    output = StagedOutput(on_error=_unwritable)
+    output = StagedOutput(on_error=unwritable)
     try:
         media = _download_all(result, target, timeout, output) if download_media else []
         body = json.dumps(result, indent=2, sort_keys=True).encode()
@@ -327,6 +387,17 @@ def persist_result(
 # --------------------------------------------------------------------------- entry point
 
 
+def too_large_message(size: int, max_xcom_bytes: int, *, at_least: bool = False) -> str:
+    """Why a result cannot go to XCom, and the two ways out."""
+    measured = f"at least {size}" if at_least else str(size)
+    return (
+        f"The fal result is {measured} bytes, over the XCom limit of {max_xcom_bytes} bytes "
+        "(max_xcom_bytes). Set select=... to keep only the fields downstream tasks need "
+        "(e.g. select='images.0.url'), or output_path=... to write the full result to storage "
+        "and return a small manifest."
+    )
+
+
 def check_xcom_size(value: Any, max_xcom_bytes: int | None) -> int:
     """Return the JSON size of ``value``; refuse it when over the limit (``None``/``<=0``: no limit)."""
     try:
@@ -334,13 +405,19 @@ def check_xcom_size(value: Any, max_xcom_bytes: int | None) -> int:
     except (TypeError, ValueError) as err:
         raise ResultShapeError(f"The fal result is not JSON-serialisable: {err}") from None
     if max_xcom_bytes and max_xcom_bytes > 0 and size > max_xcom_bytes:
-        raise ResultShapeError(
-            f"The fal result is {size} bytes, over the XCom limit of {max_xcom_bytes} bytes "
-            "(max_xcom_bytes). Set select=... to keep only the fields downstream tasks need "
-            "(e.g. select='images.0.url'), or output_path=... to write the full result to storage "
-            "and return a small manifest."
-        )
+        raise ResultTooLargeError(too_large_message(size, max_xcom_bytes))
     return size
+
+
+def fetch_limit(select: Any, output_path: Any, max_xcom_bytes: int | None) -> int | None:
+    """How many bytes of a result may be read at all: the XCom limit when all of it goes to XCom.
+
+    With ``select`` or ``output_path`` the whole result must be readable (the value that reaches
+    XCom is smaller), so there is no limit on reading.
+    """
+    if select is not None or output_path is not None or not max_xcom_bytes or max_xcom_bytes <= 0:
+        return None
+    return max_xcom_bytes
 
 
 def shape_result(

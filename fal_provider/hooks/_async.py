@@ -18,6 +18,7 @@ from websockets.asyncio.client import connect as ws_connect_async
 
 from fal_provider.hooks import _upload
 from fal_provider.hooks._calls import CallBuilder, Options, Status
+from fal_provider.hooks._limited import aread_limited
 from fal_provider.hooks._realtime import (
     WS_OPEN_ERRORS,
     WS_OPTIONS,
@@ -93,8 +94,17 @@ class FalAsyncMixin:
         finally:
             await response.aclose()
 
-    async def aget_result(self, request: FalRequestRef | Mapping[str, Any]) -> Any:
-        return await self._afetch((await self._acalls()).result(request))
+    async def aget_result(
+        self, request: FalRequestRef | Mapping[str, Any], *, max_bytes: int | None = None
+    ) -> Any:
+        call = (await self._acalls()).result(request)
+        if not max_bytes:
+            return await self._afetch(call)
+        response = await self._asend(call, stream=True)
+        try:
+            return call.decode(await aread_limited(response, max_bytes, call.label))
+        finally:
+            await response.aclose()
 
     async def acancel(self, request: FalRequestRef | Mapping[str, Any]) -> str:
         call = (await self._acalls()).cancel(request)

@@ -19,7 +19,7 @@ import httpx
 
 from fal_provider import __version__
 from fal_provider.exceptions import FalInputError, FalServerError, error_from_response
-from fal_provider.hooks._headers import check_headers
+from fal_provider.headers import check_headers
 from fal_provider.hooks._retry import IDEMPOTENT, SUBMIT
 from fal_provider.hooks._settings import FalSettings, origin_of, show_origin
 from fal_provider.hooks._transport import Call, default_timeout, keep_response

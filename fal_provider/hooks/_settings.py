@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from fal_provider.exceptions import FalInputError, FalMissingCredentialsError
-from fal_provider.hooks._headers import check_headers, check_key
+from fal_provider.headers import check_headers, check_key
 
 DEFAULT_QUEUE_URL = "https://queue.fal.run"
 DEFAULT_RUN_URL = "https://fal.run"

@@ -33,7 +33,7 @@ from fal_provider.exceptions import (
     FalTimeoutError,
     error_from_response,
 )
-from fal_provider.hooks._headers import check_headers
+from fal_provider.headers import check_headers
 from fal_provider.hooks._pool import LONG_LIVED, ShardedTransport
 from fal_provider.hooks._retry import RetryableResponse, RetryPolicy, async_retrying, sync_retrying
 from fal_provider.hooks._settings import FalSettings, origin_of, show_origin

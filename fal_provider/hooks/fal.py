@@ -27,10 +27,11 @@ from websockets.sync.client import connect as ws_connect
 
 from fal_provider._compat import AirflowNotFoundException
 from fal_provider.exceptions import FalAuthError, FalError
+from fal_provider.headers import check_headers
 from fal_provider.hooks import _conn_cache, _upload
 from fal_provider.hooks._async import FalAsyncMixin
 from fal_provider.hooks._calls import CallBuilder, Options, Status
-from fal_provider.hooks._headers import check_headers
+from fal_provider.hooks._limited import read_limited
 from fal_provider.hooks._realtime import (
     WS_OPEN_ERRORS,
     WS_OPTIONS,
@@ -208,8 +209,16 @@ class FalHook(FalAsyncMixin, BaseHook):
         finally:
             response.close()
 
-    def get_result(self, request: FalRequestRef | Mapping[str, Any]) -> Any:
-        return self._fetch(self._calls().result(request))
+    def get_result(self, request: FalRequestRef | Mapping[str, Any], *, max_bytes: int | None = None) -> Any:
+        """``max_bytes``: refuse (``ResponseTooLarge``) a larger body before it is read whole."""
+        call = self._calls().result(request)
+        if not max_bytes:
+            return self._fetch(call)
+        response = self._send(call, stream=True)
+        try:
+            return call.decode(read_limited(response, max_bytes, call.label))
+        finally:
+            response.close()
 
     def cancel(self, request: FalRequestRef | Mapping[str, Any]) -> str:
         """``CANCELLATION_REQUESTED``, ``ALREADY_COMPLETED`` or ``NOT_FOUND``; raises on other errors."""

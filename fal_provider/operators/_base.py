@@ -15,21 +15,41 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from fal_provider._compat import AirflowFailException, conf
-from fal_provider.models import CompletedStatus, FalRequestRef, RequestOptions
+from fal_provider._compat import conf
+from fal_provider.exceptions import FalInputError
+from fal_provider.models import AppId, CompletedStatus, FalRequestRef, RequestOptions
+from fal_provider.operators._checks import (
+    TEMPLATE_HINT,
+    check_headers,
+    check_max_consecutive_errors,
+    check_option_numbers,
+    check_poll_intervals,
+    check_rendered_result_rules,
+    check_result_rules,
+    check_seconds,
+    check_submit_inputs,
+    input_errors,
+    is_templated,
+)
 from fal_provider.operators._completion import cancel_quietly, raise_unless_success
 from fal_provider.operators._waiting import SyncWaiter
 from fal_provider.operators.links import LINK_XCOM_KEY, FalRequestLink, request_url
-from fal_provider.results import DEFAULT_MAX_XCOM_BYTES, shape_result
+from fal_provider.results import (
+    DEFAULT_MAX_XCOM_BYTES,
+    ResultTooLargeError,
+    fetch_limit,
+    shape_result,
+    too_large_message,
+)
 from fal_provider.triggers._wait import (
     Status,
     completed_event,
     resolve_webhook_deferrable,
     validate_backstop_interval,
-    validate_intervals,
     validate_wait_mode,
 )
 from fal_provider.triggers.fal import FalRequestTrigger
+from fal_provider.webhooks.urls import TaskIdentity, WebhookUrlError, build_webhook_url
 from fal_provider.webhooks.waiting import DEFAULT_BACKSTOP_INTERVAL
 
 if TYPE_CHECKING:
@@ -41,30 +61,14 @@ if TYPE_CHECKING:
 REQUEST_XCOM_KEY = "fal_request"
 #: How much later than ``timeout`` Airflow's own deferral timeout fires, as a backstop only.
 DEFER_TIMEOUT_MARGIN = 120.0
-#: Appended to "must render to ..." errors: the usual cause is a Jinja template rendered as text.
-TEMPLATE_HINT = (
-    " A Jinja template renders to a string: set render_template_as_native_obj=True on the DAG, "
-    "or pass an XComArg / a literal instead."
-)
+
+
+class WebhookInputError(FalInputError, WebhookUrlError):
+    """No usable callback URL: a ``WebhookUrlError`` (what callers catch) that spends no retries."""
 
 
 def default_deferrable() -> bool:
     return conf.getboolean("operators", "default_deferrable", fallback=False)
-
-
-def is_templated(value: Any) -> bool:
-    """True when a value is only known after rendering (a Jinja string or an XComArg)."""
-    from airflow.sdk.definitions._internal.mixins import ResolveMixin
-
-    if isinstance(value, ResolveMixin):
-        return True
-    if isinstance(value, str):
-        return "{{" in value or "{%" in value
-    if isinstance(value, Mapping):
-        return any(is_templated(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return any(is_templated(v) for v in value)
-    return False
 
 
 def merge_options(options: Any, overrides: Mapping[str, Any]) -> Any:
@@ -74,21 +78,44 @@ def merge_options(options: Any, overrides: Mapping[str, Any]) -> Any:
         options = options.model_dump(exclude_none=True)
     if options is not None and not isinstance(options, Mapping):
         if given:
-            raise ValueError("Pass request options either as options=... or as keyword arguments, not both")
+            raise FalInputError(
+                "Pass request options either as options=... or as keyword arguments, not both"
+            )
+        if not is_templated(options):
+            raise FalInputError(
+                f"options must be a dict or RequestOptions, got {type(options).__name__}.{TEMPLATE_HINT}"
+            )
         return options  # templated as a whole; validated at execute
     merged = {**dict(options or {}), **given}
     if not is_templated(merged):
-        RequestOptions.build(merged)
+        build_request_options(merged)
     return merged
 
 
-def seconds(value: float | timedelta | None, name: str) -> float | None:
-    if value is None:
-        return None
-    result = value.total_seconds() if isinstance(value, timedelta) else float(value)
-    if result <= 0:
-        raise ValueError(f"{name} must be a positive duration, got {value!r}")
-    return result
+def build_request_options(options: Any) -> RequestOptions:
+    """Rendered ``options`` as ``RequestOptions``; any problem is a permanent input error."""
+    if not isinstance(options, Mapping | RequestOptions | None):
+        raise FalInputError(f"options must render to a dict, got {type(options).__name__}.{TEMPLATE_HINT}")
+    check_option_numbers(options)
+    with input_errors():
+        return RequestOptions.build(options)  # type: ignore[arg-type]
+
+
+def check_submit_params(app_id: Any, arguments: Any) -> None:
+    """Parse-time checks of the submit inputs that are already known (the rest run in ``execute``)."""
+    if not is_templated(app_id):
+        with input_errors():
+            AppId.parse(app_id)
+    if arguments is not None and not is_templated(arguments):
+        coerce_arguments(arguments)
+
+
+def prepare_submit(app_id: Any, arguments: Any, options: Any) -> tuple[dict[str, Any], RequestOptions]:
+    """Rendered submit inputs, checked the way the hook will check them, before the paid POST."""
+    body = coerce_arguments(arguments)
+    built = build_request_options(options)
+    check_submit_inputs(app_id, body, built)
+    return body, built
 
 
 def coerce_arguments(arguments: Any) -> dict[str, Any]:
@@ -101,7 +128,7 @@ def coerce_arguments(arguments: Any) -> dict[str, Any]:
         except ValueError:
             pass
     if not isinstance(arguments, Mapping):
-        raise AirflowFailException(
+        raise FalInputError(
             f"arguments must be a dict of model inputs (or a JSON object string), got "
             f"{type(arguments).__name__}: {str(arguments)[:200]!r}.{TEMPLATE_HINT}"
         )
@@ -111,23 +138,25 @@ def coerce_arguments(arguments: Any) -> dict[str, Any]:
 def task_webhook_url(hook: Any, context: Context, task_id: str | None = None) -> str:
     """The ``fal_webhook`` URL that resumes this task (or ``task_id`` of the same run and map index).
 
-    Raises ``WebhookUrlError`` (a ``ValueError``) naming the ``webhook_base_url`` extra when the
-    connection has none: better to fail before paying for a request nobody would be told about.
+    Raises a permanent ``FalInputError`` naming the ``webhook_base_url`` extra when the connection
+    has none or one that is not an absolute http(s) URL: better to fail before paying for a request
+    nobody would be told about.
     """
-    from fal_provider.webhooks.urls import TaskIdentity, build_webhook_url
-
-    ti = context["ti"]
-    identity = TaskIdentity.from_task_instance(ti)
-    if task_id is not None:
-        identity = TaskIdentity(identity.dag_id, identity.run_id, task_id, identity.map_index)
-    return build_webhook_url(hook.settings.webhook_base_url or "", identity)
+    base_url = hook.settings.webhook_base_url or ""
+    try:
+        identity = TaskIdentity.from_task_instance(context["ti"])
+        if task_id is not None:
+            identity = TaskIdentity(identity.dag_id, identity.run_id, task_id, identity.map_index)
+        return build_webhook_url(base_url, identity)
+    except WebhookUrlError as err:
+        raise WebhookInputError(str(err)) from None
 
 
 def coerce_request(request: Any) -> FalRequestRef:
     try:
         return FalRequestRef.coerce(request)
     except ValueError as err:
-        raise AirflowFailException(str(err)) from None
+        raise FalInputError(str(err)) from None
 
 
 def fal_hook(fal_conn_id: str, headers: Mapping[str, str] | None) -> FalHook:
@@ -165,10 +194,19 @@ class FalBaseOperator(BaseOperator):
         super().__init__(**kwargs)
         self.fal_conn_id = fal_conn_id
         self.headers = headers
+        if not is_templated(headers):
+            check_headers(headers)
 
     @cached_property
     def hook(self) -> FalHook:
         return fal_hook(self.fal_conn_id, self.headers)
+
+    def check_rendered(self, context: Context) -> None:
+        """The parse-time checks again on the rendered values, plus those that need the filesystem.
+
+        Called first in ``execute()``, before any call that could start paid work.
+        """
+        check_headers(self.headers)
 
     def push_request(self, context: Context, ref: FalRequestRef) -> None:
         publish_request(context, self.hook, ref, self.log)
@@ -215,23 +253,26 @@ class FalWaitingOperator(FalBaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.wait_mode = validate_wait_mode(wait_mode)
-        self.deferrable = resolve_webhook_deferrable(self.wait_mode, deferrable, default_deferrable())
-        self.backstop_interval = validate_backstop_interval(backstop_interval)
-        validate_intervals(poll_interval, max_poll_interval)
+        with input_errors():
+            self.wait_mode = validate_wait_mode(wait_mode)
+            self.deferrable = resolve_webhook_deferrable(self.wait_mode, deferrable, default_deferrable())
+            self.backstop_interval = validate_backstop_interval(backstop_interval)
+        check_poll_intervals(poll_interval, max_poll_interval)
         self.poll_interval = poll_interval
         self.max_poll_interval = max_poll_interval
-        self.timeout = seconds(timeout, "timeout")
-        self.max_consecutive_errors = max_consecutive_errors
+        self.timeout = check_seconds(timeout, "timeout")
+        self.max_consecutive_errors = check_max_consecutive_errors(max_consecutive_errors)
         self.cancel_on_kill = cancel_on_kill
         self.log_fal_logs = log_fal_logs
         self.select = select
         self.output_path = output_path
-        if download_media and output_path is None:
-            raise ValueError("download_media=True needs output_path=... (where to copy the media files)")
         self.download_media = download_media
-        self.max_xcom_bytes = max_xcom_bytes
+        self.max_xcom_bytes = check_result_rules(select, output_path, download_media, max_xcom_bytes)
         self._request: FalRequestRef | None = None
+
+    def check_rendered(self, context: Context) -> None:
+        super().check_rendered(context)
+        check_rendered_result_rules(self.select, self.output_path)
 
     # -- waiting ---------------------------------------------------------------------------
 
@@ -286,7 +327,7 @@ class FalWaitingOperator(FalBaseOperator):
         """The single completion handler (allow-list in :func:`raise_unless_success`)."""
         ref = raise_unless_success(event, self.hook)
         self._request = ref
-        result = self.hook.get_result(ref)
+        result = self._fetch_result(ref)
         value = shape_result(
             result,
             select=self.select,
@@ -297,6 +338,17 @@ class FalWaitingOperator(FalBaseOperator):
         )
         self.after_success(context, ref)
         return value
+
+    def _fetch_result(self, ref: FalRequestRef) -> Any:
+        """The result, refused before it is read whole when it can only go to XCom and is too big."""
+        from fal_provider.hooks._limited import ResponseTooLarge
+
+        limit = fetch_limit(self.select, self.output_path, self.max_xcom_bytes)
+        try:
+            return self.hook.get_result(ref, max_bytes=limit)
+        except ResponseTooLarge as err:
+            message = too_large_message(err.size, err.limit, at_least=not err.declared)
+            raise ResultTooLargeError(message, request_id=ref.request_id) from None
 
     def after_success(self, context: Context, ref: FalRequestRef) -> None:
         """Hook for subclasses (the inference operator forgets its stored request here)."""

@@ -18,6 +18,7 @@ import msgpack
 from fal_provider.exceptions import (
     PERMANENT_ERROR_TYPES,
     FalError,
+    FalInputError,
     FalPermanentRequestFailed,
     FalRequestFailed,
 )
@@ -149,7 +150,7 @@ def check_msgpack_inputs(app_id: str, inputs: Sequence[Any]) -> None:
     """
     for index, item in enumerate(inputs):
         if not isinstance(item, Mapping):
-            raise ValueError(
+            raise FalInputError(
                 f"Realtime input #{index} for {app_id} must be a mapping (a dict of the app's input "
                 f"fields), got {type(item).__name__}"
             )
@@ -157,7 +158,7 @@ def check_msgpack_inputs(app_id: str, inputs: Sequence[Any]) -> None:
             msgpack.packb(item, use_bin_type=True)
         except (TypeError, ValueError, OverflowError) as err:
             where, kind = _find_unencodable(item, f"inputs[{index}]")
-            raise ValueError(
+            raise FalInputError(
                 f"Realtime input #{index} for {app_id} cannot be msgpack-encoded: {where} is a {kind} "
                 f"({err}). Convert it to str/int/float/bool/bytes/list/dict first."
             ) from None

@@ -21,9 +21,10 @@ from fal_provider.models import FalRequestRef, RequestOptions
 from fal_provider.operators._base import (
     FalBaseOperator,
     FalWaitingOperator,
-    coerce_arguments,
+    check_submit_params,
     coerce_request,
     merge_options,
+    prepare_submit,
     task_webhook_url,
 )
 from fal_provider.operators._reattach import RequestStore, reattach_status
@@ -90,10 +91,10 @@ class _SubmittingOperator(FalBaseOperator):
             max_queue_length=max_queue_length,
         )
         self.options = merge_options(options, option_kwargs)
+        check_submit_params(app_id, arguments)
 
     def _submit(self, webhook_url: str | None = None) -> FalRequestRef:
-        options = RequestOptions.build(self.options)
-        arguments = coerce_arguments(self.arguments)
+        arguments, options = prepare_submit(self.app_id, self.arguments, self.options)
         extra: dict[str, Any] = {"webhook_url": webhook_url} if webhook_url else {}
         return self.hook.submit(str(self.app_id), arguments, path=self.path or "", options=options, **extra)
 
@@ -120,6 +121,7 @@ class FalSubmitOperator(_SubmittingOperator):
         self.webhook_wake_task_id = webhook_wake_task_id
 
     def execute(self, context: Context) -> dict[str, Any]:
+        self.check_rendered(context)
         url = None
         if self.webhook_wake_task_id:
             url = task_webhook_url(self.hook, context, self.webhook_wake_task_id)
@@ -150,6 +152,7 @@ class FalInferenceOperator(_SubmittingOperator, FalWaitingOperator):
         self.reattach_on_retry = reattach_on_retry
 
     def execute(self, context: Context) -> Any:
+        self.check_rendered(context)
         if self.reattach_on_retry:
             previous = self._previous_request(context)
             if previous is not None:
@@ -191,6 +194,7 @@ class FalResultOperator(FalWaitingOperator):
         self.request = request
 
     def execute(self, context: Context) -> Any:
+        self.check_rendered(context)
         return self.wait_for(context, coerce_request(self.request))
 
 
@@ -208,6 +212,7 @@ class FalCancelOperator(FalBaseOperator):
         self.request = request
 
     def execute(self, context: Context) -> str:
+        self.check_rendered(context)
         ref = coerce_request(self.request)
         outcome = self.hook.cancel(ref)
         if outcome == "NOT_FOUND":

@@ -28,11 +28,18 @@ from fal_provider.exceptions import (
     FalAuthError,
     FalConnectionError,
     FalError,
+    FalInputError,
     FalNotFoundError,
     FalStreamError,
     FalTimeoutError,
 )
-from fal_provider.operators._base import TEMPLATE_HINT
+from fal_provider.operators._checks import (
+    TEMPLATE_HINT,
+    check_number,
+    check_rendered_result_rules,
+    check_result_rules,
+    is_templated,
+)
 from fal_provider.operators._stream_utils import (
     BatchLedger,
     RateLimitedLog,
@@ -277,6 +284,10 @@ class FalRealtimeOperator(BaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         _check_settings(max_in_flight, message_timeout, max_reconnects, max_buffering, log_interval)
+        check_number(token_expiration, "token_expiration", integer=True, positive=True)
+        check_result_rules(select, output_path, download_media, max_xcom_bytes)
+        if not is_templated(inputs):
+            check_msgpack_inputs(app_id, _as_input_list(inputs, app_id))
         self.app_id = app_id
         self.inputs = inputs
         self.path = path
@@ -301,6 +312,7 @@ class FalRealtimeOperator(BaseOperator):
     def execute(self, context: Any) -> Any:
         inputs = _as_input_list(self.inputs, self.app_id)
         check_msgpack_inputs(self.app_id, inputs)  # before any connection or token is made
+        check_rendered_result_rules(self.select, self.output_path)
         if not inputs:
             self.log.info("No inputs for %s; nothing to send", self.app_id)
             return shape_items([], **self._rules(context))
@@ -354,7 +366,7 @@ class FalRealtimeOperator(BaseOperator):
 def _as_input_list(inputs: Any, app_id: str) -> list[Any]:
     if isinstance(inputs, Mapping | str | bytes) or not isinstance(inputs, Sequence):
         hint = TEMPLATE_HINT if isinstance(inputs, str) else ""
-        raise ValueError(
+        raise FalInputError(
             f"inputs for {app_id} must be a list of input mappings, got {type(inputs).__name__}.{hint}"
         )
     return list(inputs)
@@ -368,17 +380,12 @@ def _check_settings(
     log_interval: Any,
 ) -> None:
     """Reject impossible settings when the DAG is parsed."""
-    if not isinstance(max_in_flight, int) or max_in_flight < 1:
-        raise ValueError(f"max_in_flight must be an integer >= 1, got {max_in_flight!r}")
-    if message_timeout is not None and (not isinstance(message_timeout, int | float) or message_timeout <= 0):
-        raise ValueError(
-            f"message_timeout must be a positive number of seconds or None, got {message_timeout!r}"
-        )
-    if not isinstance(max_reconnects, int) or max_reconnects < 0:
-        raise ValueError(f"max_reconnects must be an integer >= 0, got {max_reconnects!r}")
-    if max_buffering is not None and (not isinstance(max_buffering, int) or not 1 <= max_buffering <= 60):
-        raise ValueError(
+    check_number(max_in_flight, "max_in_flight", integer=True, minimum=1)
+    check_number(message_timeout, "message_timeout", positive=True, allow_none=True)
+    check_number(max_reconnects, "max_reconnects", integer=True, minimum=0)
+    check_number(max_buffering, "max_buffering", integer=True, minimum=1, allow_none=True)
+    if max_buffering is not None and max_buffering > 60:
+        raise FalInputError(
             f"max_buffering must be an integer from 1 to 60 (fal's limit), got {max_buffering!r}"
         )
-    if not isinstance(log_interval, int | float) or log_interval < 0:
-        raise ValueError(f"log_interval must be a number of seconds >= 0, got {log_interval!r}")
+    check_number(log_interval, "log_interval", minimum=0)

@@ -14,6 +14,7 @@ notice either after the next event arrived.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from functools import cached_property
@@ -21,8 +22,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.sdk import BaseOperator
 
-from fal_provider.exceptions import FalError, FalStreamError, FalTimeoutError
-from fal_provider.operators._base import TEMPLATE_HINT
+from fal_provider.exceptions import FalError, FalInputError, FalStreamError, FalTimeoutError
+from fal_provider.operators._checks import (
+    TEMPLATE_HINT,
+    check_headers,
+    check_number,
+    check_rendered_result_rules,
+    check_result_rules,
+    check_submit_inputs,
+    is_templated,
+)
 from fal_provider.operators._stream_utils import (
     RateLimitedLog,
     name_the_app,
@@ -32,7 +41,14 @@ from fal_provider.operators._stream_utils import (
     shape_items,
     stream_error_from_event,
 )
-from fal_provider.results import DEFAULT_MAX_XCOM_BYTES, select_fields, shape_result
+from fal_provider.results import (
+    DEFAULT_MAX_XCOM_BYTES,
+    ResultTooLargeError,
+    fetch_limit,
+    select_fields,
+    shape_result,
+    too_large_message,
+)
 
 if TYPE_CHECKING:
     from fal_provider.hooks.fal import FalHook
@@ -47,17 +63,29 @@ class StreamCollector:
     Separate from the operator so the same rules serve TaskFlow code and tests: every event is
     checked for an app error, progress goes to a rate-limited log, and the end of the stream
     decides the result (``final``: the last event; ``all``: every event in order).
+
+    ``max_bytes``: with ``collect="all"``, the JSON size the event list may reach; the stream
+    stops as soon as it is passed rather than collecting an unbounded list first.
     """
 
-    def __init__(self, app_id: str, *, collect: Collect = "final", progress: RateLimitedLog) -> None:
+    def __init__(
+        self,
+        app_id: str,
+        *,
+        collect: Collect = "final",
+        progress: RateLimitedLog,
+        max_bytes: int | None = None,
+    ) -> None:
         if collect not in _COLLECT_MODES:
-            raise ValueError(f"collect must be 'final' or 'all', got {collect!r}")
+            raise FalInputError(f"collect must be 'final' or 'all', got {collect!r}")
         self.app_id = app_id
         self.collect = collect
         self.count = 0
         self.last: Any = None
         self.events: list[Any] = []
         self._progress = progress
+        self._max_bytes = max_bytes if collect == "all" else None
+        self._size = 2  # "[]"
 
     def feed(self, event: Any) -> None:
         self.count += 1
@@ -66,9 +94,21 @@ class StreamCollector:
             raise error
         self.last = event
         if self.collect == "all":
+            self._count_bytes(event)
             self.events.append(event)
         index = self.count
         self._progress.offer(lambda: f"{self.app_id} stream event {index}: {preview(event)}")
+
+    def _count_bytes(self, event: Any) -> None:
+        """Keep the size of ``json.dumps(self.events)`` (what XCom would store) under the limit."""
+        if not self._max_bytes:
+            return
+        self._size += len(json.dumps(event, default=str).encode()) + (2 if self.events else 0)
+        if self._size > self._max_bytes:
+            raise ResultTooLargeError(
+                f"fal stream from {self.app_id}, after {self.count} event(s): "
+                + too_large_message(self._size, self._max_bytes, at_least=True)
+            )
 
     def result(self) -> Any:
         """The collected value once the server has closed the stream normally."""
@@ -190,6 +230,11 @@ class FalStreamOperator(BaseOperator):
         self.fal_conn_id = fal_conn_id
         self.headers = headers
         _check_settings(collect, timeout, idle_timeout, log_interval)
+        self.max_xcom_bytes = check_result_rules(select, output_path, download_media, max_xcom_bytes)
+        if not is_templated(headers):
+            check_headers(headers)
+        if not is_templated(self.arguments) and not isinstance(self.arguments, Mapping):
+            raise FalInputError(_arguments_error(app_id, self.arguments))
 
     @cached_property
     def hook(self) -> FalHook:
@@ -199,12 +244,15 @@ class FalStreamOperator(BaseOperator):
 
     def execute(self, context: Any) -> Any:
         if not isinstance(self.arguments, Mapping):
-            raise ValueError(
-                f"arguments for {self.app_id} must render to a mapping (the app's input fields), got "
-                f"{type(self.arguments).__name__}.{TEMPLATE_HINT}"
-            )
+            raise FalInputError(_arguments_error(self.app_id, self.arguments))
+        check_headers(self.headers)
+        check_rendered_result_rules(self.select, self.output_path)
+        check_submit_inputs(self.app_id, self.arguments, None)  # before the paid POST
         collector = StreamCollector(
-            self.app_id, collect=self.collect, progress=RateLimitedLog(self.log, self.log_interval)
+            self.app_id,
+            collect=self.collect,
+            progress=RateLimitedLog(self.log, self.log_interval),
+            max_bytes=fetch_limit(self.select, self.output_path, self.max_xcom_bytes),
         )
         self.log.info("Streaming %s%s", self.app_id, self.path)
         started = time.monotonic()
@@ -252,14 +300,19 @@ class FalStreamOperator(BaseOperator):
         return shape_result(value, request_id=name, **result_rules(self))
 
 
+def _arguments_error(app_id: Any, arguments: Any) -> str:
+    return (
+        f"arguments for {app_id} must render to a mapping (the app's input fields), got "
+        f"{type(arguments).__name__}.{TEMPLATE_HINT}"
+    )
+
+
 def _check_settings(
     collect: Any, timeout: float | None, idle_timeout: float | None, log_interval: float
 ) -> None:
     """Reject impossible settings when the DAG is parsed, not when the task runs."""
     if collect not in _COLLECT_MODES:
-        raise ValueError(f"collect must be 'final' or 'all', got {collect!r}")
+        raise FalInputError(f"collect must be 'final' or 'all', got {collect!r}")
     for name, value in (("timeout", timeout), ("idle_timeout", idle_timeout)):
-        if value is not None and (not isinstance(value, int | float) or value <= 0):
-            raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
-    if not isinstance(log_interval, int | float) or log_interval < 0:
-        raise ValueError(f"log_interval must be a number of seconds >= 0, got {log_interval!r}")
+        check_number(value, name, positive=True, allow_none=True)
+    check_number(log_interval, "log_interval", minimum=0)

@@ -15,8 +15,10 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 from fal_provider._compat import AirflowFailException
+from fal_provider.exceptions import FalInputError
 from fal_provider.results import (
     ResultShapeError,
+    fetch_limit,
     iter_media,
     resolve_path,
     select_fields,
@@ -58,6 +60,30 @@ def test_select_bad_index_and_scalar() -> None:
         select_fields(RESULT, "seed.x")
     with pytest.raises(ResultShapeError, match="non-empty"):
         select_fields(RESULT, [])
+
+
+@pytest.mark.parametrize(
+    ("select", "dotted"),
+    [("images[0].url", "images.0.url"), ("images[1]", "images.1"), ("data['seed']", "data.seed")],
+)
+def test_select_with_brackets_shows_the_dotted_path(select: str, dotted: str) -> None:
+    with pytest.raises(ResultShapeError) as err:
+        select_fields(RESULT, select)
+    assert f"write {dotted!r}" in str(err.value)
+    assert isinstance(err.value, FalInputError)  # a ValueError that spends no retries
+
+
+def test_select_with_empty_segments_is_a_syntax_error() -> None:
+    for path in ("images..url", ".seed", "seed."):
+        with pytest.raises(FalInputError, match="empty segment"):
+            select_fields(RESULT, [path])
+
+
+def test_fetch_limit_only_when_the_whole_result_goes_to_xcom() -> None:
+    assert fetch_limit(None, None, 1000) == 1000
+    assert fetch_limit("seed", None, 1000) is None  # the whole result is read, only a field is kept
+    assert fetch_limit(None, "file:///tmp/x/", 1000) is None  # written to storage whole
+    assert fetch_limit(None, None, 0) is None and fetch_limit(None, None, None) is None
 
 
 def test_size_limit_names_the_fixes() -> None:

@@ -307,7 +307,10 @@ def test_execute_with_no_inputs_opens_nothing() -> None:
 
 
 def test_execute_refuses_a_mapping_as_inputs() -> None:
-    op, _ = make_op(FakeServer(), inputs={"prompt": "one"})
+    with pytest.raises(ValueError, match="must be a list of input mappings, got dict"):
+        make_op(FakeServer(), inputs={"prompt": "one"})  # known when the DAG is parsed
+    op, _ = make_op(FakeServer())
+    op.inputs = {"prompt": "one"}  # what a template rendered
     with pytest.raises(ValueError, match="must be a list of input mappings, got dict"):
         op.execute(context())
     op.inputs = '[{"prompt": "one"}]'  # a templated list rendered as text
