@@ -11,6 +11,7 @@ from fal_provider.webhooks.store import WebhookRecord
 from fal_provider.webhooks.triggers import FalWebhookEventTrigger
 from fal_provider.webhooks.urls import (
     TaskIdentity,
+    WebhookSecret,
     WebhookUrlError,
     build_webhook_url,
     receiver_url,
@@ -60,13 +61,15 @@ def test_unmapped_task_omits_map_index_and_parses_back_as_minus_one() -> None:
 
 
 def test_channel_url_and_exclusivity() -> None:
-    assert build_webhook_url("https://a.b", channel="batch-1").endswith("/fal/webhook?channel=batch-1")
+    secret = WebhookSecret("s" * 32)
+    url = build_webhook_url("https://a.b", channel="batch-1", secret=secret)
+    assert url.endswith(f"/fal/webhook?channel=batch-1&token={secret.token('batch-1')}")
     with pytest.raises(WebhookUrlError):
         build_webhook_url("https://a.b")
     with pytest.raises(WebhookUrlError):
-        build_webhook_url("https://a.b", TaskIdentity("d", "r", "t"), channel="c")
+        build_webhook_url("https://a.b", TaskIdentity("d", "r", "t"), channel="c", secret=secret)
     with pytest.raises(WebhookUrlError):
-        build_webhook_url("https://a.b", channel="has space")
+        build_webhook_url("https://a.b", channel="has space", secret=secret)
 
 
 @pytest.mark.parametrize(
