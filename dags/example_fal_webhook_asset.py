@@ -6,7 +6,8 @@ not wait. ``fal_webhook_on_callback`` is scheduled on an asset watched by
 ``FalWebhookEventTrigger(channel="example-batch")``: the API server that receives a callback
 verifies it and fires the asset event, so nothing polls fal while the requests run.
 
-Needs the fal connection's ``webhook_base_url`` extra (the API server's public URL). Runs
+Needs the fal connection's ``webhook_base_url`` (the API server's public URL), ``webhook_secret``
+(keys the channel token) and ``webhook_allowed_user_ids`` (your fal user id) extras. Runs
 unchanged against the emulator (see ``docker/compose.yaml``) or fal.ai.
 """
 
@@ -38,10 +39,11 @@ with DAG(
     @task
     def submit_without_waiting(**context: Any) -> list[str]:
         from fal_provider.hooks.fal import FalHook
-        from fal_provider.webhooks.urls import build_webhook_url
+        from fal_provider.webhooks.settings import channel_webhook_url
 
         hook = FalHook()
-        callback = build_webhook_url(hook.settings.webhook_base_url or "", channel=CHANNEL)
+        # carries the channel's token, made with the connection's webhook_secret
+        callback = channel_webhook_url(CHANNEL, conn_id=hook.fal_conn_id)
         refs = [
             hook.submit(APP_ID, {"prompt": prompt, "seed": 1}, webhook_url=callback)
             for prompt in context["params"]["prompts"]

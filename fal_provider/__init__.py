@@ -72,6 +72,22 @@ def get_provider_info() -> dict[str, Any]:
                         "description": "Public URL of the Airflow API server, e.g. https://airflow.example.com",
                         "schema": _URL_FIELD,
                     },
+                    "webhook_allowed_user_ids": {
+                        "label": "Webhook allowed fal user ids",
+                        "description": (
+                            "Comma-separated (or JSON list) fal user ids whose callbacks the receiver "
+                            "accepts; fal signs every account's callbacks with the same keys."
+                        ),
+                        "schema": {"type": ["string", "array", "null"]},
+                    },
+                    "webhook_secret": {
+                        "label": "Webhook channel secret",
+                        "description": (
+                            "Random string (16+ characters) that keys the token in channel callback "
+                            "URLs; the same on workers and API servers."
+                        ),
+                        "schema": {"type": ["string", "null"], "format": "password", "minLength": 16},
+                    },
                     "headers": {
                         "label": "Default headers (JSON object)",
                         "description": "Extra headers sent with every fal request.",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,6 +19,7 @@ import httpx
 
 from fal_provider.emulator.config import EmulatorConfig
 from fal_provider.emulator.faults import FaultConfig
+from fal_provider.emulator.webhooks import DEFAULT_USER_ID
 
 DEFAULT_TEST_KEY = "emulator-key-id:emulator-key-secret"
 FAL_CLIENT_GLOBALS = ("QUEUE_URL_FORMAT", "RUN_URL_FORMAT", "REALTIME_URL_FORMAT", "REST_URL", "CDN_URL")
@@ -39,7 +41,12 @@ class FalEmulator:
 
         signing_key = load_or_create_signing_key(signing_key_file) if signing_key_file else None
         self.key = key
-        self.app = create_app(EmulatorConfig(key=key, **config), FaultConfig.from_json(faults), signing_key)
+        emulator_config = EmulatorConfig(key=key, **config)
+        #: The fal user id the emulator signs callbacks with: the connection's allow-list.
+        self.user_id = emulator_config.user_id
+        #: A fresh channel-token secret per emulator, carried by the connection helpers below.
+        self.webhook_secret = secrets.token_urlsafe(32)
+        self.app = create_app(emulator_config, FaultConfig.from_json(faults), signing_key)
         self._server: Any = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -134,6 +141,7 @@ class FalEmulator:
             "rest_url": self.rest_url,
             "cdn_url": self.cdn_url,
             "jwks_url": self.jwks_url,
+            **emulator_webhook_extra(self.user_id, self.webhook_secret),
         }
 
     def connection_json(self, conn_id: str | None = None) -> str:
@@ -190,6 +198,18 @@ class FalEmulator:
                 else:
                     os.environ["FAL_KEY"] = saved_env
             _forget_cached(module_clients)
+
+
+def emulator_webhook_extra(user_id: str = DEFAULT_USER_ID, secret: str | None = None) -> dict[str, str]:
+    """The receiver's connection extras for an emulator: its user id allow-listed, a channel secret.
+
+    For connections built by hand around an emulator process (the deployment tests); ``secret``
+    defaults to a fresh random one.
+    """
+    return {
+        "webhook_allowed_user_ids": user_id,
+        "webhook_secret": secret if secret is not None else secrets.token_urlsafe(32),
+    }
 
 
 def _forget_cached(clients: tuple[Any, ...]) -> None:

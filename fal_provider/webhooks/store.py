@@ -108,6 +108,13 @@ def insert_record(record: WebhookRecord, *, session: Session) -> bool:
     return True
 
 
+def record_exists(request_id: str, *, session: Session) -> bool:
+    from airflow.models.variable import Variable
+    from sqlalchemy import select
+
+    return session.scalar(select(Variable.id).where(Variable.key == record_key(request_id))) is not None
+
+
 def get_record(request_id: str, *, session: Session) -> WebhookRecord | None:
     from airflow.models.variable import Variable
     from sqlalchemy import select

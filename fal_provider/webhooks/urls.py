@@ -2,12 +2,18 @@
 
 The URL names who waits: a deferred task (``dag_id``, ``run_id``, ``task_id``, ``map_index``) or an
 event channel watched by an ``AssetWatcher``. The query string is not covered by fal's signature,
-so the receiver treats it as a hint only: it resumes a task only if that task's trigger waits for
-the request id the signature vouches for.
+so the receiver treats the task identity as a hint only: it resumes a task only if that task's
+trigger waits for the request id the signature vouches for.
+
+A channel has no such request id to check, so a channel URL carries a token: an HMAC-SHA256 of the
+channel under the deployment's secret. Only someone who holds the secret can make a URL that fires
+a channel, and a captured callback cannot be replayed onto another channel.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,10 +27,54 @@ WEBHOOK_PATH = URL_PREFIX + WEBHOOK_ROUTE
 
 _CHANNEL = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 _ID_MAX = 250
+TOKEN_PARAM = "token"
+MIN_SECRET_LENGTH = 16
+#: Keeps channel tokens from ever equalling an HMAC the same secret makes for another purpose.
+_TOKEN_CONTEXT = b"fal-provider webhook channel\n"
 
 
 class WebhookUrlError(ValueError):
     """The base URL or the identity cannot make a usable callback URL."""
+
+
+class WebhookSecret:
+    """The key of the channel tokens; its value never shows in ``repr``, ``str`` or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        if not isinstance(value, str) or len(value.strip()) < MIN_SECRET_LENGTH:
+            raise WebhookUrlError(
+                f"webhook_secret must be a string of at least {MIN_SECRET_LENGTH} characters "
+                "(e.g. the output of: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        self._value = value.strip().encode("utf-8")
+
+    @classmethod
+    def from_config(cls, raw: Any) -> WebhookSecret | None:
+        """None when unset; an error when set but unusable (too short, not a string)."""
+        if raw is None or raw == "":
+            return None
+        return cls(raw if isinstance(raw, str) else "")
+
+    def token(self, channel: str) -> str:
+        """The channel's token: hex HMAC-SHA256, 64 characters, unguessable without the secret."""
+        message = _TOKEN_CONTEXT + validate_channel(channel).encode("utf-8")
+        return hmac.new(self._value, message, hashlib.sha256).hexdigest()
+
+    def token_matches(self, channel: str, token: str | None) -> bool:
+        """Constant-time comparison, so the token cannot be learnt byte by byte from timings."""
+        if not token:
+            return False
+        return hmac.compare_digest(self.token(channel).encode(), token.encode("utf-8", "replace"))
+
+    def __repr__(self) -> str:
+        return "WebhookSecret('***')"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a WebhookSecret is not serialisable")
 
 
 @dataclass(frozen=True)
@@ -98,12 +148,31 @@ def receiver_url(base_url: str) -> str:
 
 
 def build_webhook_url(
-    base_url: str, identity: TaskIdentity | None = None, *, channel: str | None = None
+    base_url: str,
+    identity: TaskIdentity | None = None,
+    *,
+    channel: str | None = None,
+    secret: WebhookSecret | None = None,
 ) -> str:
-    """The ``fal_webhook`` URL for one waiting task, or for an event channel (exactly one of them)."""
+    """The ``fal_webhook`` URL for one waiting task, or for an event channel (exactly one of them).
+
+    A channel URL needs the deployment's ``secret`` (see ``settings.channel_secret``): without its
+    token the receiver refuses the callback, so building one without it would only lose callbacks.
+    """
     if (identity is None) == (channel is None):
         raise WebhookUrlError("give either the waiting task's identity or a channel")
-    query = identity.to_query() if identity is not None else {"channel": validate_channel(str(channel))}
+    if identity is not None:
+        query = identity.to_query()
+    else:
+        if secret is None:
+            raise WebhookUrlError(
+                "A channel URL needs the deployment's webhook secret: set the 'webhook_secret' extra "
+                "of the fal connection (or [fal] webhook_secret) and pass "
+                "secret=fal_provider.webhooks.settings.channel_secret(), or use "
+                "fal_provider.webhooks.settings.channel_webhook_url(channel)"
+            )
+        name = validate_channel(str(channel))
+        query = {"channel": name, TOKEN_PARAM: secret.token(name)}
     return f"{receiver_url(base_url)}?{urlencode(query)}"
 
 

@@ -2,19 +2,22 @@
 
 fal signs ``request-id \\n user-id \\n timestamp \\n sha256-hex(raw body)`` with Ed25519 and publishes
 its public keys as a JWKS. The header carries no key id, so every published key is tried; a
-signature that no cached key accepts triggers one JWKS refresh (keys rotate), rate limited so a
-flood of forged calls cannot turn the receiver into a JWKS amplifier. Anything that cannot be
+signature that no cached key accepts triggers one JWKS refresh (keys rotate), single-flight and
+rate limited, failures included, so a flood of forged calls cannot turn the receiver into a JWKS
+amplifier. Anything that cannot be
 verified, including an unreachable JWKS, is rejected: a webhook is never accepted unverified.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,7 +89,7 @@ class VerifiedWebhook:
     timestamp: int
 
 
-def signed_message(request_id: str, user_id: str, timestamp: str, body: bytes) -> bytes:
+def signed_message(request_id: str, user_id: str, timestamp: str, body: bytes | bytearray) -> bytes:
     """The exact bytes fal signs (the timestamp is used as sent, not re-formatted)."""
     digest = hashlib.sha256(body).hexdigest()
     return "\n".join((request_id, user_id, timestamp, digest)).encode("utf-8")
@@ -137,10 +140,12 @@ def signature_matches(message: bytes, signature: bytes, keys: tuple[Ed25519Publi
 class JWKSCache:
     """fal's public keys, fetched on demand and kept for a bounded time.
 
-    Thread-safe: the API server may verify from several threads and event loops. The lock only
-    guards the cached tuple and timestamps; fetching happens outside it so a slow JWKS host never
-    blocks readers of a fresh cache. ``min_refresh_interval`` caps forced refreshes, so forged
-    signatures (which always fail) cause at most one fetch per interval.
+    Thread-safe and shared by every thread and event loop of the API server. Fetches are
+    single-flight: one caller fetches, concurrent callers (sync or async, any loop) wait for that
+    same fetch. Every path honours ``min_refresh_interval``, counted from the last attempt
+    whatever its outcome: within it, a forced refresh returns the keys already held, and after a
+    failed fetch the failure itself is remembered and raised again without a new fetch. So forged
+    signatures and an unreachable JWKS host cause at most one fetch per interval.
     """
 
     def __init__(
@@ -167,60 +172,135 @@ class JWKSCache:
         self._keys: tuple[Ed25519PublicKey, ...] = ()
         self._fetched_at: float | None = None
         self._last_attempt: float | None = None
+        self._last_error: JWKSUnavailableError | None = None
+        self._inflight: Future[tuple[Ed25519PublicKey, ...]] | None = None
+        #: Completed fetches, successful or not (what a JWKS host would count).
         self.fetch_count = 0
 
     def cached_keys(self) -> tuple[Ed25519PublicKey, ...] | None:
         """Keys still within their lifetime, or None when a fetch is needed."""
         with self._lock:
-            if self._fetched_at is None or self._clock() - self._fetched_at >= self.ttl:
-                return None
-            return self._keys
+            return self._fresh_keys(self._clock())
+
+    def _fresh_keys(self, now: float) -> tuple[Ed25519PublicKey, ...] | None:
+        if self._fetched_at is None or now - self._fetched_at >= self.ttl:
+            return None
+        return self._keys
 
     def may_refresh(self) -> bool:
-        """Whether a forced refresh is allowed now (rate limit against forged-signature floods)."""
+        """Whether a fetch may start now (none running, and the interval since the last has passed)."""
         with self._lock:
-            return (
-                self._last_attempt is None or self._clock() - self._last_attempt >= self.min_refresh_interval
-            )
+            return self._inflight is None and not self._rate_limited(self._clock())
+
+    def _rate_limited(self, now: float) -> bool:
+        return self._last_attempt is not None and now - self._last_attempt < self.min_refresh_interval
+
+    def _plan(
+        self, force: bool
+    ) -> tuple[tuple[Ed25519PublicKey, ...] | None, Future[tuple[Ed25519PublicKey, ...]] | None, bool]:
+        """``(keys, future, mine)``: keys to use now, or a fetch to wait for (``mine``: run it)."""
+        with self._lock:
+            now = self._clock()
+            fresh = self._fresh_keys(now)
+            if fresh is not None and not force:
+                return fresh, None, False
+            if self._inflight is not None:
+                return None, self._inflight, False
+            if self._rate_limited(now):
+                if fresh is not None:
+                    return fresh, None, False  # a refresh within the interval: keep what we have
+                if self._last_error is not None:
+                    raise JWKSUnavailableError(self._last_error.reason)
+                if self._keys:
+                    return self._keys, None, False  # ttl shorter than the interval
+            self._last_attempt = now
+            self._inflight = Future()
+            return None, self._inflight, True
+
+    def _finish(
+        self,
+        future: Future[tuple[Ed25519PublicKey, ...]],
+        keys: tuple[Ed25519PublicKey, ...] | None,
+        error: JWKSUnavailableError | None,
+        *,
+        remember: bool = True,
+    ) -> None:
+        """Publish a fetch's outcome; a failure is remembered (negative cache) unless interrupted."""
+        with self._lock:
+            self.fetch_count += 1
+            if keys is not None:
+                self._keys, self._fetched_at, self._last_error = keys, self._clock(), None
+            elif remember:
+                self._last_error = error
+            self._inflight = None
+        if keys is not None:
+            future.set_result(keys)
+        else:
+            future.set_exception(error or JWKSUnavailableError("JWKS fetch failed"))
 
     def get_keys(self, *, force: bool = False) -> tuple[Ed25519PublicKey, ...]:
-        if not force and (keys := self.cached_keys()) is not None:
+        keys, future, mine = self._plan(force)
+        if keys is not None:
             return keys
-        self._mark_attempt()
+        assert future is not None
+        if mine:
+            self._run_fetch(future, self._fetch)
+        return future.result()
+
+    async def aget_keys(self, *, force: bool = False) -> tuple[Ed25519PublicKey, ...]:
+        keys, future, mine = self._plan(force)
+        if keys is not None:
+            return keys
+        assert future is not None
+        if mine:
+            try:
+                fetched: tuple[Ed25519PublicKey, ...] | None = await self._afetch()
+                error = None
+            except JWKSUnavailableError as err:
+                fetched, error = None, err
+            except BaseException:
+                self._finish(future, None, JWKSUnavailableError("JWKS fetch was interrupted"), remember=False)
+                raise
+            self._finish(future, fetched, error)
+        return await asyncio.wrap_future(future)
+
+    def _run_fetch(
+        self, future: Future[tuple[Ed25519PublicKey, ...]], fetch: Callable[[], tuple[Ed25519PublicKey, ...]]
+    ) -> None:
+        try:
+            keys = fetch()
+        except JWKSUnavailableError as err:
+            self._finish(future, None, err)
+        except BaseException:
+            self._finish(future, None, JWKSUnavailableError("JWKS fetch was interrupted"), remember=False)
+            raise
+        else:
+            self._finish(future, keys, None)
+
+    def _fetch(self) -> tuple[Ed25519PublicKey, ...]:
         try:
             with httpx.Client(timeout=self.timeout, transport=self._transport) as client:
                 response = client.get(self.url, headers={"Accept": "application/json"})
         except httpx.HTTPError:
             raise JWKSUnavailableError("JWKS unreachable") from None
-        return self._store(response)
+        return _keys_of(response)
 
-    async def aget_keys(self, *, force: bool = False) -> tuple[Ed25519PublicKey, ...]:
-        if not force and (keys := self.cached_keys()) is not None:
-            return keys
-        self._mark_attempt()
+    async def _afetch(self) -> tuple[Ed25519PublicKey, ...]:
         try:
             async with httpx.AsyncClient(timeout=self.timeout, transport=self._async_transport) as client:
                 response = await client.get(self.url, headers={"Accept": "application/json"})
         except httpx.HTTPError:
             raise JWKSUnavailableError("JWKS unreachable") from None
-        return self._store(response)
+        return _keys_of(response)
 
-    def _mark_attempt(self) -> None:
-        with self._lock:
-            self._last_attempt = self._clock()
 
-    def _store(self, response: httpx.Response) -> tuple[Ed25519PublicKey, ...]:
-        if response.status_code != 200:
-            raise JWKSUnavailableError(f"JWKS answered HTTP {response.status_code}")
-        try:
-            keys = parse_jwks(response.json())
-        except ValueError:
-            raise JWKSUnavailableError("JWKS is not JSON") from None
-        with self._lock:
-            self._keys = keys
-            self._fetched_at = self._clock()
-            self.fetch_count += 1
-        return keys
+def _keys_of(response: httpx.Response) -> tuple[Ed25519PublicKey, ...]:
+    if response.status_code != 200:
+        raise JWKSUnavailableError(f"JWKS answered HTTP {response.status_code}")
+    try:
+        return parse_jwks(response.json())
+    except (ValueError, RecursionError):
+        raise JWKSUnavailableError("JWKS is not JSON") from None
 
 
 class WebhookVerifier:
@@ -237,27 +317,35 @@ class WebhookVerifier:
         self.tolerance = tolerance
         self._clock = clock
 
-    def _prepare(self, headers: Mapping[str, str], body: bytes) -> tuple[SignedHeaders, int, bytes]:
+    def _prepare(
+        self, headers: Mapping[str, str], body: bytes | bytearray
+    ) -> tuple[SignedHeaders, int, bytes]:
         signed = SignedHeaders.parse(headers)
         stamp = check_timestamp(signed.timestamp, self._clock(), self.tolerance)
         return signed, stamp, signed_message(signed.request_id, signed.user_id, signed.timestamp, body)
 
-    def verify(self, headers: Mapping[str, str], body: bytes) -> VerifiedWebhook:
+    def check_headers(self, headers: Mapping[str, str]) -> SignedHeaders:
+        """The checks that need no body: the four headers present and the timestamp in the window."""
+        signed = SignedHeaders.parse(headers)
+        check_timestamp(signed.timestamp, self._clock(), self.tolerance)
+        return signed
+
+    def verify(self, headers: Mapping[str, str], body: bytes | bytearray) -> VerifiedWebhook:
         signed, stamp, message = self._prepare(headers, body)
-        if signature_matches(message, signed.signature, self.jwks.get_keys()):
+        keys = self.jwks.get_keys()
+        if signature_matches(message, signed.signature, keys):
             return VerifiedWebhook(signed.request_id, signed.user_id, stamp)
-        if self.jwks.may_refresh() and signature_matches(
-            message, signed.signature, self.jwks.get_keys(force=True)
-        ):
+        refreshed = self.jwks.get_keys(force=True)  # a rotated key; rate limited by the cache
+        if refreshed is not keys and signature_matches(message, signed.signature, refreshed):
             return VerifiedWebhook(signed.request_id, signed.user_id, stamp)
         raise WebhookVerificationError("signature does not match any JWKS key")
 
-    async def averify(self, headers: Mapping[str, str], body: bytes) -> VerifiedWebhook:
+    async def averify(self, headers: Mapping[str, str], body: bytes | bytearray) -> VerifiedWebhook:
         signed, stamp, message = self._prepare(headers, body)
-        if signature_matches(message, signed.signature, await self.jwks.aget_keys()):
+        keys = await self.jwks.aget_keys()
+        if signature_matches(message, signed.signature, keys):
             return VerifiedWebhook(signed.request_id, signed.user_id, stamp)
-        if self.jwks.may_refresh() and signature_matches(
-            message, signed.signature, await self.jwks.aget_keys(force=True)
-        ):
+        refreshed = await self.jwks.aget_keys(force=True)  # a rotated key; rate limited by the cache
+        if refreshed is not keys and signature_matches(message, signed.signature, refreshed):
             return VerifiedWebhook(signed.request_id, signed.user_id, stamp)
         raise WebhookVerificationError("signature does not match any JWKS key")

@@ -68,11 +68,10 @@ def _request_ref(kwargs: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return request if isinstance(request, Mapping) else None
 
 
-def wake_task(identity: TaskIdentity, record: WebhookRecord, *, session: Session) -> WakeOutcome:
-    """Resume the task named in the URL if, and only if, it is deferred waiting for this request."""
+def _waiting_trigger(identity: TaskIdentity, request_id: str, *, session: Session) -> tuple[WakeOutcome, Any]:
+    """The provider trigger the named task is deferred on for this request (row-locked), or why not."""
     from airflow.models.taskinstance import TaskInstance
     from airflow.models.trigger import Trigger
-    from airflow.triggers.base import TriggerEvent
     from airflow.utils.sqlalchemy import with_row_locks
     from airflow.utils.state import TaskInstanceState
     from sqlalchemy import select
@@ -85,16 +84,37 @@ def wake_task(identity: TaskIdentity, record: WebhookRecord, *, session: Session
     )
     ti = session.scalar(with_row_locks(query, session, of=TaskInstance))
     if ti is None:
-        return WakeOutcome.TASK_NOT_FOUND
+        return WakeOutcome.TASK_NOT_FOUND, None
     if ti.state != TaskInstanceState.DEFERRED or ti.trigger_id is None:
-        return WakeOutcome.NOT_DEFERRED
+        return WakeOutcome.NOT_DEFERRED, None
     trigger = session.get(Trigger, ti.trigger_id)
     if trigger is None or not str(trigger.classpath).startswith(PROVIDER_CLASSPATH_PREFIX):
-        return WakeOutcome.OTHER_REQUEST
-    kwargs = trigger.kwargs
-    if not waits_for_request(kwargs, record.request_id):
-        return WakeOutcome.OTHER_REQUEST
-    Trigger.submit_event(trigger.id, TriggerEvent(task_event(record, _request_ref(kwargs))), session=session)
+        return WakeOutcome.OTHER_REQUEST, None
+    if not waits_for_request(trigger.kwargs, request_id):
+        return WakeOutcome.OTHER_REQUEST, None
+    return WakeOutcome.RESUMED, trigger
+
+
+def is_awaited(identity: TaskIdentity, request_id: str, *, session: Session) -> WakeOutcome:
+    """``RESUMED`` when the named task is deferred on a provider trigger waiting for this request.
+
+    Without a user-id allow-list this is what makes a task callback "for us": fal request ids are
+    unguessable and fal only signs a callback for the account that submitted the request, so a
+    deferred trigger naming the signed request id proves the callback concerns our request.
+    """
+    return _waiting_trigger(identity, request_id, session=session)[0]
+
+
+def wake_task(identity: TaskIdentity, record: WebhookRecord, *, session: Session) -> WakeOutcome:
+    """Resume the task named in the URL if, and only if, it is deferred waiting for this request."""
+    from airflow.models.trigger import Trigger
+    from airflow.triggers.base import TriggerEvent
+
+    outcome, trigger = _waiting_trigger(identity, record.request_id, session=session)
+    if trigger is None:
+        return outcome
+    event = TriggerEvent(task_event(record, _request_ref(trigger.kwargs)))
+    Trigger.submit_event(trigger.id, event, session=session)
     return WakeOutcome.RESUMED
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from fal_provider.emulator.testing import emulator_webhook_extra
 from tests.e2e.harness import AirflowCommandError, AirflowEnv, free_port
 
 DEPLOYMENT_DAGS = Path(__file__).resolve().parent / "dags"
@@ -229,6 +230,7 @@ class EmulatorProcess:
             "jwks_url": f"{self.url}/rest/.well-known/jwks.json",
             "webhook_base_url": webhook_base_url,
             "retry_min_wait": 0.2,
+            **emulator_webhook_extra(),  # the emulator's user id allow-listed, a channel secret
         }
         return json.dumps(
             {"conn_type": "fal", "host": f"{self.url}/queue", "password": FAL_KEY, "extra": extra}

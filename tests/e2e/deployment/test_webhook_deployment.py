@@ -81,21 +81,30 @@ def test_forged_callbacks_are_rejected_and_the_real_one_resumes_the_task(
         "bad signature": (
             body,
             sign_webhook(body, request_id, Ed25519PrivateKey.generate(), user_id=EMULATOR_USER),
+            401,
         ),
         "stale timestamp": (
             body,
             sign_webhook(
                 body, request_id, real_key, user_id=EMULATOR_USER, timestamp=int(time.time()) - 3600
             ),
+            401,
         ),
         "tampered body": (
             body.replace(b'"forged": true', b'"forged": false'),
             sign_webhook(body, request_id, real_key, user_id=EMULATOR_USER),
+            401,
+        ),
+        # signed by fal's real key, but for another fal account: not on the allow-list
+        "another fal account": (
+            body,
+            sign_webhook(body, request_id, real_key, user_id="another-account"),
+            403,
         ),
     }
-    for name, (sent, headers) in forged.items():
+    for name, (sent, headers, expected) in forged.items():
         response = post_callback(cluster, query, sent, headers)
-        assert response.status_code == 401, (name, response.status_code, response.text)
+        assert response.status_code == expected, (name, response.status_code, response.text)
 
     time.sleep(2)  # give a wrongly accepted callback time to wake the task
     assert cluster.task_states(dag_id, run_id)[("infer", -1)] == "deferred", "a forged callback woke the task"
@@ -109,7 +118,8 @@ def test_forged_callbacks_are_rejected_and_the_real_one_resumes_the_task(
     assert cluster.variable_keys(record_key(request_id)) == [record_key(request_id)]
     api_log = cluster.log_text("api-server")
     assert f"fal webhook recorded for request {request_id} (status OK); task resumed" in api_log
-    assert api_log.count(f"[request_id={request_id}]") >= 3, "each forged call logged with its reason"
+    assert api_log.count(f"[request_id={request_id}]") >= 4, "each forged call logged with its reason"
+    assert "'another-account' is not on the allow-list" in api_log
     xcom = cluster.xcoms(dag_id, run_id)[("infer", -1)]
     assert xcom["duration_s"] == 20 and "forged" not in xcom, "the result comes from fal, not a callback body"
 

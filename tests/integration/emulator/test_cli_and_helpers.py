@@ -72,6 +72,8 @@ def test_connection_helpers(emu: FalEmulator):
         "rest_url": emu.rest_url,
         "cdn_url": emu.cdn_url,
         "jwks_url": emu.jwks_url,
+        "webhook_allowed_user_ids": emu.user_id,
+        "webhook_secret": emu.webhook_secret,
     }
     uri = emu.connection_uri()
     assert uri.startswith("fal://") and unquote(uri.split("@", 1)[1].split("/?")[0]) == emu.queue_url

@@ -17,13 +17,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fal_provider.emulator.webhooks import sign_webhook, webhook_payload
-from fal_provider.webhooks.settings import ReceiverSettings
 from fal_provider.webhooks.store import WebhookRecord, record_key
 from tests.integration.webhooks.webhook_db_helpers import (
     ASSET_DAG_ID,
     CHANNEL,
     ServedApp,
+    channel_query,
     count_records,
+    emulator_settings,
     make_run,
     serve_receiver,
     task_state,
@@ -251,7 +252,7 @@ def test_jwks_down_rejects_and_the_task_keeps_waiting(
     rid = new_request_id()
     task = make_run({"wait": rid})["wait"]
     assert task is not None
-    settings = ReceiverSettings(jwks_url="http://127.0.0.1:9/.well-known/jwks.json")
+    settings = emulator_settings(fal_emulator, jwks_url="http://127.0.0.1:9/.well-known/jwks.json")
     body, headers = signed(fal_emulator.signing_key, rid)
     with serve_receiver(settings) as down:
         assert post(client, down.url, body, headers, task.query).status_code == 401
@@ -293,8 +294,8 @@ def test_channel_callback_fires_the_asset_watcher_once(
     rid = new_request_id()
     body, headers = signed(fal_emulator.signing_key, rid, images=["a.png"])
 
-    first = post(client, receiver.url, body, headers, {"channel": CHANNEL})
-    second = post(client, receiver.url, body, headers, {"channel": CHANNEL})
+    first = post(client, receiver.url, body, headers, channel_query(fal_emulator, CHANNEL))
+    second = post(client, receiver.url, body, headers, channel_query(fal_emulator, CHANNEL))
 
     assert (first.json()["status"], second.json()["status"]) == ("accepted", "duplicate")
     events = asset_events(rid)
@@ -310,7 +311,10 @@ def test_unknown_channel_records_without_event(
 ) -> None:
     rid = new_request_id()
     body, headers = signed(fal_emulator.signing_key, rid)
-    assert post(client, receiver.url, body, headers, {"channel": "nobody-listens"}).status_code == 200
+    assert (
+        post(client, receiver.url, body, headers, channel_query(fal_emulator, "nobody-listens")).status_code
+        == 200
+    )
     assert count_records(rid) == 1
     assert asset_events(rid) == []
 

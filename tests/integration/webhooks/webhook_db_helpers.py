@@ -23,6 +23,7 @@ import pytest
 
 from fal_provider.webhooks.receiver import create_app
 from fal_provider.webhooks.settings import ReceiverSettings
+from fal_provider.webhooks.urls import WebhookSecret
 
 WAIT_DAG_ID = "fal_webhook_it_wait"
 ASSET_DAG_ID = "fal_webhook_it_asset"
@@ -226,10 +227,27 @@ def serve_receiver(settings: ReceiverSettings) -> ServedApp:
     return served
 
 
+def emulator_settings(fal_emulator: Any, **overrides: Any) -> ReceiverSettings:
+    """The receiver configured as the emulator's connection helper configures it: its JWKS, its
+    user id on the allow-list and its channel secret (``overrides`` replace any of them)."""
+    values: dict[str, Any] = {
+        "jwks_url": fal_emulator.jwks_url,
+        "max_body_bytes": 64 * 1024,
+        "allowed_user_ids": frozenset({fal_emulator.user_id}),
+        "webhook_secret": WebhookSecret(fal_emulator.webhook_secret),
+    }
+    values.update(overrides)
+    return ReceiverSettings(**values)
+
+
+def channel_query(fal_emulator: Any, channel: str) -> dict[str, str]:
+    """``channel`` and its token, as ``build_webhook_url`` puts them in a channel URL."""
+    return {"channel": channel, "token": WebhookSecret(fal_emulator.webhook_secret).token(channel)}
+
+
 @pytest.fixture
 def receiver(airflow_db: Path, fal_emulator: Any) -> Iterator[ServedApp]:
-    settings = ReceiverSettings(jwks_url=fal_emulator.jwks_url, max_body_bytes=64 * 1024)
-    with serve_receiver(settings) as served:
+    with serve_receiver(emulator_settings(fal_emulator)) as served:
         yield served
 
 

@@ -11,6 +11,7 @@ from fal_provider.webhooks.store import WebhookRecord
 from fal_provider.webhooks.triggers import FalWebhookEventTrigger
 from fal_provider.webhooks.urls import (
     TaskIdentity,
+    WebhookSecret,
     WebhookUrlError,
     build_webhook_url,
     receiver_url,
@@ -60,13 +61,15 @@ def test_unmapped_task_omits_map_index_and_parses_back_as_minus_one() -> None:
 
 
 def test_channel_url_and_exclusivity() -> None:
-    assert build_webhook_url("https://a.b", channel="batch-1").endswith("/fal/webhook?channel=batch-1")
+    secret = WebhookSecret("s" * 32)
+    url = build_webhook_url("https://a.b", channel="batch-1", secret=secret)
+    assert url.endswith(f"/fal/webhook?channel=batch-1&token={secret.token('batch-1')}")
     with pytest.raises(WebhookUrlError):
         build_webhook_url("https://a.b")
     with pytest.raises(WebhookUrlError):
-        build_webhook_url("https://a.b", TaskIdentity("d", "r", "t"), channel="c")
+        build_webhook_url("https://a.b", TaskIdentity("d", "r", "t"), channel="c", secret=secret)
     with pytest.raises(WebhookUrlError):
-        build_webhook_url("https://a.b", channel="has space")
+        build_webhook_url("https://a.b", channel="has space", secret=secret)
 
 
 @pytest.mark.parametrize(
@@ -111,3 +114,64 @@ def test_event_trigger_serializes_to_the_classpath_the_receiver_looks_for() -> N
 def test_event_trigger_rejects_bad_channel() -> None:
     with pytest.raises(WebhookUrlError):
         FalWebhookEventTrigger(channel="no/slashes")
+
+
+def _env_connection(monkeypatch: pytest.MonkeyPatch, **extra: str) -> None:
+    import json
+
+    connection = {"conn_type": "fal", "password": "id:secret", "extra": extra}
+    monkeypatch.setenv("AIRFLOW_CONN_FAL_DEFAULT", json.dumps(connection))
+    monkeypatch.delenv("AIRFLOW__FAL__WEBHOOK_SECRET", raising=False)
+
+
+def test_channel_webhook_url_takes_base_url_and_secret_from_the_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fal_provider.webhooks.settings import channel_webhook_url
+
+    _env_connection(monkeypatch, webhook_base_url="https://af.example.com", webhook_secret="k" * 24)
+    url = channel_webhook_url("batch")
+    query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+    assert url.startswith("https://af.example.com/fal/webhook?")
+    assert query == {"channel": "batch", "token": WebhookSecret("k" * 24).token("batch")}
+
+
+def test_channel_webhook_url_without_a_secret_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fal_provider.webhooks.settings import channel_webhook_url
+
+    _env_connection(monkeypatch, webhook_base_url="https://af.example.com")
+    with pytest.raises(WebhookUrlError, match="'webhook_secret' extra of connection 'fal_default'"):
+        channel_webhook_url("batch")
+
+
+def test_config_secret_wins_over_the_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fal_provider.webhooks.settings import channel_secret
+
+    _env_connection(monkeypatch, webhook_secret="c" * 20)
+    monkeypatch.setenv("AIRFLOW__FAL__WEBHOOK_SECRET", "f" * 20)
+    assert channel_secret().token("x") == WebhookSecret("f" * 20).token("x")
+
+
+def test_receiver_settings_read_allow_list_and_secret_from_config_then_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fal_provider.webhooks.settings import ReceiverSettings
+
+    _env_connection(monkeypatch, webhook_allowed_user_ids='["conn-user"]', webhook_secret="s" * 16)
+    monkeypatch.delenv("AIRFLOW__FAL__WEBHOOK_ALLOWED_USER_IDS", raising=False)
+    settings = ReceiverSettings.from_airflow()
+    assert settings.allowed_user_ids == {"conn-user"}
+    assert settings.webhook_secret is not None and settings.webhook_secret.token_matches(
+        "c", WebhookSecret("s" * 16).token("c")
+    )
+    monkeypatch.setenv("AIRFLOW__FAL__WEBHOOK_ALLOWED_USER_IDS", "cfg-a, cfg-b")
+    assert ReceiverSettings.from_airflow().allowed_user_ids == {"cfg-a", "cfg-b"}
+
+
+def test_unusable_receiver_secret_or_allow_list_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fal_provider.webhooks.settings import ReceiverSettings
+
+    _env_connection(monkeypatch, webhook_allowed_user_ids="[broken", webhook_secret="short")
+    monkeypatch.delenv("AIRFLOW__FAL__WEBHOOK_ALLOWED_USER_IDS", raising=False)
+    settings = ReceiverSettings.from_airflow()
+    assert settings.allowed_user_ids == frozenset() and settings.webhook_secret is None
