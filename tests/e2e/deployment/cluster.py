@@ -285,6 +285,9 @@ class DeploymentCluster(AirflowEnv):
     and each triggerer reports its own hostname (its label) so its Job row can be told apart.
     """
 
+    #: the components of the default (single-instance) deployment
+    COMPONENTS = ("api-server", "scheduler", "triggerer", "dag-processor")
+
     def __init__(
         self,
         pg: PostgresServer,
