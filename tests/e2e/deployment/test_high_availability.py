@@ -23,10 +23,20 @@ from typing import Any
 
 import pytest
 
+from fal_provider._compat import AIRFLOW_V_3_3_PLUS
 from tests.e2e.deployment.cluster import DeploymentCluster
 from tests.e2e.deployment.conftest import Services
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.timeout(600),
+    # Tried on 3.1.8: once the orphaned triggers had moved and the tasks resumed, the surviving 3.1
+    # triggerer's runner died with "Response read out of order!" (its Task SDK channel desynchronised
+    # while several triggers were cancelled at once) and the triggerer exited: an Airflow 3.1 fault.
+    pytest.mark.skipif(
+        not AIRFLOW_V_3_3_PLUS, reason="Airflow < 3.3: the surviving triggerer crashes (see above)"
+    ),
+]
 
 DAG_ID = "fal_dep_ha"
 APP_ID = "emulator/echo"
