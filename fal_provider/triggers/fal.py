@@ -211,8 +211,36 @@ class FalRequestTrigger(BaseTrigger):
         return {**completed_event(status, ref), "source": "backstop"}
 
     async def on_kill(self) -> None:
-        """Cancel the fal request when a user kills the deferred task (Airflow >= 3.3)."""
+        """Cancel the fal request when a user kills the deferred task (Airflow >= 3.3).
+
+        Airflow 3.3.2 also calls it on a trigger that moved to another triggerer (this one's
+        heartbeat lapsed, a peer took the trigger over, and this one then drops it): the task is
+        still ``deferred`` and waited for elsewhere, so its paid request must live on.
+        """
+        if await self._moved_elsewhere():
+            return
         await self._cancel_request("on kill")
+
+    async def _moved_elsewhere(self) -> bool:
+        """True only when the task instance is known to be still ``deferred``; any doubt is False."""
+        from fal_provider.triggers._kill import DEFERRED, task_instance_state
+
+        task_instance = getattr(self, "task_instance", None)
+        if task_instance is None or not self.cancel_on_kill or self._killed:
+            return False
+        try:
+            state = await asyncio.wait_for(task_instance_state(task_instance), timeout=LEGACY_KILL_TIMEOUT)
+        except Exception as err:
+            self.log.warning("fal request %s: task state unknown (%s)", self.request.get("request_id"), err)
+            return False
+        if state != DEFERRED:
+            return False
+        self.log.info(
+            "fal request %s: the task is still deferred (its trigger moved to another triggerer); "
+            "not cancelling",
+            self.request.get("request_id"),
+        )
+        return True
 
     async def _cancel_if_user_killed(self) -> None:
         """The Airflow < 3.3 stand-in for ``on_kill``, run when the triggerer cancels ``run()``.

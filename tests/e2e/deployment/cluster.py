@@ -21,18 +21,23 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from fal_provider.emulator.testing import emulator_webhook_extra
+from tests.e2e.deployment.balancer import LoadBalancer
+from tests.e2e.deployment.hostname import FAKE_HOSTNAME_ENV
 from tests.e2e.harness import AirflowCommandError, AirflowEnv, free_port
 
 DEPLOYMENT_DAGS = Path(__file__).resolve().parent / "dags"
 PG_BINARIES = ("initdb", "postgres")
 FAL_KEY = "e2e-key-id:e2e-key-secret"
+T = TypeVar("T")
+#: a directory to copy the component logs to when a cluster stops (to debug a failed CI run)
+KEEP_LOGS_ENV = "FAL_E2E_LOG_DIR"
 
 
 class ClusterError(RuntimeError):
@@ -119,10 +124,18 @@ class PostgresServer:
             start_new_session=True,
         )  # fmt: skip
         self._wait_ready(timeout)
+
+    def create_database(self, name: str, *, template: str | None = None) -> None:
+        """A new database, empty or a copy of ``template`` (a migrated one copies in a blink)."""
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", name) or (
+            template and not re.fullmatch(r"[a-z0-9_]+", template)
+        ):
+            raise ValueError(f"not a plain database name: {name!r} / {template!r}")
         conn = self.connect("postgres")
         try:
             conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
-            conn.cursor().execute("CREATE DATABASE airflow")
+            suffix = f" TEMPLATE {template}" if template else ""
+            conn.cursor().execute(f"CREATE DATABASE {name}{suffix}")
         finally:
             conn.close()
 
@@ -149,9 +162,8 @@ class PostgresServer:
         conn = psycopg2.connect(self.dsn(database))
         return conn
 
-    @property
-    def sqlalchemy_url(self) -> str:
-        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/airflow"
+    def sqlalchemy_url(self, database: str = "airflow") -> str:
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{database}"
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -217,6 +229,21 @@ class EmulatorProcess:
     def set_faults(self, rules: list[dict[str, Any]]) -> None:
         httpx.post(f"{self.url}/_emulator/faults", json={"rules": rules}, timeout=30).raise_for_status()
 
+    def configure(self, **changes: Any) -> dict[str, Any]:
+        """Change the running emulator's settings (e.g. ``app_concurrency``); answers the new ones."""
+        response = httpx.post(f"{self.url}/_emulator/config", json=changes, timeout=30)
+        return dict(response.raise_for_status().json())
+
+    def submit(self, app_id: str, arguments: dict[str, Any]) -> str:
+        """Queue a request as a fal client would (outside Airflow); answers its request id."""
+        response = httpx.post(
+            f"{self.url}/queue/{app_id}",
+            json=arguments,
+            headers={"authorization": f"Key {FAL_KEY}"},
+            timeout=30,
+        )
+        return str(response.raise_for_status().json()["request_id"])
+
     def signing_key(self) -> Any:
         from fal_provider.emulator.webhooks import load_or_create_signing_key
 
@@ -252,27 +279,55 @@ def _fernet_key() -> str:
 
 
 class DeploymentCluster(AirflowEnv):
-    """The harness' AIRFLOW_HOME and processes, on PostgreSQL, wired to the emulator for webhooks."""
+    """The harness' AIRFLOW_HOME and processes, on PostgreSQL, wired to the emulator for webhooks.
 
+    ``api_servers`` and ``triggerers`` above one give a highly available deployment: the extra
+    instances are labelled ``api-server-2``, ``triggerer-2``, ...; the api-servers sit behind a
+    :class:`LoadBalancer` that the webhooks, the workers' Execution API and the REST helpers use,
+    and each triggerer reports its own hostname (its label) so its Job row can be told apart.
+    """
+
+    #: the components of the default (single-instance) deployment
     COMPONENTS = ("api-server", "scheduler", "triggerer", "dag-processor")
 
-    def __init__(self, pg: PostgresServer, emulator: EmulatorProcess, *, dags_folder: Path = DEPLOYMENT_DAGS):
+    def __init__(
+        self,
+        pg: PostgresServer,
+        emulator: EmulatorProcess,
+        *,
+        database: str = "airflow",
+        api_servers: int = 1,
+        triggerers: int = 1,
+        dags_folder: Path = DEPLOYMENT_DAGS,
+    ):
         super().__init__(dags_folder=dags_folder)
         self.pg = pg
         self.emulator = emulator
+        self.database = database
         self._api_token: str | None = None
+        self.api_servers = _labels("api-server", api_servers)
+        self.triggerers = _labels("triggerer", triggerers)
+        self.api_ports = {label: free_port() for label in self.api_servers}
+        self.api_ports[self.api_servers[0]] = self.api_port
+        self.balancer = LoadBalancer(list(self.api_ports.values())) if api_servers > 1 else None
         self.extra_env.update(
             {
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg.sqlalchemy_url,
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg.sqlalchemy_url(database),
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": self._async_url(),
                 "AIRFLOW__CORE__FERNET_KEY": _fernet_key(),
                 "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
                 "AIRFLOW__CORE__PARALLELISM": "8",
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api_url}/execution/",
                 "AIRFLOW__CORE__AUTH_MANAGER": (
                     "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
                 ),
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
                 "AIRFLOW__API__WORKERS": "1",
+                # On a loaded CI machine an api-server can take more than the default 5 s to answer;
+                # the worker then resends the call, and a resent PATCH .../run fails the task (400).
+                "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
+                # A triggerer whose Job heartbeat (every 2 s) is older than this is dead: its triggers
+                # go to a live one within seconds instead of Airflow's default 30 s.
                 "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "6",
                 "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "600",
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "2",
@@ -291,35 +346,104 @@ class DeploymentCluster(AirflowEnv):
         import importlib.util
 
         if importlib.util.find_spec("asyncpg") is not None:
-            return self.pg.sqlalchemy_url.replace("+psycopg2", "+asyncpg")
+            return self.pg.sqlalchemy_url(self.database).replace("+psycopg2", "+asyncpg")
         return f"sqlite+aiosqlite:///{self.home / 'unused-async.db'}"
 
     @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        """Where clients reach the api-server(s): the load balancer when there are several."""
+        return self.balancer.url if self.balancer is not None else self.server_url(self.api_servers[0])
+
+    def server_url(self, label: str) -> str:
+        """One api-server directly, bypassing the load balancer."""
+        return f"http://127.0.0.1:{self.api_ports[label]}"
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return (*self.api_servers, "scheduler", *self.triggerers, "dag-processor")
 
     # -- lifecycle --------------------------------------------------------------------------------
 
     def migrate(self) -> None:
         self.run("db", "migrate", timeout=400)
 
+    def start(self, *components: str) -> None:
+        """Start components by label (``triggerer``, ``triggerer-2``, ...), each once, in its own group."""
+        for label in components:
+            if label in self.processes:
+                continue
+            log = (self.home / f"{label}.log").open("wb")
+            self.processes[label] = subprocess.Popen(
+                [self.airflow_bin(), _component(label)],
+                env={**self.env, **self._instance_env(label)},
+                cwd=str(self.home),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def _instance_env(self, label: str) -> dict[str, str]:
+        """What differs between two instances of one component on this single host."""
+        if label in self.api_ports:
+            return {"AIRFLOW__API__PORT": str(self.api_ports[label])}
+        if label in self.triggerers:
+            return {
+                "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.e2e.deployment.hostname.component_hostname",
+                FAKE_HOSTNAME_ENV: label,
+                "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+            }
+        return {}
+
     def start_all(self) -> None:
-        self.start(*self.COMPONENTS)
-        deadline = time.monotonic() + 120
+        if self.balancer is not None:
+            self.balancer.start()
+        self.start(*self.components)
+        for label in self.api_servers:
+            self.wait_healthy(label)
+
+    def wait_healthy(self, label: str, timeout: float = 120) -> None:
+        """Wait until one api-server answers its health endpoint (directly, not through the balancer)."""
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._check_alive()
             try:
-                if httpx.get(f"{self.api_url}/api/v2/monitor/health", timeout=10).status_code == 200:
+                url = f"{self.server_url(label)}/api/v2/monitor/health"
+                if httpx.get(url, timeout=10).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
-        raise AirflowCommandError(f"api-server not healthy{self.component_logs()}")
+        raise AirflowCommandError(f"{label} not healthy{self.component_logs()}")
+
+    def wait_for(self, condition: Callable[[], T | None], timeout: float, what: str) -> T:
+        """Poll ``condition`` until it returns something truthy (and return that), checking every
+        component is alive meanwhile; fail with ``what`` and the logs after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            value = condition()
+            if value:
+                return value
+            time.sleep(0.5)
+        raise AirflowCommandError(f"not reached after {timeout}s: {what}{self.component_logs()}")
 
     def kill(self, name: str) -> None:
         """SIGKILL one component's whole process group (e.g. the triggerer and its supervisor)."""
         proc = self.processes.pop(name)
         _stop_group(proc, signal.SIGKILL, timeout=30)
+
+    def cleanup(self) -> None:
+        """Stop everything; with ``FAL_E2E_LOG_DIR`` set, keep every component's log there first."""
+        self.stop()
+        keep = os.environ.get(KEEP_LOGS_ENV)
+        if keep:
+            target = Path(keep) / self.database
+            target.mkdir(parents=True, exist_ok=True)
+            for log in self.home.glob("*.log"):
+                shutil.copy2(log, target / log.name)
+        super().cleanup()
+        if self.balancer is not None:
+            self.balancer.stop()
 
     def component_logs(self, tail: int = 4000) -> str:
         logs = super().component_logs(tail)
@@ -334,7 +458,7 @@ class DeploymentCluster(AirflowEnv):
     # -- metadata DB (PostgreSQL instead of the harness' SQLite) ----------------------------------
 
     def query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
-        conn = self.pg.connect()
+        conn = self.pg.connect(self.database)
         try:
             with conn.cursor() as cursor:
                 cursor.execute(sql.replace("?", "%s"), tuple(params))
@@ -415,6 +539,18 @@ class DeploymentCluster(AirflowEnv):
             f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}",
             json={"new_state": state},
         )
+
+
+def _labels(component: str, count: int) -> tuple[str, ...]:
+    """``triggerer``, ``triggerer-2``, ...: the first keeps the plain name (and log file name)."""
+    if count < 1:
+        raise ValueError(f"need at least one {component}, got {count}")
+    return (component, *(f"{component}-{index}" for index in range(2, count + 1)))
+
+
+def _component(label: str) -> str:
+    """The ``airflow`` sub-command of a label: ``triggerer-2`` -> ``triggerer``."""
+    return re.sub(r"-\d+$", "", label)
 
 
 def make_cluster_root() -> Path:

@@ -52,3 +52,18 @@ with _dag("fal_dep_restart"):
 # 6: marked failed while deferred; the trigger's on_kill cancels the fal request.
 with _dag("fal_dep_cancel"):
     _infer("infer", "emulator/echo", {"duration_s": 600}, wait_mode="webhook", backstop_interval=300)
+
+# High availability: one task per waiting mode, waiting while one of two triggerers and one of two
+# api-servers are SIGKILLed. The test keeps the requests queued in the emulator until the failover is
+# done, so they run (for HA_DURATION_S) only afterwards; the 300 s backstop means the webhook task can
+# finish in time only through the callback the surviving api-server receives.
+HA_DURATION_S = 2
+with _dag("fal_dep_ha"):
+    _infer(
+        "poll", "emulator/echo", {"duration_s": HA_DURATION_S}, wait_mode="poll", poll_interval=1,
+        max_poll_interval=2,
+    )  # fmt: skip
+    _infer("stream", "emulator/echo", {"duration_s": HA_DURATION_S}, wait_mode="stream", poll_interval=1)
+    _infer(
+        "webhook", "emulator/echo", {"duration_s": HA_DURATION_S}, wait_mode="webhook", backstop_interval=300
+    )
