@@ -86,7 +86,9 @@ class RequestStore:
         if "request" not in record:  # written by an older provider version: the bare reference
             record = {"request": raw}
         if record.get("run_id") not in (None, self._run_id):
-            log.info("The stored fal request belongs to DAG run %s, not this one; ignoring it", record["run_id"])
+            log.info(
+                "The stored fal request belongs to DAG run %s, not this one; ignoring it", record["run_id"]
+            )
             return None
         try:
             ref = FalRequestRef.coerce(record["request"])

@@ -18,6 +18,8 @@ import asyncio
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from fal_provider._compat import TaskDeferred
+from fal_provider.exceptions import FalInputError
 from fal_provider.models import FalRequestRef, RequestOptions
 from fal_provider.operators._base import (
     FalBaseOperator,
@@ -33,8 +35,6 @@ from fal_provider.operators._shutdown import run_guarded
 from fal_provider.operators.links import FalRequestLink
 from fal_provider.operators.realtime import FalRealtimeOperator
 from fal_provider.operators.streaming import FalStreamOperator
-from fal_provider._compat import TaskDeferred
-from fal_provider.exceptions import FalInputError
 from fal_provider.triggers._wait import Status
 
 if TYPE_CHECKING:
@@ -153,7 +153,9 @@ class _SubmittingOperator(FalBaseOperator):
     def _fingerprint(self) -> str:
         """What the submit would pay for, after rendering (a stored request is reused only for it)."""
         options = RequestOptions.build(self.options)
-        return submission_fingerprint(str(self.app_id), self.path or "", coerce_arguments(self.arguments), options)
+        return submission_fingerprint(
+            str(self.app_id), self.path or "", coerce_arguments(self.arguments), options
+        )
 
 
 class FalSubmitOperator(_SubmittingOperator):

@@ -79,6 +79,7 @@ def test_variable_fallback_carries_the_request_to_the_next_try(request_variables
 
 def test_variable_key_is_per_task_not_per_try_or_run() -> None:
     """One Variable per task (the next run overwrites it); the run id is checked inside the value."""
+
     def key(**identity: Any) -> str:
         ti = MagicMock(**{"dag_id": "d", "run_id": "r", "task_id": "t", "map_index": -1, **identity})
         return RequestStore({"ti": ti})._variable_key

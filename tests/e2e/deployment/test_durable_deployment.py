@@ -11,7 +11,12 @@ The emulator's per-request views are the evidence of what was paid for.
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tempfile
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +34,19 @@ def _finish(cluster: DeploymentCluster, dag_id: str, run_id: str, timeout: float
     states = cluster.task_states(dag_id, run_id)
     assert state == "success", f"{dag_id}: {states}{cluster.component_logs()}"
     return states
+
+
+def _keep_evidence(cluster: DeploymentCluster, submits: list[dict[str, Any]]) -> str:
+    """Copy the task logs and the emulator's request views out of the cluster (deleted at teardown)."""
+    target = Path(os.environ.get("FAL_E2E_EVIDENCE_DIR") or tempfile.mkdtemp(prefix="fal-durable-evidence-"))
+    target.mkdir(parents=True, exist_ok=True)
+    if (cluster.home / "logs").exists():
+        shutil.copytree(cluster.home / "logs", target / "logs", dirs_exist_ok=True)
+    for name in (*cluster.COMPONENTS, "triggerer"):
+        if (cluster.home / f"{name}.log").exists():
+            shutil.copy(cluster.home / f"{name}.log", target / f"{name}.log")
+    (target / "requests.json").write_text(json.dumps(submits, indent=1, default=str))
+    return f" (task logs and requests kept in {target})"
 
 
 def test_worker_killed_after_the_result_costs_no_second_submission(cluster: DeploymentCluster) -> None:
@@ -51,13 +69,17 @@ def test_fanout_under_gateway_faults_pays_once_per_task(cluster: DeploymentClust
     cluster.emulator.set_faults(GATEWAY_FAULTS)
     try:
         run_id = cluster.trigger_run(dag_id)
-        states = _finish(cluster, dag_id, run_id, timeout=420)
+        cluster.wait_for_run(dag_id, run_id, timeout=420)
+        states = cluster.task_states(dag_id, run_id)
         faults = cluster.emulator.stats().get("faults_injected")
     finally:
         cluster.emulator.set_faults([])
 
-    assert Counter(states.values()) == {"success": FANOUT_SIZE}
     submits = cluster.emulator.requests_with_marker(run_id)
+    if Counter(states.values()) != {"success": FANOUT_SIZE} or len(submits) != FANOUT_SIZE:
+        evidence = _keep_evidence(cluster, submits)
+        assert Counter(states.values()) == {"success": FANOUT_SIZE}, f"{states}{evidence}"
+        assert len(submits) == FANOUT_SIZE, f"{len(submits)} submissions for {FANOUT_SIZE} tasks{evidence}"
     per_task = Counter(int(s["arguments"]["index"]) for s in submits)
     duplicates = {index: n for index, n in per_task.items() if n > 1}
     assert not duplicates, f"tasks that paid more than once: {duplicates}; faults: {faults}"
