@@ -10,7 +10,9 @@ SIGTERM for two different reasons:
   the signal. The task is still ``running`` as far as Airflow knows, and its retry can reattach to
   the request: keep it, and end the try with a retryable error.
 
-Only the task instance's state tells them apart, so while an operator waits it replaces the
+The supervisor also terminates a try the scheduler has already given up on (``up_for_retry``, e.g.
+Airflow's own race when a trigger fires right after the defer); a retry follows, so that keeps
+the request too. Only the task instance's state tells them apart, so while an operator waits it replaces the
 handler with one that interrupts the wait (:class:`WorkerShutdown`, a ``BaseException`` so no
 ``except Exception`` in a wait loop swallows it), then asks Airflow for the state. An unknown state
 (the lookup failed) keeps the request: a retry can always reattach, a cancel cannot be undone.
@@ -31,8 +33,11 @@ from fal_provider.exceptions import FalTransientError
 
 T = TypeVar("T")
 
-#: The state of a task instance whose worker is only shutting down.
-RUNNING = "running"
+#: States a user's action leaves behind (mark failed / success / skipped, clear): the request is
+#: not wanted any more. ``cleared`` is how :func:`~fal_provider.triggers._kill.current_state`
+#: reports a task instance without a state. Any other state (``running`` for a shutdown,
+#: ``up_for_retry`` when the scheduler gave up on this try) means another try comes and reattaches.
+USER_ACTION_STATES = frozenset({"failed", "success", "skipped", "removed", "restarting", "cleared"})
 
 
 class WorkerShutdown(BaseException):
@@ -102,7 +107,7 @@ def run_guarded(
         pass
     ref = request()
     state = task_state(context)
-    if state is not None and state != RUNNING:
+    if state in USER_ACTION_STATES:
         if ref is not None and cancel_on_kill:
             cancel(ref, f"task {state} by a user")
         raise FalWorkerShutdown(f"Task terminated while it was {state}; fal request cancelled") from None

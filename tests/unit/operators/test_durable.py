@@ -163,7 +163,7 @@ def test_shutdown_keeps_the_request_and_ends_the_try_retryable(
     retry.submit.assert_not_called()
 
 
-@pytest.mark.parametrize("state", ["failed", "success", "restarting", "up_for_retry"])
+@pytest.mark.parametrize("state", ["failed", "success", "restarting", "cleared"])
 def test_a_user_kill_cancels_the_request(
     monkeypatch: pytest.MonkeyPatch, task_sdk_handler: list[int], state: str
 ) -> None:
@@ -303,3 +303,33 @@ def test_the_sensor_keeps_the_request_on_shutdown_and_cancels_on_a_user_kill(
         with pytest.raises(_shutdown.FalWorkerShutdown):
             sensor.execute(make_context())
         assert hook.cancel.call_count == cancels, state
+
+
+# ------------------------------------------------------------------ a wait that broke after a submit
+
+
+def test_a_wait_that_failed_for_good_cancels_the_request() -> None:
+    """The trigger could not read the key: no try will come back for the request."""
+    hook = make_hook()
+    event = {
+        "status": "error",
+        "request": make_ref().to_xcom(),
+        "error": "No fal API key",
+        "error_class": "FalMissingCredentialsError",
+    }
+    with pytest.raises(AirflowFailException):
+        inference(hook).execute_complete(make_context(), event=event)
+    hook.cancel.assert_called_once()
+
+
+def test_a_wait_that_failed_transiently_leaves_the_request_for_the_retry() -> None:
+    hook = make_hook()
+    event = {
+        "status": "error",
+        "request": make_ref().to_xcom(),
+        "error": "HTTP 503",
+        "error_class": "FalServerError",
+    }
+    with pytest.raises(FalTransientError):
+        inference(hook).execute_complete(make_context(), event=event)
+    hook.cancel.assert_not_called()

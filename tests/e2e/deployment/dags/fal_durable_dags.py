@@ -32,12 +32,13 @@ with DAG(
     schedule=None,
     start_date=START,
     catchup=False,
-    default_args={"retries": 1, "retry_delay": timedelta(seconds=1)},
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=1)},
 ):
+    # 4 s: well after the defer, clear of Airflow's race when a trigger fires within ~1 s of it.
     FalInferenceOperator(
         task_id="infer",
         app_id="emulator/echo",
-        arguments={"duration_s": 1, "marker": "{{ run_id }}/{{ ti.task_id }}"},
+        arguments={"duration_s": 4, "marker": "{{ run_id }}/{{ ti.task_id }}"},
         deferrable=True,
         poll_interval=0.5,
         max_poll_interval=1,
