@@ -124,18 +124,6 @@ class RequestStore:
             return False
         return True
 
-    def clear(self) -> None:
-        """Forget the request (reattach disabled); best effort, never fails the task."""
-        try:
-            if self._state is not None:
-                self._state.delete(STATE_KEY)
-            else:
-                from airflow.sdk import Variable
-
-                Variable.delete(self._variable_key)
-        except Exception as err:
-            log.warning("Could not clear the stored fal request reference: %s", err)
-
     def _variable_get(self) -> Any:
         from airflow.sdk import Variable
 

@@ -110,7 +110,9 @@ def run_guarded(
     if state in USER_ACTION_STATES:
         if ref is not None and cancel_on_kill:
             cancel(ref, f"task {state} by a user")
-        raise FalWorkerShutdown(f"Task terminated while it was {state}; fal request cancelled") from None
+        raise FalWorkerShutdown(
+            f"Task terminated after a user's action (state {state}); its fal request was cancelled"
+        ) from None
     request_id = getattr(ref, "request_id", None)
     log.warning(
         "SIGTERM while the task is running (worker shutdown or eviction, state %s): fal request %s is "
