@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -58,9 +60,80 @@ def test_worker_killed_after_the_result_costs_no_second_submission(cluster: Depl
 
     assert cluster.try_number(dag_id, run_id, "infer") >= 2, "the first try was meant to be killed"
     submits = cluster.emulator.requests_with_marker(f"{run_id}/infer")
-    assert len(submits) == 1, f"paid for {len(submits)} requests: {[s['request_id'] for s in submits]}"
+    evidence = _keep_evidence(cluster, submits) if os.environ.get("FAL_E2E_EVIDENCE_DIR") else ""
+    assert len(submits) == 1, (
+        f"paid for {len(submits)} requests: {[s['request_id'] for s in submits]}{evidence}"
+    )
     result = cluster.xcoms(dag_id, run_id)[("infer", -1)]
     assert result["marker"] == f"{run_id}/infer"
+
+
+def _waiting_task_pid(cluster: DeploymentCluster, dag_id: str, run_id: str) -> int:
+    """The task process of a running try that has submitted (its reference XCom exists)."""
+    cluster.wait_for_task_state(dag_id, run_id, "infer", "running", timeout=150)
+    cluster.request_of(dag_id, run_id, "infer")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        rows = cluster.query(
+            "SELECT pid FROM task_instance WHERE dag_id=? AND run_id=? AND task_id='infer'", [dag_id, run_id]
+        )
+        if rows and rows[0][0]:
+            return int(rows[0][0])
+        time.sleep(0.5)
+    raise AssertionError(f"no pid recorded for {dag_id}/{run_id}{cluster.component_logs()}")
+
+
+def _parent_of(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _request_state(
+    cluster: DeploymentCluster, request_id: str, wanted: str, timeout: float
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    info: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        info = cluster.emulator.request_info(request_id)
+        if info["state"] == wanted:
+            return info
+        time.sleep(0.5)
+    raise AssertionError(f"request {request_id} still {info.get('state')}{cluster.component_logs()}")
+
+
+def test_worker_shutdown_keeps_the_request_and_the_retry_reattaches(cluster: DeploymentCluster) -> None:
+    """SIGTERM to the worker's supervisor (what an eviction sends), forwarded to the task process."""
+    dag_id = "fal_dur_sigterm"
+    cluster.wait_for_dags([dag_id])
+    run_id = cluster.trigger_run(dag_id)
+    pid = _waiting_task_pid(cluster, dag_id, run_id)
+    request_id = cluster.request_of(dag_id, run_id, "infer")
+    cancels_before = cluster.emulator.stats()["cancels"]
+
+    os.kill(_parent_of(pid), signal.SIGTERM)
+
+    _finish(cluster, dag_id, run_id, timeout=240)
+    assert cluster.try_number(dag_id, run_id, "infer") == 2, "the shutdown must end the try retryable"
+    assert [s["request_id"] for s in cluster.emulator.requests_with_marker(f"{run_id}/infer")] == [request_id]
+    assert cluster.emulator.stats()["cancels"] == cancels_before, "a shutdown must not cancel the request"
+    info = cluster.emulator.request_info(request_id)
+    assert info["state"] == "COMPLETED" and not info.get("error"), info
+    assert cluster.xcoms(dag_id, run_id)[("infer", -1)]["marker"] == f"{run_id}/infer"
+
+
+def test_marking_a_task_waiting_on_the_worker_failed_cancels_its_request(cluster: DeploymentCluster) -> None:
+    dag_id = "fal_dur_mark_failed"
+    cluster.wait_for_dags([dag_id])
+    run_id = cluster.trigger_run(dag_id)
+    _waiting_task_pid(cluster, dag_id, run_id)
+    request_id = cluster.request_of(dag_id, run_id, "infer")
+
+    response = cluster.mark_task(dag_id, run_id, "infer", "failed")
+    assert response.status_code == 200, response.text
+
+    info = _request_state(cluster, request_id, "COMPLETED", timeout=90)
+    assert "cancel" in str(info.get("error_type") or info.get("error") or ""), info
+    assert cluster.task_states(dag_id, run_id)[("infer", -1)] == "failed"
 
 
 def test_fanout_under_gateway_faults_pays_once_per_task(cluster: DeploymentCluster) -> None:

@@ -61,3 +61,27 @@ with DAG(
         poll_interval=0.5,
         max_poll_interval=1,
     ).expand(arguments=[{"index": i, "duration_s": 1, "marker": "{{ run_id }}"} for i in range(FANOUT_SIZE)])
+
+
+def _waiting_on_the_worker(dag_id: str, duration_s: int, retries: int) -> None:
+    with DAG(
+        dag_id,
+        schedule=None,
+        start_date=START,
+        catchup=False,
+        default_args={"retries": retries, "retry_delay": timedelta(seconds=1)},
+    ):
+        FalInferenceOperator(
+            task_id="infer",
+            app_id="emulator/echo",
+            arguments={"duration_s": duration_s, "marker": "{{ run_id }}/{{ ti.task_id }}"},
+            deferrable=False,
+            poll_interval=0.5,
+            max_poll_interval=1,
+        )
+
+
+# The worker's supervisor gets SIGTERM (an eviction) while the task waits on the worker.
+_waiting_on_the_worker("fal_dur_sigterm", duration_s=15, retries=1)
+# A user marks the task failed while it waits on the worker.
+_waiting_on_the_worker("fal_dur_mark_failed", duration_s=600, retries=0)
