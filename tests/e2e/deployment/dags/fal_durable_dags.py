@@ -20,26 +20,27 @@ FANOUT_SIZE = 60
 
 
 def _die_on_first_try(context: Any, result: Any) -> None:
-    """Runs right after ``execute_complete`` returned the fetched result, before Airflow records the
+    """Runs right after ``execute`` returned the fetched result, before Airflow records the
     success: the first try's task process dies here as an evicted or OOM-killed worker would."""
     if context["ti"].try_number == 1:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
 # The worker dies right after fetching the result; the retry must fetch it without a new submit.
+# Waiting on the worker: a deferral would add Airflow's own race (a trigger that fires soon after
+# the defer can send the try to up_for_retry before execute_complete runs), which the fan-out covers.
 with DAG(
     "fal_dur_killed_after_result",
     schedule=None,
     start_date=START,
     catchup=False,
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=1)},
+    default_args={"retries": 1, "retry_delay": timedelta(seconds=1)},
 ):
-    # 4 s: well after the defer, clear of Airflow's race when a trigger fires within ~1 s of it.
     FalInferenceOperator(
         task_id="infer",
         app_id="emulator/echo",
-        arguments={"duration_s": 4, "marker": "{{ run_id }}/{{ ti.task_id }}"},
-        deferrable=True,
+        arguments={"duration_s": 2, "marker": "{{ run_id }}/{{ ti.task_id }}"},
+        deferrable=False,
         poll_interval=0.5,
         max_poll_interval=1,
         post_execute=_die_on_first_try,
