@@ -78,7 +78,8 @@ def raise_unless_success(event: Any, hook: Any) -> FalRequestRef:
     """Return the request reference when the event says success; raise the right error otherwise.
 
     ``timeout`` cancels the request (nothing orphaned) and raises a retryable ``FalTimeoutError``;
-    ``failed`` raises fal's classified error; ``error`` re-raises what stopped the wait.
+    ``failed`` raises fal's classified error; ``error`` re-raises what stopped the wait (see
+    :func:`wait_failed`).
     """
     status, ref = validate_event(event)
     if status == "success":
@@ -92,4 +93,29 @@ def raise_unless_success(event: Any, hook: Any) -> FalRequestRef:
         )
     if status == "failed":
         raise failure_error(hook, ref, event.get("error"), event.get("error_type"))
-    raise error_from_event(event)
+    raise wait_failed(hook, ref, error_from_event(event))
+
+
+def wait_failed(hook: Any, ref: FalRequestRef, err: Exception) -> Exception:
+    """Decide the fate of a request whose wait broke for a reason other than the request itself.
+
+    A retryable error (fal or the network flaked too often) leaves the request running: the task's
+    retry reattaches to it. A permanent one (e.g. the trigger could not read the connection) means
+    no try will come back for it, so it is cancelled instead of running, and billing, unattended.
+    Both say so in the task log.
+    """
+    if getattr(err, "retryable", True):
+        log.warning(
+            "Waiting for fal request %s failed (%s); the request is left running for the task's retry "
+            "to reattach to",
+            ref.request_id,
+            err,
+        )
+    else:
+        log.warning(
+            "Waiting for fal request %s failed for good (%s); cancelling it so it does not run unattended",
+            ref.request_id,
+            err,
+        )
+        cancel_quietly(hook, ref, "wait failed")
+    return err

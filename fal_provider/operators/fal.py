@@ -14,9 +14,12 @@ The POST happens in ``execute()`` on the worker, once per try; triggers only rea
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from fal_provider._compat import TaskDeferred
+from fal_provider.exceptions import FalInputError
 from fal_provider.models import FalRequestRef, RequestOptions
 from fal_provider.operators._base import (
     FalBaseOperator,
@@ -27,7 +30,9 @@ from fal_provider.operators._base import (
     prepare_submit,
     task_webhook_url,
 )
-from fal_provider.operators._reattach import RequestStore, reattach_status
+from fal_provider.operators._completion import cancel_quietly
+from fal_provider.operators._reattach import RequestStore, reattach_status, submission_fingerprint
+from fal_provider.operators._shutdown import run_guarded
 from fal_provider.operators.links import FalRequestLink
 from fal_provider.operators.realtime import FalRealtimeOperator
 from fal_provider.operators.streaming import FalStreamOperator
@@ -45,6 +50,54 @@ __all__ = [
     "FalStreamOperator",
     "FalSubmitOperator",
 ]
+
+
+def _guarded(op: FalWaitingOperator, context: Context, work: Callable[[], Any]) -> Any:
+    """Run an ``execute`` / ``execute_complete`` body so SIGTERM tells a shutdown from a user's kill
+    (:mod:`~fal_provider.operators._shutdown`)."""
+    try:
+        return run_guarded(
+            context,
+            work,
+            request=lambda: op._request,
+            cancel=lambda ref, why: cancel_quietly(op.hook, ref, why),
+            cancel_on_kill=op.cancel_on_kill,
+            log=op.log,
+        )
+    except TaskDeferred:
+        # The trigger waits now. A SIGTERM before this process exits (the Task SDK's handler calls
+        # on_kill) is a shutdown, not a reason to cancel the request the trigger is waiting for.
+        op._request = None
+        raise
+
+
+def check_trigger_connection(hook: Any, conn_id: str) -> None:
+    """Fail before paying when the trigger would not see the connection the worker sees.
+
+    The trigger resolves it asynchronously in another process (or, under ``airflow dags test``,
+    inline without the metadata database), so a connection defined only in the metadata DB can be
+    invisible there and the trigger would fail after the submit, leaving the request running. The
+    same asynchronous lookup, done here on a fresh event loop, must give the same key and queue URL.
+    """
+    from fal_provider.hooks.fal import FalHook
+
+    worker = hook.settings
+    try:
+        trigger = asyncio.run(FalHook(conn_id).aget_settings())
+    except Exception as err:
+        raise FalInputError(
+            f"The trigger could not resolve the fal connection {conn_id!r} ({type(err).__name__}); "
+            "nothing was submitted. Under `airflow dags test`, connections stored in the metadata "
+            f"database are not visible to triggers: define it as AIRFLOW_CONN_{conn_id.upper()} or "
+            "in a secrets backend, or use deferrable=False."
+        ) from None
+    if trigger.key != worker.key or trigger.queue_url != worker.queue_url:
+        raise FalInputError(
+            f"The trigger resolves the fal connection {conn_id!r} differently from the worker (other key "
+            "or queue URL); nothing was submitted. Under `airflow dags test`, connections stored in the "
+            f"metadata database are not visible to triggers: define it as AIRFLOW_CONN_{conn_id.upper()} "
+            "or in a secrets backend, or use deferrable=False."
+        )
 
 
 class _SubmittingOperator(FalBaseOperator):
@@ -97,6 +150,11 @@ class _SubmittingOperator(FalBaseOperator):
         arguments, options = prepare_submit(self.app_id, self.arguments, self.options)
         extra: dict[str, Any] = {"webhook_url": webhook_url} if webhook_url else {}
         return self.hook.submit(str(self.app_id), arguments, path=self.path or "", options=options, **extra)
+
+    def _fingerprint(self) -> str:
+        """What the submit would pay for, after rendering (a stored request is reused only for it)."""
+        arguments, options = prepare_submit(self.app_id, self.arguments, self.options)
+        return submission_fingerprint(str(self.app_id), self.path or "", arguments, options)
 
 
 class FalSubmitOperator(_SubmittingOperator):
@@ -152,30 +210,40 @@ class FalInferenceOperator(_SubmittingOperator, FalWaitingOperator):
         self.reattach_on_retry = reattach_on_retry
 
     def execute(self, context: Context) -> Any:
+        return _guarded(self, context, lambda: self._execute(context))
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
+        return _guarded(self, context, lambda: self.complete(context, event))
+
+    def _execute(self, context: Context) -> Any:
         self.check_rendered(context)
+        fingerprint = self._fingerprint()
         if self.reattach_on_retry:
-            previous = self._previous_request(context)
+            previous = self._previous_request(context, fingerprint)
             if previous is not None:
                 return self.wait_for(context, *previous)
+        if self.deferrable:
+            check_trigger_connection(self.hook, self.fal_conn_id)
         url = task_webhook_url(self.hook, context) if self.wait_mode == "webhook" else None
         ref = self._submit(url)
         # Saved before any wait: a worker lost from here on leaves a request a retry can find.
         self._request = ref
         if self.reattach_on_retry:
-            RequestStore(context).save(ref)
+            RequestStore(context).save(ref, fingerprint)
         return self.wait_for(context, ref)
 
-    def _previous_request(self, context: Context) -> tuple[FalRequestRef, Status] | None:
-        """A request an earlier try submitted that is still worth waiting for, with its status."""
+    def _previous_request(self, context: Context, fingerprint: str) -> tuple[FalRequestRef, Status] | None:
+        """A request an earlier try submitted that is still worth waiting for, with its status.
+
+        The store is not cleared on success (see :mod:`~fal_provider.operators._reattach`): a try
+        that follows a success Airflow never recorded finds the request succeeded and returns its
+        result again, without a second submit.
+        """
         stored = RequestStore(context).load()
         if stored is None:
             return None
-        status = reattach_status(self.hook, stored)
-        return None if status is None else (stored, status)
-
-    def after_success(self, context: Context, ref: FalRequestRef) -> None:
-        if self.reattach_on_retry:
-            RequestStore(context).clear()
+        status = reattach_status(self.hook, stored, fingerprint)
+        return None if status is None else (stored.ref, status)
 
 
 class FalResultOperator(FalWaitingOperator):
@@ -195,7 +263,10 @@ class FalResultOperator(FalWaitingOperator):
 
     def execute(self, context: Context) -> Any:
         self.check_rendered(context)
-        return self.wait_for(context, coerce_request(self.request))
+        return _guarded(self, context, lambda: self.wait_for(context, coerce_request(self.request)))
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
+        return _guarded(self, context, lambda: self.complete(context, event))
 
 
 class FalCancelOperator(FalBaseOperator):

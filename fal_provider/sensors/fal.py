@@ -8,7 +8,7 @@ It reuses the operators' trigger, so deferred waiting (``deferrable=True``) beha
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator
 from airflow.sdk.bases.sensor import PokeReturnValue
 
-from fal_provider._compat import AirflowSensorTimeout
+from fal_provider._compat import AirflowSensorTimeout, TaskDeferred
 from fal_provider.models import CompletedStatus, FalRequestRef
 from fal_provider.operators._base import (
     DEFER_TIMEOUT_MARGIN,
@@ -26,6 +26,7 @@ from fal_provider.operators._base import (
     publish_request,
 )
 from fal_provider.operators._completion import cancel_quietly, raise_unless_success, validate_event
+from fal_provider.operators._shutdown import run_guarded
 from fal_provider.operators.links import FalRequestLink
 from fal_provider.triggers._wait import (
     StatusReporter,
@@ -125,6 +126,25 @@ class FalRequestSensor(BaseSensorOperator):
         return self._ref
 
     def execute(self, context: Context) -> Any:
+        return self._guarded(context, lambda: self._execute(context))
+
+    def _guarded(self, context: Context, work: Callable[[], Any]) -> Any:
+        """SIGTERM from a worker shutdown keeps the request; a user's kill cancels it (see
+        :mod:`fal_provider.operators._shutdown`)."""
+        try:
+            return run_guarded(
+                context,
+                work,
+                request=lambda: self._ref,
+                cancel=lambda ref, why: cancel_quietly(self.hook, ref, why),
+                cancel_on_kill=self.cancel_on_kill,
+                log=self.log,
+            )
+        except TaskDeferred:
+            self._ref = None  # the trigger waits now; a SIGTERM before this process exits is no kill
+            raise
+
+    def _execute(self, context: Context) -> Any:
         ref = self._resolve(context)
         if not self.deferrable:
             return super().execute(context)
@@ -168,6 +188,9 @@ class FalRequestSensor(BaseSensorOperator):
         return PokeReturnValue(is_done=True, xcom_value=ref.to_xcom())
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
+        return self._guarded(context, lambda: self._complete(event))
+
+    def _complete(self, event: dict[str, Any] | None) -> Any:
         status, ref = validate_event(event)
         if status == "timeout":
             if self.cancel_on_timeout:

@@ -34,18 +34,11 @@ def _get_task_states(**query: Any) -> dict[str, Any]:
     return RuntimeTaskInstance.get_task_states(**query)
 
 
-async def task_instance_state(task_instance: Any) -> str | None:
-    """The current state of the trigger's task instance, :data:`CLEARED` when it exists without one,
-    or ``None`` when the answer does not name it at all.
-
-    ``sync_to_async`` (not a plain thread) because the triggerer's Task SDK channel turns the blocking
-    call back into a coroutine on the triggerer's own loop, which only asgiref's pairing allows.
-    Errors propagate: the caller decides that an unknown state means "do not cancel".
-    """
-    from asgiref.sync import sync_to_async
-
+def current_state(task_instance: Any) -> str | None:
+    """The current state of a task instance, :data:`CLEARED` when it exists without one, or ``None``
+    when the answer does not name it at all. Blocking (a Task SDK call); errors propagate."""
     map_index = getattr(task_instance, "map_index", None)
-    states = await sync_to_async(_get_task_states)(
+    states = _get_task_states(
         dag_id=task_instance.dag_id,
         task_ids=[task_instance.task_id],
         run_ids=[task_instance.run_id],
@@ -59,6 +52,18 @@ async def task_instance_state(task_instance: Any) -> str | None:
     if state is None:
         return CLEARED
     return str(getattr(state, "value", state))
+
+
+async def task_instance_state(task_instance: Any) -> str | None:
+    """:func:`current_state` from a trigger.
+
+    ``sync_to_async`` (not a plain thread) because the triggerer's Task SDK channel turns the blocking
+    call back into a coroutine on the triggerer's own loop, which only asgiref's pairing allows.
+    Errors propagate: the caller decides that an unknown state means "do not cancel".
+    """
+    from asgiref.sync import sync_to_async
+
+    return await sync_to_async(current_state)(task_instance)
 
 
 def is_user_kill(state: str | None) -> bool:

@@ -23,3 +23,15 @@ def request_variables(monkeypatch: pytest.MonkeyPatch) -> Iterator[fakes.Request
     monkeypatch.setattr(Variable, "delete", fake.delete)
     monkeypatch.setattr(fakes, "REQUEST_VARIABLES", fake)
     yield fake
+
+
+@pytest.fixture(autouse=True)
+def checked_trigger_connections(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Operators in unit tests talk to a fake hook, so the pre-submit check that the trigger can
+    resolve the connection (a real asynchronous lookup, tested on its own in
+    ``tests/unit/operators/test_durable.py``) is replaced by a recorder of the ids checked."""
+    checked: list[str] = []
+    monkeypatch.setattr(
+        "fal_provider.operators.fal.check_trigger_connection", lambda hook, conn_id: checked.append(conn_id)
+    )
+    yield checked

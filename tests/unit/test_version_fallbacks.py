@@ -62,7 +62,7 @@ def test_variable_fallback_carries_the_request_to_the_next_try(request_variables
         inference(first).execute(make_context(store, state_store=False))
     first.submit.assert_called_once()
     [(key, raw)] = request_variables.raw_writes
-    assert key.startswith(VARIABLE_PREFIX) and json.loads(raw)["request_id"] == "req-1"
+    assert key.startswith(VARIABLE_PREFIX) and json.loads(raw)["request"]["request_id"] == "req-1"
 
     # Try 2 gets a fresh context (and fresh XComs); only the Variable remembers the request.
     second = make_hook([running(), running()])
@@ -74,16 +74,18 @@ def test_variable_fallback_carries_the_request_to_the_next_try(request_variables
     inference(second).execute_complete(
         make_context(store, state_store=False), event={"status": "success", "request": make_ref().to_xcom()}
     )
-    assert store.data == {}, "success must delete the Variable so a later clear submits afresh"
+    assert store.data["fal_request"]["run_id"] == "r", "kept for a try after a success Airflow never recorded"
 
 
-def test_variable_key_is_per_task_instance_not_per_try() -> None:
+def test_variable_key_is_per_task_not_per_try_or_run() -> None:
+    """One Variable per task (the next run overwrites it); the run id is checked inside the value."""
+
     def key(**identity: Any) -> str:
         ti = MagicMock(**{"dag_id": "d", "run_id": "r", "task_id": "t", "map_index": -1, **identity})
         return RequestStore({"ti": ti})._variable_key
 
-    assert key(try_number=1) == key(try_number=2)
-    assert len({key(), key(map_index=0), key(map_index=1), key(run_id="r2"), key(task_id="u")}) == 5
+    assert key(try_number=1) == key(try_number=2) == key(run_id="r2")
+    assert len({key(), key(map_index=0), key(map_index=1), key(task_id="u"), key(dag_id="e")}) == 5
 
 
 @NEEDS_3_3
@@ -93,7 +95,7 @@ def test_task_state_store_is_preferred_and_no_variable_is_written(
     store = FakeStateStore()
     with pytest.raises(TaskDeferred):
         inference(make_hook([queued()])).execute(make_context(store, state_store=True))
-    assert store.data["fal_request"]["request_id"] == "req-1"
+    assert store.data["fal_request"]["request"]["request_id"] == "req-1"
     assert request_variables.raw_writes == []
 
 
