@@ -17,6 +17,7 @@ from airflow.sdk import BaseSensorOperator
 from airflow.sdk.bases.sensor import PokeReturnValue
 
 from fal_provider._compat import AirflowSensorTimeout, TaskDeferred
+from fal_provider.exceptions import FalInputError
 from fal_provider.models import CompletedStatus, FalRequestRef
 from fal_provider.operators._base import (
     DEFER_TIMEOUT_MARGIN,
@@ -24,6 +25,13 @@ from fal_provider.operators._base import (
     default_deferrable,
     fal_hook,
     publish_request,
+)
+from fal_provider.operators._checks import (
+    check_headers,
+    check_max_consecutive_errors,
+    check_poll_intervals,
+    input_errors,
+    is_templated,
 )
 from fal_provider.operators._completion import cancel_quietly, raise_unless_success, validate_event
 from fal_provider.operators._shutdown import run_guarded
@@ -34,7 +42,6 @@ from fal_provider.triggers._wait import (
     is_transient,
     resolve_webhook_deferrable,
     validate_backstop_interval,
-    validate_intervals,
     validate_wait_mode,
 )
 from fal_provider.triggers.fal import FalRequestTrigger
@@ -91,18 +98,22 @@ class FalRequestSensor(BaseSensorOperator):
         backstop_interval: float = DEFAULT_BACKSTOP_INTERVAL,
         **kwargs: Any,
     ) -> None:
+        check_poll_intervals(poke_interval, max_poll_interval)
         super().__init__(poke_interval=poke_interval, **kwargs)
         if request is None and not (app_id and request_id):
-            raise ValueError("FalRequestSensor needs request=... or both app_id=... and request_id=...")
+            raise FalInputError("FalRequestSensor needs request=... or both app_id=... and request_id=...")
         self.request = request
         self.app_id = app_id
         self.request_id = request_id
         self.fal_conn_id = fal_conn_id
         self.headers = headers
-        self.wait_mode = validate_wait_mode(wait_mode)
-        self.deferrable = resolve_webhook_deferrable(self.wait_mode, deferrable, default_deferrable())
-        self.backstop_interval = validate_backstop_interval(backstop_interval)
-        validate_intervals(float(self.poke_interval), max_poll_interval)
+        with input_errors():
+            self.wait_mode = validate_wait_mode(wait_mode)
+            self.deferrable = resolve_webhook_deferrable(self.wait_mode, deferrable, default_deferrable())
+            self.backstop_interval = validate_backstop_interval(backstop_interval)
+        check_max_consecutive_errors(max_consecutive_errors)
+        if not is_templated(headers):
+            check_headers(headers)
         self.max_poll_interval = max_poll_interval
         self.max_consecutive_errors = max_consecutive_errors
         self.cancel_on_kill = cancel_on_kill
@@ -145,6 +156,7 @@ class FalRequestSensor(BaseSensorOperator):
             raise
 
     def _execute(self, context: Context) -> Any:
+        check_headers(self.headers)
         ref = self._resolve(context)
         if not self.deferrable:
             return super().execute(context)
