@@ -147,13 +147,27 @@ def storage_path(output_path: Any) -> Any:
             f"'s3://conn@bucket/prefix/'), got {type(output_path).__name__} {output_path!r}"
         )
     try:
-        return ObjectStoragePath(output_path)
+        path = ObjectStoragePath(output_path)
+        _check_scheme(path.protocol)
     except Exception as err:
         raise FalInputError(
             f"output_path {output_path!r} is not a usable URI or ObjectStoragePath: {err}. Use a scheme "
             "Airflow's object storage knows (file://, s3://, gs://, ...; install the provider that "
             "brings it) or a local absolute path."
         ) from None
+    return path
+
+
+def _check_scheme(protocol: Any) -> None:
+    """Older Airflow builds the path lazily and only fails on first use: ask fsspec's registry,
+    which knows every scheme it can load (installed or not) without touching a filesystem."""
+    import fsspec
+
+    schemes = protocol if isinstance(protocol, tuple | list) else (protocol,)
+    known = set(fsspec.available_protocols()) | {"file", "local"}
+    unknown = [scheme for scheme in schemes if scheme and scheme not in known]
+    if unknown:
+        raise ValueError(f"unknown scheme {unknown[0]!r}")
 
 
 def check_output_path(output_path: Any) -> None:

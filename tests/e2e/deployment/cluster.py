@@ -226,6 +226,10 @@ class EmulatorProcess:
         infos = [self.request_info(rid) for rid in self.request_ids()]
         return [info for info in infos if (info.get("arguments") or {}).get("marker") == marker]
 
+    def reset(self) -> None:
+        """Forget requests and counters, restore startup config and faults (a new test module)."""
+        httpx.post(f"{self.url}/_emulator/reset", timeout=30).raise_for_status()
+
     def set_faults(self, rules: list[dict[str, Any]]) -> None:
         httpx.post(f"{self.url}/_emulator/faults", json={"rules": rules}, timeout=30).raise_for_status()
 

@@ -39,7 +39,9 @@ class Services:
 
     @contextmanager
     def airflow(self, database: str, **topology: Any) -> Iterator[DeploymentCluster]:
-        """A running Airflow on a fresh copy of the migrated schema; stopped on exit."""
+        """A running Airflow on a fresh copy of the migrated schema, and an emulator with no requests
+        or counters from an earlier module; stopped on exit."""
+        self.emulator.reset()
         self.pg.create_database(database, template=TEMPLATE_DATABASE)
         airflow = DeploymentCluster(self.pg, self.emulator, database=database, **topology)
         try:
@@ -71,7 +73,8 @@ def deployment_services() -> Iterator[Services]:
 
 
 @pytest.fixture(scope="module")
-def cluster(deployment_services: Services) -> Iterator[DeploymentCluster]:
-    """One api-server, scheduler, triggerer and dag-processor."""
-    with deployment_services.airflow("airflow_single") as airflow:
+def cluster(deployment_services: Services, request: pytest.FixtureRequest) -> Iterator[DeploymentCluster]:
+    """One api-server, scheduler, triggerer and dag-processor, on a database of this module's own."""
+    module = request.module.__name__.rsplit(".", 1)[-1].lower()
+    with deployment_services.airflow(f"airflow_{module}") as airflow:
         yield airflow
