@@ -17,7 +17,6 @@ from fal_provider._compat import AIRFLOW_V_3_3_PLUS
 from fal_provider.events import backstop_event, error_event, timeout_event
 from fal_provider.models import CompletedStatus, FalRequestRef
 from fal_provider.waiting import (
-    DEFAULT_BACKSTOP_INTERVAL,
     ErrorTolerance,
     PollPolicy,
     StreamFollower,
@@ -37,15 +36,6 @@ class FalRequestTrigger(BaseTrigger):
 
     :param request: the request reference (``FalRequestRef.to_xcom()``); identifiers and URLs only.
     :param fal_conn_id: connection whose key the hook uses; the key itself is never serialized.
-    :param wait_mode: ``poll`` (adaptive status polling) or ``stream`` (fal's status SSE, falling
-        back to polling if the stream breaks) or ``webhook`` (the API server's receiver resumes the
-        task on fal's verified callback; this trigger only reads the callback record when it
-        starts and runs the slow status backstop).
-    :param poll_interval: floor of the adaptive poll interval, seconds.
-    :param max_poll_interval: ceiling the interval grows to while the request is queued.
-    :param end_time: absolute epoch deadline; at it the trigger yields ``timeout``. Absolute so a
-        triggerer restart does not restart the clock.
-    :param max_consecutive_errors: transient errors in a row tolerated before yielding ``error``.
     :param cancel_on_kill: cancel the fal request when a user marks the task failed/success or
         clears it. Airflow >= 3.3 calls ``on_kill`` for exactly those actions. Older triggerers never
         call it and cancel the trigger's task alike for a user action, a restart and a move to another
@@ -54,9 +44,10 @@ class FalRequestTrigger(BaseTrigger):
         elsewhere; nothing is cancelled), any other state means the user moved the task on and the
         request is cancelled. An unknown state (lookup failed, no task instance) cancels nothing. The
         cancellation is always re-raised; both paths share ``_cancel_request`` (once, never raises).
-    :param log_fal_logs: copy fal's log lines and queue position into the trigger log.
-    :param backstop_interval: ``webhook`` mode only: seconds between the checks (record, then one
-        status GET) that cover a callback that never arrives.
+    :param policy: the :class:`~fal_provider.waiting.WaitPolicy` fields as keyword arguments
+        (``wait_mode``, ``poll_interval``, ``max_poll_interval``, ``max_consecutive_errors``,
+        ``log_fal_logs``, ``backstop_interval``, ``end_time``): flat, as every version has stored
+        them, so a trigger serialized before an upgrade still loads after it.
     """
 
     def __init__(
@@ -64,28 +55,14 @@ class FalRequestTrigger(BaseTrigger):
         *,
         request: dict[str, Any],
         fal_conn_id: str = "fal_default",
-        wait_mode: str = "poll",
-        poll_interval: float = 1.0,
-        max_poll_interval: float = 30.0,
-        end_time: float | None = None,
-        max_consecutive_errors: int = 5,
         cancel_on_kill: bool = True,
-        log_fal_logs: bool = False,
-        backstop_interval: float = DEFAULT_BACKSTOP_INTERVAL,
+        **policy: Any,
     ) -> None:
         super().__init__()
         self.request = FalRequestRef.coerce(request).to_xcom()
         self.fal_conn_id = fal_conn_id
         self.cancel_on_kill = cancel_on_kill
-        self.policy = WaitPolicy(
-            wait_mode=wait_mode,
-            poll_interval=poll_interval,
-            max_poll_interval=max_poll_interval,
-            max_consecutive_errors=max_consecutive_errors,
-            log_fal_logs=log_fal_logs,
-            backstop_interval=backstop_interval,
-            end_time=end_time,
-        )
+        self.policy = WaitPolicy(**policy)
         self._killed = False
 
     @classmethod
