@@ -34,7 +34,7 @@ from typing import Any
 from fal_provider._compat import AIRFLOW_V_3_3_PLUS
 from fal_provider.exceptions import FalNotFoundError
 from fal_provider.models import CompletedStatus, FalRequestRef
-from fal_provider.triggers._wait import Status
+from fal_provider.waiting import Status
 
 log = logging.getLogger(__name__)
 

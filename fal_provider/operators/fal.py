@@ -15,31 +15,50 @@ The POST happens in ``execute()`` on the worker, once per try; triggers only rea
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from airflow.sdk import BaseOperator
+
 from fal_provider._compat import TaskDeferred
+from fal_provider.events import completed_event
 from fal_provider.exceptions import FalInputError
-from fal_provider.models import FalRequestRef, RequestOptions
-from fal_provider.operators._base import (
-    FalBaseOperator,
-    FalWaitingOperator,
-    check_submit_params,
-    coerce_request,
-    merge_options,
-    prepare_submit,
-    task_webhook_url,
-)
-from fal_provider.operators._completion import cancel_quietly
+from fal_provider.inputs import check_headers, check_seconds, coerce_request, is_templated
+from fal_provider.models import CompletedStatus, FalRequestRef, RequestOptions
+from fal_provider.operators._checks import check_rendered_result_rules, check_result_rules
 from fal_provider.operators._reattach import RequestStore, reattach_status, submission_fingerprint
-from fal_provider.operators._shutdown import run_guarded
-from fal_provider.operators.links import FalRequestLink
+from fal_provider.operators._submission import check_submit_params, merge_options, prepare_submit
+from fal_provider.operators.completion import cancel_quietly, raise_unless_success
+from fal_provider.operators.links import FalRequestLink, publish_request
 from fal_provider.operators.realtime import FalRealtimeOperator
+from fal_provider.operators.shutdown import run_guarded
 from fal_provider.operators.streaming import FalStreamOperator
-from fal_provider.triggers._wait import Status
+from fal_provider.results import (
+    DEFAULT_MAX_XCOM_BYTES,
+    ResultTooLargeError,
+    fetch_limit,
+    shape_result,
+    too_large_message,
+)
+from fal_provider.triggers.fal import FalRequestTrigger
+from fal_provider.waiting import (
+    DEFAULT_BACKSTOP_INTERVAL,
+    DEFER_TIMEOUT_MARGIN,
+    Status,
+    SyncWaiter,
+    WaitPolicy,
+    default_deferrable,
+    resolve_webhook_deferrable,
+)
+from fal_provider.webhooks.urls import TaskIdentity, WebhookUrlError, build_webhook_url
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+    from fal_provider.hooks.fal import FalHook
 
 __all__ = [
     "FalCancelOperator",
@@ -52,9 +71,194 @@ __all__ = [
 ]
 
 
+class WebhookInputError(FalInputError, WebhookUrlError):
+    """No usable callback URL: a ``WebhookUrlError`` (what callers catch) that spends no retries."""
+
+
+def task_webhook_url(hook: Any, context: Context, task_id: str | None = None) -> str:
+    """The ``fal_webhook`` URL that resumes this task (or ``task_id`` of the same run and map index).
+
+    Raises a permanent ``FalInputError`` naming the ``webhook_base_url`` extra when the connection
+    has none or one that is not an absolute http(s) URL: better to fail before paying for a request
+    nobody would be told about.
+    """
+    base_url = hook.settings.webhook_base_url or ""
+    try:
+        identity = TaskIdentity.from_task_instance(context["ti"])
+        if task_id is not None:
+            identity = TaskIdentity(identity.dag_id, identity.run_id, task_id, identity.map_index)
+        return build_webhook_url(base_url, identity)
+    except WebhookUrlError as err:
+        raise WebhookInputError(str(err)) from None
+
+
+class FalBaseOperator(BaseOperator):
+    """Connection, extra headers and the request link, shared by every fal operator.
+
+    :param fal_conn_id: the ``fal`` connection (key, base URLs).
+    :param headers: extra HTTP headers sent with every call this task makes (templated).
+    """
+
+    operator_extra_links = (FalRequestLink(),)
+
+    def __init__(
+        self, *, fal_conn_id: str = "fal_default", headers: Mapping[str, str] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.fal_conn_id = fal_conn_id
+        self.headers = headers
+        if not is_templated(headers):
+            check_headers(headers)
+
+    @cached_property
+    def hook(self) -> FalHook:
+        from fal_provider.hooks.fal import FalHook  # late: the hook module is heavy for DAG parsing
+
+        return FalHook(self.fal_conn_id, headers=dict(self.headers) if self.headers else None)
+
+    def check_rendered(self, context: Context) -> None:
+        """The parse-time checks again on the rendered values, plus those that need the filesystem.
+
+        Called first in ``execute()``, before any call that could start paid work.
+        """
+        check_headers(self.headers)
+
+    def push_request(self, context: Context, ref: FalRequestRef) -> None:
+        publish_request(context, self.hook, ref, self.log)
+
+
+class FalWaitingOperator(FalBaseOperator):
+    """Wait for a request (deferred or on the worker), then fetch and shape its result.
+
+    :param deferrable: wait in the triggerer instead of on the worker (default from
+        ``[operators] default_deferrable``).
+    :param wait_mode: ``poll``, ``stream`` (status SSE with polling fallback) or ``webhook`` (fal
+        calls the API server back; needs the connection's ``webhook_base_url`` and always defers).
+    :param backstop_interval: ``webhook`` mode: seconds between status checks if no callback comes.
+    :param poll_interval: floor of the adaptive poll interval (seconds).
+    :param max_poll_interval: ceiling the interval grows to while queued (seconds).
+    :param timeout: total wait (seconds or timedelta), an absolute deadline; when hit the request is
+        cancelled and the task fails with a retryable ``FalTimeoutError``. Airflow 3 does not bound
+        deferred time by ``execution_timeout``, so set this for long queues.
+    :param max_consecutive_errors: transient status errors in a row tolerated while waiting.
+    :param cancel_on_kill: cancel the fal request when the task is killed / marked failed.
+    :param log_fal_logs: copy fal's log lines and queue position into the task log.
+    :param select: field path(s) of the result to return (``images.0.url``).
+    :param output_path: where to write the full result (URI or ObjectStoragePath); returns a manifest.
+    :param download_media: with ``output_path``, copy media files there and rewrite their URLs.
+    :param max_xcom_bytes: refuse returning a larger value without ``output_path`` (``0``: no limit).
+    """
+
+    def __init__(
+        self,
+        *,
+        deferrable: bool | None = None,
+        wait_mode: str = "poll",
+        poll_interval: float = 1.0,
+        max_poll_interval: float = 30.0,
+        timeout: float | timedelta | None = None,
+        max_consecutive_errors: int = 5,
+        cancel_on_kill: bool = True,
+        log_fal_logs: bool = False,
+        select: str | Sequence[str] | None = None,
+        output_path: Any = None,
+        download_media: bool = False,
+        max_xcom_bytes: int | None = DEFAULT_MAX_XCOM_BYTES,
+        backstop_interval: float = DEFAULT_BACKSTOP_INTERVAL,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.wait_policy = WaitPolicy(
+            wait_mode=wait_mode,
+            poll_interval=poll_interval,
+            max_poll_interval=max_poll_interval,
+            max_consecutive_errors=max_consecutive_errors,
+            log_fal_logs=log_fal_logs,
+            backstop_interval=backstop_interval,
+        )
+        self.deferrable = resolve_webhook_deferrable(wait_mode, deferrable, default_deferrable())
+        self.timeout = check_seconds(timeout, "timeout")
+        self.cancel_on_kill = cancel_on_kill
+        self.select = select
+        self.output_path = output_path
+        self.download_media = download_media
+        self.max_xcom_bytes = check_result_rules(select, output_path, download_media, max_xcom_bytes)
+        self._request: FalRequestRef | None = None
+
+    def check_rendered(self, context: Context) -> None:
+        super().check_rendered(context)
+        check_rendered_result_rules(self.select, self.output_path)
+
+    # -- waiting ---------------------------------------------------------------------------
+
+    def wait_for(self, context: Context, ref: FalRequestRef, status: Status | None = None) -> Any:
+        """Finish now if the request is already done; otherwise defer or wait on the worker.
+
+        ``status``: one the caller has just read (reattaching), so it is not asked for twice.
+        """
+        self._request = ref
+        self.push_request(context, ref)
+        if status is None:
+            status = self.hook.get_status(ref)
+        if isinstance(status, CompletedStatus):
+            return self.complete(context, completed_event(status, ref))
+        policy = self.wait_policy.until(None if self.timeout is None else time.time() + self.timeout)
+        if self.deferrable:
+            self.defer(
+                trigger=FalRequestTrigger.for_request(
+                    ref, policy, fal_conn_id=self.fal_conn_id, cancel_on_kill=self.cancel_on_kill
+                ),
+                method_name="execute_complete",
+                timeout=None
+                if self.timeout is None
+                else timedelta(seconds=self.timeout + DEFER_TIMEOUT_MARGIN),
+            )
+        event = SyncWaiter(self.hook, policy, log=self.log).wait(ref)
+        return self.complete(context, event)
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
+        """Resume after the trigger fired; everything needed is in ``event`` (defer kwargs may be lost)."""
+        return self.complete(context, event)
+
+    def complete(self, context: Context, event: Any) -> Any:
+        """The single completion handler (allow-list in :func:`raise_unless_success`)."""
+        ref = raise_unless_success(event, self.hook)
+        self._request = ref
+        result = self._fetch_result(ref)
+        value = shape_result(
+            result,
+            select=self.select,
+            output_path=self.output_path,
+            download_media=self.download_media,
+            max_xcom_bytes=self.max_xcom_bytes,
+            request_id=ref.request_id,
+        )
+        self.after_success(context, ref)
+        return value
+
+    def _fetch_result(self, ref: FalRequestRef) -> Any:
+        """The result, refused before it is read whole when it can only go to XCom and is too big."""
+        from fal_provider.hooks._limited import ResponseTooLarge
+
+        limit = fetch_limit(self.select, self.output_path, self.max_xcom_bytes)
+        try:
+            return self.hook.get_result(ref, max_bytes=limit)
+        except ResponseTooLarge as err:
+            message = too_large_message(err.size, err.limit, at_least=not err.declared)
+            raise ResultTooLargeError(message, request_id=ref.request_id) from None
+
+    def after_success(self, context: Context, ref: FalRequestRef) -> None:
+        """Hook for subclasses (the inference operator forgets its stored request here)."""
+
+    def on_kill(self) -> None:
+        """Cancel the request being waited on by this worker (best effort, never raises)."""
+        if self._request is not None and self.cancel_on_kill:
+            cancel_quietly(self.hook, self._request, "task killed")
+
+
 def _guarded(op: FalWaitingOperator, context: Context, work: Callable[[], Any]) -> Any:
     """Run an ``execute`` / ``execute_complete`` body so SIGTERM tells a shutdown from a user's kill
-    (:mod:`~fal_provider.operators._shutdown`)."""
+    (:mod:`~fal_provider.operators.shutdown`)."""
     try:
         return run_guarded(
             context,
@@ -199,7 +403,7 @@ class FalInferenceOperator(_SubmittingOperator, FalWaitingOperator):
         still queued, running or already succeeded, instead of paying for a new one.
 
     Submit parameters are documented on :class:`_SubmittingOperator`, waiting and result
-    parameters on :class:`~fal_provider.operators._base.FalWaitingOperator`.
+    parameters on :class:`~FalWaitingOperator`.
     """
 
     template_fields = ("app_id", "arguments", "path", "headers", "options", "select", "output_path")
@@ -224,7 +428,7 @@ class FalInferenceOperator(_SubmittingOperator, FalWaitingOperator):
                 return self.wait_for(context, *previous)
         if self.deferrable:
             check_trigger_connection(self.hook, self.fal_conn_id)
-        url = task_webhook_url(self.hook, context) if self.wait_mode == "webhook" else None
+        url = task_webhook_url(self.hook, context) if self.wait_policy.wait_mode == "webhook" else None
         ref = self._submit(url)
         # Saved before any wait: a worker lost from here on leaves a request a retry can find.
         self._request = ref

@@ -1,7 +1,8 @@
 """The "fal request" extra link.
 
 Airflow 3 materialises extra links on the worker when a try ends, including a try that ends in
-DEFERRED, so the operator pushes the URL before deferring and the link shows while it waits.
+DEFERRED, so the operators and the sensor push the URL (and the request reference) before deferring
+(:func:`publish_request`) and the link shows while they wait.
 
 fal's dashboard has no documented per-request URL; the pattern defaults to the one commonly used
 (``https://fal.ai/dashboard/requests/{request_id}``) and can be changed with
@@ -20,8 +21,11 @@ from airflow.sdk import BaseOperatorLink
 from fal_provider.models import FalRequestRef
 
 if TYPE_CHECKING:
+    from airflow.sdk import Context
     from airflow.sdk.types import TaskInstanceKey
 
+#: XCom key of the request reference pushed before waiting (handy for other tasks and debugging).
+REQUEST_XCOM_KEY = "fal_request"
 LINK_XCOM_KEY = "fal_request_url"
 DEFAULT_DASHBOARD_URL = "https://fal.ai/dashboard/requests/{request_id}"
 _FAL_HOSTS = ("fal.run", "fal.ai", "falrun.com")
@@ -40,6 +44,19 @@ def request_url(ref: FalRequestRef, queue_url: str | None) -> str:
         pattern = conf.get("fal", "dashboard_request_url", fallback=DEFAULT_DASHBOARD_URL)
         return pattern.format(request_id=ref.request_id, app_id=ref.app_id)
     return ref.status_url or ""
+
+
+def publish_request(context: Context, hook: Any, ref: FalRequestRef, log: Any) -> None:
+    """Push the reference and the link before any waiting, so both show while the task is deferred."""
+    ti = context["ti"]
+    ti.xcom_push(key=REQUEST_XCOM_KEY, value=ref.to_xcom())
+    try:
+        queue_url = hook.settings.queue_url
+    except Exception:  # a link is a convenience: never fail the task over it
+        queue_url = None
+    url = request_url(ref, queue_url)
+    ti.xcom_push(key=LINK_XCOM_KEY, value=url)
+    log.info("fal request %s on %s: %s", ref.request_id, ref.app_id, url)
 
 
 class FalRequestLink(BaseOperatorLink):

@@ -33,13 +33,8 @@ from fal_provider.exceptions import (
     FalStreamError,
     FalTimeoutError,
 )
-from fal_provider.operators._checks import (
-    TEMPLATE_HINT,
-    check_number,
-    check_rendered_result_rules,
-    check_result_rules,
-    is_templated,
-)
+from fal_provider.inputs import TEMPLATE_HINT, check_number, is_templated
+from fal_provider.operators._checks import check_rendered_result_rules, check_result_rules
 from fal_provider.operators._stream_utils import (
     BatchLedger,
     RateLimitedLog,

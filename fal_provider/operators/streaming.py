@@ -23,15 +23,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from airflow.sdk import BaseOperator
 
 from fal_provider.exceptions import FalError, FalInputError, FalStreamError, FalTimeoutError
-from fal_provider.operators._checks import (
-    TEMPLATE_HINT,
-    check_headers,
-    check_number,
-    check_rendered_result_rules,
-    check_result_rules,
-    check_submit_inputs,
-    is_templated,
-)
+from fal_provider.inputs import TEMPLATE_HINT, check_headers, check_number, is_templated
+from fal_provider.operators._checks import check_rendered_result_rules, check_result_rules
 from fal_provider.operators._stream_utils import (
     RateLimitedLog,
     name_the_app,
@@ -41,6 +34,7 @@ from fal_provider.operators._stream_utils import (
     shape_items,
     stream_error_from_event,
 )
+from fal_provider.operators._submission import check_submit_inputs
 from fal_provider.results import (
     DEFAULT_MAX_XCOM_BYTES,
     ResultTooLargeError,

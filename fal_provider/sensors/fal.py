@@ -17,35 +17,23 @@ from airflow.sdk import BaseSensorOperator
 from airflow.sdk.bases.sensor import PokeReturnValue
 
 from fal_provider._compat import AirflowSensorTimeout, TaskDeferred
+from fal_provider.events import completed_event, validate_event
 from fal_provider.exceptions import FalInputError
+from fal_provider.inputs import check_headers, coerce_request, is_templated
 from fal_provider.models import CompletedStatus, FalRequestRef
-from fal_provider.operators._base import (
-    DEFER_TIMEOUT_MARGIN,
-    coerce_request,
-    default_deferrable,
-    fal_hook,
-    publish_request,
-)
-from fal_provider.operators._checks import (
-    check_headers,
-    check_max_consecutive_errors,
-    check_poll_intervals,
-    input_errors,
-    is_templated,
-)
-from fal_provider.operators._completion import cancel_quietly, raise_unless_success, validate_event
-from fal_provider.operators._shutdown import run_guarded
-from fal_provider.operators.links import FalRequestLink
-from fal_provider.triggers._wait import (
-    StatusReporter,
-    completed_event,
-    is_transient,
-    resolve_webhook_deferrable,
-    validate_backstop_interval,
-    validate_wait_mode,
-)
+from fal_provider.operators.completion import cancel_quietly, raise_unless_success
+from fal_provider.operators.links import FalRequestLink, publish_request
+from fal_provider.operators.shutdown import run_guarded
 from fal_provider.triggers.fal import FalRequestTrigger
-from fal_provider.webhooks.waiting import DEFAULT_BACKSTOP_INTERVAL
+from fal_provider.waiting import (
+    DEFAULT_BACKSTOP_INTERVAL,
+    DEFER_TIMEOUT_MARGIN,
+    ErrorTolerance,
+    StatusReporter,
+    WaitPolicy,
+    default_deferrable,
+    resolve_webhook_deferrable,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -98,7 +86,14 @@ class FalRequestSensor(BaseSensorOperator):
         backstop_interval: float = DEFAULT_BACKSTOP_INTERVAL,
         **kwargs: Any,
     ) -> None:
-        check_poll_intervals(poke_interval, max_poll_interval)
+        wait_policy = WaitPolicy(
+            wait_mode=wait_mode,
+            poll_interval=poke_interval,
+            max_poll_interval=max_poll_interval,
+            max_consecutive_errors=max_consecutive_errors,
+            log_fal_logs=log_fal_logs,
+            backstop_interval=backstop_interval,
+        )
         super().__init__(poke_interval=poke_interval, **kwargs)
         if request is None and not (app_id and request_id):
             raise FalInputError("FalRequestSensor needs request=... or both app_id=... and request_id=...")
@@ -107,25 +102,21 @@ class FalRequestSensor(BaseSensorOperator):
         self.request_id = request_id
         self.fal_conn_id = fal_conn_id
         self.headers = headers
-        with input_errors():
-            self.wait_mode = validate_wait_mode(wait_mode)
-            self.deferrable = resolve_webhook_deferrable(self.wait_mode, deferrable, default_deferrable())
-            self.backstop_interval = validate_backstop_interval(backstop_interval)
-        check_max_consecutive_errors(max_consecutive_errors)
+        self.wait_policy = wait_policy
+        self.deferrable = resolve_webhook_deferrable(wait_mode, deferrable, default_deferrable())
         if not is_templated(headers):
             check_headers(headers)
-        self.max_poll_interval = max_poll_interval
-        self.max_consecutive_errors = max_consecutive_errors
         self.cancel_on_kill = cancel_on_kill
         self.cancel_on_timeout = cancel_on_timeout
-        self.log_fal_logs = log_fal_logs
         self._ref: FalRequestRef | None = None
-        self._errors = 0
+        self._errors = ErrorTolerance(wait_policy.max_consecutive_errors)
         self._reporter: StatusReporter | None = None
 
     @cached_property
     def hook(self) -> FalHook:
-        return fal_hook(self.fal_conn_id, self.headers)
+        from fal_provider.hooks.fal import FalHook  # late: the hook module is heavy for DAG parsing
+
+        return FalHook(self.fal_conn_id, headers=dict(self.headers) if self.headers else None)
 
     def _resolve(self, context: Context) -> FalRequestRef:
         if self._ref is None:
@@ -141,7 +132,7 @@ class FalRequestSensor(BaseSensorOperator):
 
     def _guarded(self, context: Context, work: Callable[[], Any]) -> Any:
         """SIGTERM from a worker shutdown keeps the request; a user's kill cancels it (see
-        :mod:`fal_provider.operators._shutdown`)."""
+        :mod:`fal_provider.operators.shutdown`)."""
         try:
             return run_guarded(
                 context,
@@ -163,18 +154,10 @@ class FalRequestSensor(BaseSensorOperator):
         done = self.poke(context)
         if isinstance(done, PokeReturnValue) and done.is_done:
             return done.xcom_value
+        policy = self.wait_policy.until(time.time() + float(self.timeout))
         self.defer(
-            trigger=FalRequestTrigger(
-                request=ref.to_xcom(),
-                fal_conn_id=self.fal_conn_id,
-                wait_mode=self.wait_mode,
-                poll_interval=float(self.poke_interval),
-                max_poll_interval=self.max_poll_interval,
-                end_time=time.time() + float(self.timeout),
-                max_consecutive_errors=self.max_consecutive_errors,
-                cancel_on_kill=self.cancel_on_kill,
-                log_fal_logs=self.log_fal_logs,
-                backstop_interval=self.backstop_interval,
+            trigger=FalRequestTrigger.for_request(
+                ref, policy, fal_conn_id=self.fal_conn_id, cancel_on_kill=self.cancel_on_kill
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=float(self.timeout) + DEFER_TIMEOUT_MARGIN),
@@ -183,16 +166,17 @@ class FalRequestSensor(BaseSensorOperator):
     def poke(self, context: Context) -> PokeReturnValue | bool:
         ref = self._resolve(context)
         try:
-            status = self.hook.get_status(ref, logs=self.log_fal_logs)
+            status = self.hook.get_status(ref, logs=self.wait_policy.log_fal_logs)
         except Exception as err:
-            self._errors += 1
-            if not is_transient(err) or self._errors > self.max_consecutive_errors:
+            if not self._errors.tolerates(err):
                 raise
-            self.log.warning("Checking fal request %s failed (%d): %s", ref.request_id, self._errors, err)
+            self.log.warning(
+                "Checking fal request %s failed (%d): %s", ref.request_id, self._errors.count, err
+            )
             return False
-        self._errors = 0
+        self._errors.succeeded()
         if self._reporter is None:
-            self._reporter = StatusReporter(self.log, self.log_fal_logs, ref)
+            self._reporter = StatusReporter(self.log, self.wait_policy.log_fal_logs, ref)
         self._reporter.report(status)
         if not isinstance(status, CompletedStatus):
             return False

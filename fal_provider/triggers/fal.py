@@ -8,26 +8,20 @@ submit POST happened on the worker, so a triggerer restart, which rebuilds this 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from fal_provider._compat import AIRFLOW_V_3_3_PLUS
+from fal_provider.events import backstop_event, error_event, timeout_event
 from fal_provider.models import CompletedStatus, FalRequestRef
-from fal_provider.triggers._wait import (
+from fal_provider.waiting import (
+    ErrorTolerance,
     PollPolicy,
     StreamFollower,
-    completed_event,
-    error_event,
-    is_transient,
-    timeout_event,
-    validate_backstop_interval,
-    validate_intervals,
-    validate_wait_mode,
+    WaitPolicy,
 )
-from fal_provider.webhooks.waiting import DEFAULT_BACKSTOP_INTERVAL
 
 CLASSPATH = "fal_provider.triggers.fal.FalRequestTrigger"
 
@@ -42,15 +36,6 @@ class FalRequestTrigger(BaseTrigger):
 
     :param request: the request reference (``FalRequestRef.to_xcom()``); identifiers and URLs only.
     :param fal_conn_id: connection whose key the hook uses; the key itself is never serialized.
-    :param wait_mode: ``poll`` (adaptive status polling) or ``stream`` (fal's status SSE, falling
-        back to polling if the stream breaks) or ``webhook`` (the API server's receiver resumes the
-        task on fal's verified callback; this trigger only reads the callback record when it
-        starts and runs the slow status backstop).
-    :param poll_interval: floor of the adaptive poll interval, seconds.
-    :param max_poll_interval: ceiling the interval grows to while the request is queued.
-    :param end_time: absolute epoch deadline; at it the trigger yields ``timeout``. Absolute so a
-        triggerer restart does not restart the clock.
-    :param max_consecutive_errors: transient errors in a row tolerated before yielding ``error``.
     :param cancel_on_kill: cancel the fal request when a user marks the task failed/success or
         clears it. Airflow >= 3.3 calls ``on_kill`` for exactly those actions. Older triggerers never
         call it and cancel the trigger's task alike for a user action, a restart and a move to another
@@ -59,9 +44,10 @@ class FalRequestTrigger(BaseTrigger):
         elsewhere; nothing is cancelled), any other state means the user moved the task on and the
         request is cancelled. An unknown state (lookup failed, no task instance) cancels nothing. The
         cancellation is always re-raised; both paths share ``_cancel_request`` (once, never raises).
-    :param log_fal_logs: copy fal's log lines and queue position into the trigger log.
-    :param backstop_interval: ``webhook`` mode only: seconds between the checks (record, then one
-        status GET) that cover a callback that never arrives.
+    :param policy: the :class:`~fal_provider.waiting.WaitPolicy` fields as keyword arguments
+        (``wait_mode``, ``poll_interval``, ``max_poll_interval``, ``max_consecutive_errors``,
+        ``log_fal_logs``, ``backstop_interval``, ``end_time``): flat, as every version has stored
+        them, so a trigger serialized before an upgrade still loads after it.
     """
 
     def __init__(
@@ -69,43 +55,37 @@ class FalRequestTrigger(BaseTrigger):
         *,
         request: dict[str, Any],
         fal_conn_id: str = "fal_default",
-        wait_mode: str = "poll",
-        poll_interval: float = 1.0,
-        max_poll_interval: float = 30.0,
-        end_time: float | None = None,
-        max_consecutive_errors: int = 5,
         cancel_on_kill: bool = True,
-        log_fal_logs: bool = False,
-        backstop_interval: float = DEFAULT_BACKSTOP_INTERVAL,
+        **policy: Any,
     ) -> None:
         super().__init__()
         self.request = FalRequestRef.coerce(request).to_xcom()
         self.fal_conn_id = fal_conn_id
-        self.wait_mode = validate_wait_mode(wait_mode)
-        validate_intervals(poll_interval, max_poll_interval)
-        self.poll_interval = float(poll_interval)
-        self.max_poll_interval = float(max_poll_interval)
-        self.end_time = end_time
-        self.max_consecutive_errors = int(max_consecutive_errors)
         self.cancel_on_kill = cancel_on_kill
-        self.log_fal_logs = log_fal_logs
-        self.backstop_interval = validate_backstop_interval(backstop_interval)
+        self.policy = WaitPolicy(**policy)
         self._killed = False
 
+    @classmethod
+    def for_request(
+        cls, ref: FalRequestRef, policy: WaitPolicy, *, fal_conn_id: str, cancel_on_kill: bool
+    ) -> FalRequestTrigger:
+        """The trigger every operator and the sensor defer on."""
+        return cls(
+            request=ref.to_xcom(),
+            fal_conn_id=fal_conn_id,
+            cancel_on_kill=cancel_on_kill,
+            **policy.as_kwargs(),
+        )
+
     def serialize(self) -> tuple[str, dict[str, Any]]:
+        """The same flat keyword arguments as ever, so triggers stored by any version still load."""
         return (
             CLASSPATH,
             {
                 "request": self.request,
                 "fal_conn_id": self.fal_conn_id,
-                "wait_mode": self.wait_mode,
-                "poll_interval": self.poll_interval,
-                "max_poll_interval": self.max_poll_interval,
-                "end_time": self.end_time,
-                "max_consecutive_errors": self.max_consecutive_errors,
                 "cancel_on_kill": self.cancel_on_kill,
-                "log_fal_logs": self.log_fal_logs,
-                "backstop_interval": self.backstop_interval,
+                **self.policy.as_kwargs(),
             },
         )
 
@@ -121,17 +101,17 @@ class FalRequestTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         ref = self.ref
         hook = self._hook()
-        remaining = None if self.end_time is None else self.end_time - time.time()
+        remaining = self.policy.remaining()
         if remaining is not None and remaining <= 0:
-            yield TriggerEvent(timeout_event(ref, self.end_time))
+            yield TriggerEvent(timeout_event(ref, self.policy.end_time))
             return
         try:
             event = await asyncio.wait_for(self._wait(hook, ref), timeout=remaining)
         except (asyncio.TimeoutError, TimeoutError):
-            event = timeout_event(ref, self.end_time)
+            event = timeout_event(ref, self.policy.end_time)
         except asyncio.CancelledError:
             if not AIRFLOW_V_3_3_PLUS:
-                from fal_provider.triggers._kill import finish_despite_cancels
+                from fal_provider.triggers.kill import finish_despite_cancels
 
                 await finish_despite_cancels(self._cancel_if_user_killed())
             raise
@@ -139,19 +119,19 @@ class FalRequestTrigger(BaseTrigger):
 
     async def _wait(self, hook: Any, ref: FalRequestRef) -> dict[str, Any]:
         """Dispatch to one small coroutine per mode."""
-        if self.wait_mode == "webhook":
+        if self.policy.wait_mode == "webhook":
             return await self._wait_webhook(hook, ref)
-        if self.wait_mode == "stream":
+        if self.policy.wait_mode == "stream":
             event = await self._wait_stream(hook, ref)
             if event is not None:
                 return event
         return await self._wait_poll(hook, ref)
 
     async def _wait_poll(self, hook: Any, ref: FalRequestRef) -> dict[str, Any]:
-        policy = PollPolicy.of(self, ref)
+        policy = PollPolicy(ref, self.policy, self.log)
         while True:
             try:
-                status = await hook.aget_status(ref, logs=self.log_fal_logs)
+                status = await hook.aget_status(ref, logs=self.policy.log_fal_logs)
             except Exception as err:
                 step = policy.failed(err)
             else:
@@ -162,9 +142,9 @@ class FalRequestTrigger(BaseTrigger):
 
     async def _wait_stream(self, hook: Any, ref: FalRequestRef) -> dict[str, Any] | None:
         """Follow fal's status SSE; ``None`` means the stream broke and polling should take over."""
-        follower = StreamFollower(ref, log=self.log, log_fal_logs=self.log_fal_logs)
+        follower = StreamFollower(ref, log=self.log, log_fal_logs=self.policy.log_fal_logs)
         try:
-            async for status in hook.aiter_status(ref, logs=self.log_fal_logs):
+            async for status in hook.aiter_status(ref, logs=self.policy.log_fal_logs):
                 event = follower.observed(status)
                 if event is not None:
                     return event
@@ -179,25 +159,26 @@ class FalRequestTrigger(BaseTrigger):
         from fal_provider.webhooks.waiting import wait_for_webhook_or_backstop
         from fal_provider.webhooks.wake import task_event
 
-        errors = 0
+        errors = ErrorTolerance(self.policy.max_consecutive_errors)
 
         async def poll_once() -> CompletedStatus | dict[str, Any] | None:
-            nonlocal errors
             try:
                 status = await hook.aget_status(ref)
             except Exception as err:
-                errors += 1
-                if not is_transient(err) or errors > self.max_consecutive_errors:
+                if not errors.tolerates(err):
                     return error_event(ref, err)
                 self.log.warning(
-                    "Backstop check of fal request %s failed (%d): %s", ref.request_id, errors, err
+                    "Backstop check of fal request %s failed (%d): %s", ref.request_id, errors.count, err
                 )
                 return None
-            errors = 0
+            errors.succeeded()
             return status if isinstance(status, CompletedStatus) else None
 
         result = await wait_for_webhook_or_backstop(
-            ref.request_id, poll_once, backstop_interval=self.backstop_interval, end_time=self.end_time
+            ref.request_id,
+            poll_once,
+            backstop_interval=self.policy.backstop_interval,
+            end_time=self.policy.end_time,
         )
         if result.record is not None:
             self.log.info("fal request %s: callback recorded (%s)", ref.request_id, result.record.status)
@@ -206,9 +187,9 @@ class FalRequestTrigger(BaseTrigger):
         if isinstance(status, dict):
             return status
         if not isinstance(status, CompletedStatus):
-            return timeout_event(ref, self.end_time)
+            return timeout_event(ref, self.policy.end_time)
         self.log.info("fal request %s finished; no callback arrived, found by the backstop", ref.request_id)
-        return {**completed_event(status, ref), "source": "backstop"}
+        return backstop_event(status, ref)
 
     async def on_kill(self) -> None:
         """Cancel the fal request when a user kills the deferred task (Airflow >= 3.3).
@@ -223,7 +204,7 @@ class FalRequestTrigger(BaseTrigger):
 
     async def _moved_elsewhere(self) -> bool:
         """True only when the task instance is known to be still ``deferred``; any doubt is False."""
-        from fal_provider.triggers._kill import DEFERRED, task_instance_state
+        from fal_provider.triggers.kill import DEFERRED, task_instance_state
 
         task_instance = getattr(self, "task_instance", None)
         if task_instance is None or not self.cancel_on_kill or self._killed:
@@ -248,7 +229,7 @@ class FalRequestTrigger(BaseTrigger):
         Never raises (the caller re-raises the cancellation) and is bounded, so a hung lookup or
         cancel call cannot hold the cancelled trigger.
         """
-        from fal_provider.triggers._kill import is_user_kill, task_instance_state
+        from fal_provider.triggers.kill import is_user_kill, task_instance_state
 
         if not self.cancel_on_kill or self._killed:
             return
@@ -289,7 +270,7 @@ class FalRequestTrigger(BaseTrigger):
         self._killed = True
         request_id = self.request.get("request_id")
         try:
-            if self.wait_mode == "webhook" and not await self._still_running_per_webhook():
+            if self.policy.wait_mode == "webhook" and not await self._still_running_per_webhook():
                 return
             outcome = await self._hook().acancel(self.ref)
             self.log.info("Cancelled fal request %s (%s): %s", request_id, why, outcome)

@@ -24,11 +24,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
+from fal_provider.waiting import DEFAULT_BACKSTOP_INTERVAL
 from fal_provider.webhooks.store import WebhookRecord, record_key
 
 T = TypeVar("T")
-#: One status GET per waiting request every two minutes, only if the callback is late.
-DEFAULT_BACKSTOP_INTERVAL = 120.0
 #: Spreads the backstop polls of many requests deferred together (a fan-out) over time.
 BACKSTOP_JITTER = 0.1
 

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from fal_provider.events import webhook_event
 from fal_provider.webhooks.store import WebhookRecord
 from fal_provider.webhooks.urls import TaskIdentity
 
@@ -37,21 +38,11 @@ class WakeOutcome(str, enum.Enum):
 
 
 def task_event(record: WebhookRecord, request: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The small event the task resumes with; same shape as ``FalRequestTrigger``'s own events.
-
-    ``OK`` (even with a ``payload_error``: the result can still be fetched from the queue) maps to
-    ``success``; ``ERROR`` maps to ``failed`` with fal's error text. The result itself is fetched
-    by the worker in ``execute_complete``.
-    """
-    event: dict[str, Any] = {
-        "status": "success" if record.succeeded else "failed",
-        "request": dict(request) if request else {"request_id": record.request_id},
-        "source": "webhook",
-    }
-    if not record.succeeded:
-        event["error"] = record.error or "fal reported the request as failed"
-        event["error_type"] = "webhook_error"
-    return event
+    """The event the task resumes with (see :func:`fal_provider.events.webhook_event`); the result
+    itself is fetched by the worker in ``execute_complete``."""
+    return webhook_event(
+        succeeded=record.succeeded, error=record.error, request=request, request_id=record.request_id
+    )
 
 
 def waits_for_request(kwargs: Any, request_id: str, depth: int = 3) -> bool:

@@ -3,7 +3,7 @@
 * ``task_state_store`` (3.3+) vs the Variable fallback of ``RequestStore``: both are driven here on
   every version (a context without ``task_state_store`` is what a 3.1 worker hands the operator).
 * Trigger ``on_kill`` (3.3+): below 3.3 the trigger only sees its coroutine cancelled, for a user's
-  kill and a triggerer restart alike (``triggers/_kill.py`` tells them apart; its own tests cover the
+  kill and a triggerer restart alike (``triggers/kill.py`` tells them apart; its own tests cover the
   kill). Checked here on every version: a cancellation that is not known to be a kill never cancels
   fal, and the worker-side deadline cancel still works.
 * Secret masking in async code: ``amask_secret`` is 3.3+, ``_compat`` supplies it on 3.1.

@@ -11,8 +11,8 @@ from unittest.mock import AsyncMock, patch
 import pytest
 
 from fal_provider.exceptions import FalAuthError, FalServerError, FalStreamError
-from fal_provider.triggers._wait import AdaptiveInterval
 from fal_provider.triggers.fal import FalRequestTrigger
+from fal_provider.waiting import AdaptiveInterval
 from tests.unit.operators.fakes import done, queued, running
 from tests.unit.triggers.helpers import REF, async_hook, first_event, trigger
 

@@ -18,8 +18,8 @@ from unittest.mock import AsyncMock, MagicMock, patch
 import pytest
 from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 
-from fal_provider.triggers._kill import CLEARED, finish_despite_cancels, task_instance_state
 from fal_provider.triggers.fal import FalRequestTrigger
+from fal_provider.triggers.kill import CLEARED, finish_despite_cancels, task_instance_state
 from tests.unit.triggers.helpers import async_hook
 from tests.unit.triggers.test_kill_fallback import (  # noqa: F401  (legacy: a fixture, used by name)
     TaskStates,

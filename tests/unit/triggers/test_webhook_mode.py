@@ -68,7 +68,7 @@ def test_serialize_keeps_mode_and_backstop() -> None:
 
 
 def test_default_backstop_is_slow_and_bad_values_are_refused() -> None:
-    assert FalRequestTrigger(request=REF, wait_mode="webhook").backstop_interval == 120.0
+    assert FalRequestTrigger(request=REF, wait_mode="webhook").policy.backstop_interval == 120.0
     for bad in (0, -1, "soon", True):
         with pytest.raises(ValueError, match="backstop_interval"):
             webhook_trigger(backstop_interval=bad)
@@ -197,7 +197,7 @@ def test_inference_submits_with_the_task_callback_and_defers_in_webhook_mode() -
     assert callback_query(url) == {"dag_id": ["d"], "run_id": ["r"], "task_id": ["t"]}
     trig = exc.value.trigger
     assert isinstance(trig, FalRequestTrigger)
-    assert trig.wait_mode == "webhook" and trig.backstop_interval == 300.0
+    assert trig.policy.wait_mode == "webhook" and trig.policy.backstop_interval == 300.0
 
 
 def test_mapped_task_callback_names_its_map_index() -> None:
@@ -275,6 +275,6 @@ def test_sensor_defers_on_a_webhook_trigger() -> None:
         op.execute(task_context())
     trig = exc.value.trigger
     assert isinstance(trig, FalRequestTrigger)
-    assert trig.wait_mode == "webhook" and trig.backstop_interval == 60.0
+    assert trig.policy.wait_mode == "webhook" and trig.policy.backstop_interval == 60.0
     event = {"status": "success", "request": REF, "source": "webhook"}
     assert op.execute_complete(task_context(), event) == REF

@@ -34,7 +34,7 @@ from fal_provider.exceptions import FalTransientError
 T = TypeVar("T")
 
 #: States a user's action leaves behind (mark failed / success / skipped, clear): the request is
-#: not wanted any more. ``cleared`` is how :func:`~fal_provider.triggers._kill.current_state`
+#: not wanted any more. ``cleared`` is how :func:`~fal_provider.triggers.kill.current_state`
 #: reports a task instance without a state. Any other state (``running`` for a shutdown,
 #: ``up_for_retry`` when the scheduler gave up on this try) means another try comes and reattaches.
 USER_ACTION_STATES = frozenset({"failed", "success", "skipped", "removed", "restarting", "cleared"})
@@ -78,7 +78,7 @@ def sigterm_interrupts() -> Iterator[None]:
 
 def task_state(context: Any) -> str | None:
     """The task instance's state as Airflow has it now; ``None`` when it cannot be known."""
-    from fal_provider.triggers._kill import current_state
+    from fal_provider.triggers.kill import current_state
 
     ti = context.get("ti") if isinstance(context, dict) else None
     if ti is None:

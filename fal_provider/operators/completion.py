@@ -1,9 +1,8 @@
 """The one place that decides what a finished wait means.
 
 The same handler serves a request that was already done before deferring, the non-deferrable
-wait, and ``execute_complete``. It accepts only the statuses it knows (an allow-list): two
-community providers shipped bugs where a ``cancelled`` or ``None`` event was treated as success,
-so anything unexpected here raises.
+wait, ``execute_complete`` of every operator and the sensor's poke. It reads the event through
+:func:`fal_provider.events.validate_event`, which accepts only the statuses it knows.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fal_provider._compat import AirflowException
+from fal_provider.events import error_from_event, validate_event
 from fal_provider.exceptions import (
     FalAuthError,
     FalConnectionError,
@@ -21,30 +20,11 @@ from fal_provider.exceptions import (
     error_from_completed,
 )
 from fal_provider.models import FalRequestRef
-from fal_provider.triggers._wait import EVENT_STATUSES, error_from_event
 
 log = logging.getLogger(__name__)
 
 #: Errors that describe fetching the result rather than the request's own failure.
 _FETCH_ERRORS = (FalNotFoundError, FalAuthError, FalConnectionError, FalTimeoutError)
-
-
-def validate_event(event: Any) -> tuple[str, FalRequestRef]:
-    """Return ``(status, ref)`` for a well-formed event; raise on anything else."""
-    if not isinstance(event, dict):
-        raise AirflowException(
-            f"Expected a fal trigger event (a dict), got {type(event).__name__}: {event!r}"
-        )
-    status = event.get("status")
-    if status not in EVENT_STATUSES:
-        raise AirflowException(
-            f"Unexpected fal trigger event status {status!r} (allowed: {sorted(EVENT_STATUSES)}): {event!r}"
-        )
-    try:
-        ref = FalRequestRef.coerce(event.get("request"))
-    except ValueError as err:
-        raise AirflowException(f"fal trigger event without a valid request reference: {err}") from None
-    return str(status), ref
 
 
 def failure_error(hook: Any, ref: FalRequestRef, error: str | None, error_type: str | None) -> FalError:

@@ -1,0 +1,314 @@
+"""How a task waits for a fal request: the one wait policy, and the loop's decisions.
+
+:class:`WaitPolicy` is the single value the operators and the sensor build from their parameters
+and that the trigger (deferred, async) and :class:`SyncWaiter` (on the worker, blocking) both run
+by. Both wait the same way: poll with an adaptive interval (or follow fal's status stream and fall
+back to polling when it breaks), copy fal's queue position and log lines into the task log,
+tolerate a bounded run of transient errors (:class:`ErrorTolerance`) and end with the same event
+(:mod:`fal_provider.events`). Keeping the policy here means a fix applies to every path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from fal_provider.events import completed_event, error_event, timeout_event
+from fal_provider.exceptions import FalError, FalInputError
+from fal_provider.inputs import check_number
+from fal_provider.models import CompletedStatus, FalRequestRef, InProgressStatus, QueuedStatus
+
+Status = QueuedStatus | InProgressStatus | CompletedStatus
+
+WAIT_MODES = ("poll", "stream", "webhook")
+#: ``webhook`` mode: one status GET per waiting request every two minutes, only if the callback is late.
+DEFAULT_BACKSTOP_INTERVAL = 120.0
+#: How much later than the task's own deadline Airflow's deferral timeout fires, as a backstop only.
+DEFER_TIMEOUT_MARGIN = 120.0
+
+
+def default_deferrable() -> bool:
+    from fal_provider._compat import conf
+
+    return conf.getboolean("operators", "default_deferrable", fallback=False)
+
+
+def resolve_webhook_deferrable(wait_mode: str, deferrable: bool | None, default: bool) -> bool:
+    """``webhook`` only works deferred: the receiver resumes a *deferred* task, and a worker slot
+    blocked for hours is what the mode exists to avoid. So it defers unless told not to, and an
+    explicit ``deferrable=False`` is refused rather than silently polled."""
+    if wait_mode != "webhook":
+        return default if deferrable is None else deferrable
+    if deferrable is False:
+        raise FalInputError("wait_mode='webhook' needs deferrable=True (the receiver resumes deferred tasks)")
+    return True
+
+
+@dataclass(frozen=True)
+class WaitPolicy:
+    """Everything that decides how a request is waited for; checked when built (DAG parse time).
+
+    :param wait_mode: ``poll`` (adaptive status polling), ``stream`` (fal's status SSE, falling
+        back to polling if the stream breaks or ends early) or ``webhook`` (fal calls the API
+        server back; only a slow status backstop runs meanwhile).
+    :param poll_interval: floor of the adaptive poll interval, seconds.
+    :param max_poll_interval: ceiling the interval grows to while the request is queued.
+    :param max_consecutive_errors: transient errors in a row tolerated before the wait ends in ``error``.
+    :param log_fal_logs: copy fal's log lines and queue position into the task log.
+    :param backstop_interval: ``webhook`` mode: seconds between status checks if no callback comes.
+    :param end_time: absolute epoch deadline (``None``: none), set when the wait starts
+        (:meth:`until`); absolute so a triggerer restart does not restart the clock.
+    """
+
+    wait_mode: str = "poll"
+    poll_interval: float = 1.0
+    max_poll_interval: float = 30.0
+    max_consecutive_errors: int = 5
+    log_fal_logs: bool = False
+    backstop_interval: float = DEFAULT_BACKSTOP_INTERVAL
+    end_time: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.wait_mode not in WAIT_MODES:
+            raise FalInputError(
+                f"Unknown wait_mode {self.wait_mode!r}: expected one of {', '.join(WAIT_MODES)}."
+            )
+        check_number(self.poll_interval, "poll_interval", positive=True)
+        check_number(self.max_poll_interval, "max_poll_interval", positive=True)
+        if self.max_poll_interval < self.poll_interval:
+            raise FalInputError(
+                f"max_poll_interval ({self.max_poll_interval}) must be >= poll_interval ({self.poll_interval})"
+            )
+        check_number(self.max_consecutive_errors, "max_consecutive_errors", integer=True, minimum=0)
+        if isinstance(self.backstop_interval, bool) or not isinstance(self.backstop_interval, int | float):
+            raise FalInputError(
+                f"backstop_interval must be a number of seconds, got {self.backstop_interval!r}"
+            )
+        if self.backstop_interval <= 0:
+            raise FalInputError(
+                f"backstop_interval must be a positive number of seconds, got {self.backstop_interval!r}"
+            )
+        for name in ("poll_interval", "max_poll_interval", "backstop_interval"):
+            object.__setattr__(self, name, float(getattr(self, name)))  # one type whichever caller built it
+
+    def until(self, end_time: float | None) -> WaitPolicy:
+        """This policy with its deadline fixed (the wait starts now)."""
+        return dataclasses.replace(self, end_time=end_time)
+
+    def remaining(self) -> float | None:
+        return None if self.end_time is None else self.end_time - time.time()
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The policy as flat keyword arguments, the form a serialized trigger stores."""
+        return dataclasses.asdict(self)
+
+
+class AdaptiveInterval:
+    """Poll often while a request runs, back off while it only waits in the queue.
+
+    A queued request can sit for minutes; polling it every second costs HTTP calls for nothing.
+    Once it starts, completion is near, so the interval drops back to the floor.
+    """
+
+    def __init__(self, floor: float, ceiling: float, factor: float = 1.5) -> None:
+        self.floor = floor
+        self.ceiling = max(ceiling, floor)
+        self.factor = factor
+        self.current = floor
+
+    def next(self, status: Status | None) -> float:
+        """The wait before the next poll, given the status just seen (``None``: an error)."""
+        if isinstance(status, InProgressStatus):
+            self.current = self.floor
+        else:
+            self.current = min(self.current * self.factor, self.ceiling)
+        return self.current
+
+
+class StatusReporter:
+    """Copy queue position changes and new fal log lines into a task (or trigger) log.
+
+    fal returns log entries from a moving window, so the same line can appear in several answers;
+    a bounded set of recent entries de-duplicates them without growing forever.
+    """
+
+    def __init__(self, log: logging.Logger | Any, enabled: bool, ref: FalRequestRef) -> None:
+        self.log = log
+        self.enabled = enabled
+        self.ref = ref
+        self._last_state: str | None = None
+        self._last_position: int | None = None
+        self._seen: deque[tuple[Any, str]] = deque(maxlen=512)
+        self._seen_set: set[tuple[Any, str]] = set()
+
+    def report(self, status: Status) -> None:
+        if status.status != self._last_state:
+            self._last_state = status.status
+            self.log.info("fal request %s is %s", self.ref.request_id, status.status)
+        if not self.enabled:
+            return
+        if isinstance(status, QueuedStatus) and status.queue_position != self._last_position:
+            self._last_position = status.queue_position
+            self.log.info("fal request %s: queue position %s", self.ref.request_id, status.queue_position)
+        for entry in status.logs or []:
+            key = (entry.timestamp, entry.message)
+            if key in self._seen_set:
+                continue
+            if len(self._seen) == self._seen.maxlen:
+                self._seen_set.discard(self._seen[0])
+            self._seen.append(key)
+            self._seen_set.add(key)
+            self.log.info("[fal %s] %s", entry.level or "LOG", entry.message)
+
+
+def is_transient(err: BaseException) -> bool:
+    """Errors worth another try: the hook's transient errors and raw network trouble."""
+    if isinstance(err, FalError):
+        return bool(err.retryable)
+    import httpx
+
+    return isinstance(err, httpx.TransportError | OSError)
+
+
+class ErrorTolerance:
+    """The run of consecutive transient errors a wait tolerates; the only place they are counted."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+
+    def succeeded(self) -> None:
+        self.count = 0
+
+    def tolerates(self, err: BaseException) -> bool:
+        """Count ``err``; True while the wait may go on (a transient error within the limit)."""
+        if not is_transient(err):
+            return False
+        self.count += 1
+        return self.count <= self.limit
+
+
+class PollPolicy:
+    """What to do after each status poll: stop with an event, or wait this many seconds.
+
+    The trigger (async) and the worker (sync) run the same loop around different I/O; this holds
+    everything in that loop that is not I/O, so both count errors, back off and report alike.
+    """
+
+    def __init__(self, ref: FalRequestRef, policy: WaitPolicy, log: logging.Logger | Any) -> None:
+        self.ref = ref
+        self.log = log
+        self.interval = AdaptiveInterval(policy.poll_interval, policy.max_poll_interval)
+        self.reporter = StatusReporter(log, policy.log_fal_logs, ref)
+        self.errors = ErrorTolerance(policy.max_consecutive_errors)
+
+    def observed(self, status: Status) -> dict[str, Any] | float:
+        """A status arrived: the final event, or the wait before the next poll."""
+        self.errors.succeeded()
+        self.reporter.report(status)
+        if isinstance(status, CompletedStatus):
+            return completed_event(status, self.ref)
+        return self.interval.next(status)
+
+    def failed(self, err: Exception) -> dict[str, Any] | float:
+        """A poll raised: an ``error`` event once it is permanent or too many in a row, else a wait
+        (fal's ``Retry-After`` when it gave one)."""
+        if not self.errors.tolerates(err):
+            return error_event(self.ref, err)
+        self.log.warning(
+            "Polling fal request %s failed (%d/%d): %s",
+            self.ref.request_id,
+            self.errors.count,
+            self.errors.limit,
+            err,
+        )
+        return float(getattr(err, "retry_after", None) or self.interval.next(None))
+
+
+class StreamFollower:
+    """What to do with each message of fal's status stream and with its end.
+
+    ``None`` from :meth:`broke` or :meth:`ended` hands over to polling.
+    """
+
+    def __init__(self, ref: FalRequestRef, *, log: logging.Logger | Any, log_fal_logs: bool) -> None:
+        self.ref = ref
+        self.log = log
+        self.reporter = StatusReporter(log, log_fal_logs, ref)
+
+    def observed(self, status: Status) -> dict[str, Any] | None:
+        self.reporter.report(status)
+        if isinstance(status, CompletedStatus):
+            return completed_event(status, self.ref)
+        return None
+
+    def broke(self, err: Exception) -> dict[str, Any] | None:
+        if not is_transient(err):
+            return error_event(self.ref, err)
+        self.log.warning("fal status stream for %s broke (%s); polling instead", self.ref.request_id, err)
+        return None
+
+    def ended(self) -> None:
+        self.log.warning(
+            "fal status stream for %s ended before COMPLETED; polling instead", self.ref.request_id
+        )
+
+
+class SyncWaiter:
+    """Wait on the worker (``deferrable=False``): the trigger's loop with blocking I/O.
+
+    Blocks until the request finishes or the policy's absolute deadline passes, and returns the
+    same event the trigger would, so the completion handler does not care which path produced it.
+    """
+
+    def __init__(self, hook: Any, policy: WaitPolicy, *, log: Any) -> None:
+        self.hook = hook
+        self.policy = policy
+        self.log = log
+
+    def wait(self, ref: FalRequestRef) -> dict[str, Any]:
+        if self.policy.wait_mode == "stream":
+            event = self._stream(ref)
+            if event is not None:
+                return event
+        return self._poll(ref)
+
+    def _poll(self, ref: FalRequestRef) -> dict[str, Any]:
+        policy = PollPolicy(ref, self.policy, self.log)
+        while True:
+            remaining = self.policy.remaining()
+            if remaining is not None and remaining <= 0:
+                return timeout_event(ref, self.policy.end_time)
+            try:
+                status = self.hook.get_status(ref, logs=self.policy.log_fal_logs)
+            except Exception as err:
+                step = policy.failed(err)
+            else:
+                step = policy.observed(status)
+            if isinstance(step, dict):
+                return step
+            self._sleep(step)
+
+    def _sleep(self, seconds: float) -> None:
+        remaining = self.policy.remaining()
+        time.sleep(max(0.0, seconds if remaining is None else min(seconds, remaining)))
+
+    def _stream(self, ref: FalRequestRef) -> dict[str, Any] | None:
+        """Follow the status SSE; ``None`` hands over to polling (broken stream or deadline check)."""
+        follower = StreamFollower(ref, log=self.log, log_fal_logs=self.policy.log_fal_logs)
+        try:
+            for status in self.hook.iter_status(ref, logs=self.policy.log_fal_logs):
+                event = follower.observed(status)
+                if event is not None:
+                    return event
+                remaining = self.policy.remaining()
+                if remaining is not None and remaining <= 0:
+                    return timeout_event(ref, self.policy.end_time)
+        except Exception as err:
+            return follower.broke(err)
+        follower.ended()
+        return None
