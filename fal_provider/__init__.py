@@ -29,7 +29,7 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {
                 "integration-name": "fal.ai",
-                "python-modules": ["fal_provider.triggers.fal", "fal_provider.webhooks.triggers"],
+                "python-modules": ["fal_provider.triggers.fal", "fal_provider.triggers.webhook_events"],
             }
         ],
         "extra-links": ["fal_provider.operators.fal.FalRequestLink"],

@@ -7,8 +7,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from fal_provider.triggers.webhook_events import FalWebhookEventTrigger
 from fal_provider.webhooks.store import WebhookRecord
-from fal_provider.webhooks.triggers import FalWebhookEventTrigger
 from fal_provider.webhooks.urls import (
     TaskIdentity,
     WebhookSecret,
@@ -17,7 +17,12 @@ from fal_provider.webhooks.urls import (
     receiver_url,
     webhook_url_for_task,
 )
-from fal_provider.webhooks.wake import EVENT_TRIGGER_CLASSPATH, task_event, waits_for_request
+from fal_provider.webhooks.wake import (
+    EVENT_TRIGGER_CLASSPATH,
+    EVENT_TRIGGER_CLASSPATHS,
+    task_event,
+    waits_for_request,
+)
 
 
 @pytest.mark.parametrize(
@@ -109,6 +114,23 @@ def test_event_trigger_serializes_to_the_classpath_the_receiver_looks_for() -> N
     assert FalWebhookEventTrigger(**kwargs).serialize() == (classpath, kwargs)
     module, _, name = classpath.rpartition(".")
     assert getattr(__import__(module, fromlist=[name]), name) is FalWebhookEventTrigger
+
+
+def test_event_trigger_stored_under_its_former_classpath_still_loads() -> None:
+    # Trigger rows written before the move carry the old classpath; the triggerer imports it and
+    # the receiver still fires it.
+    import importlib
+
+    from fal_provider.webhooks.triggers import FalWebhookEventTrigger as reexported
+
+    legacy = "fal_provider.webhooks.triggers.FalWebhookEventTrigger"
+    module, _, name = legacy.rpartition(".")
+    assert reexported is FalWebhookEventTrigger
+    assert legacy in EVENT_TRIGGER_CLASSPATHS
+    assert getattr(importlib.import_module(module), name)(channel="batch").serialize() == (
+        EVENT_TRIGGER_CLASSPATH,
+        {"channel": "batch"},
+    )
 
 
 def test_event_trigger_rejects_bad_channel() -> None:
