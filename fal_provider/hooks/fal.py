@@ -43,7 +43,7 @@ from fal_provider.hooks._realtime import (
     realtime_url,
 )
 from fal_provider.hooks._retry import NO_RETRY
-from fal_provider.hooks._settings import FalSettings, resolve_settings
+from fal_provider.hooks._settings import DEFAULT_JWKS_URL, FalSettings, resolve_settings
 from fal_provider.hooks._sse import (
     iter_model_events,
     iter_status_events,
@@ -55,7 +55,14 @@ from fal_provider.hooks._transport import (
 )
 from fal_provider.models import FalRequestRef
 
-__all__ = ["AsyncRealtimeSession", "FalHook", "FalRealtimeError", "FalSettings", "RealtimeSession"]
+__all__ = [
+    "DEFAULT_JWKS_URL",
+    "AsyncRealtimeSession",
+    "FalHook",
+    "FalRealtimeError",
+    "FalSettings",
+    "RealtimeSession",
+]
 
 
 class FalHook(FalAsyncMixin, BaseHook):

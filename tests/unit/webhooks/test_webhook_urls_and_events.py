@@ -174,6 +174,14 @@ def test_config_secret_wins_over_the_connection(monkeypatch: pytest.MonkeyPatch)
     assert channel_secret().token("x") == WebhookSecret("f" * 20).token("x")
 
 
+def test_receiver_and_hook_default_to_the_same_jwks_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fal_provider.hooks.fal import DEFAULT_JWKS_URL, FalHook
+    from fal_provider.webhooks.settings import ReceiverSettings
+
+    _env_connection(monkeypatch)
+    assert ReceiverSettings.from_airflow().jwks_url == FalHook().settings.jwks_url == DEFAULT_JWKS_URL
+
+
 def test_receiver_settings_read_allow_list_and_secret_from_config_then_connection(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
