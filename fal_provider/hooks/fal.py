@@ -105,12 +105,11 @@ class FalHook(FalAsyncMixin, BaseHook):
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Form metadata for Airflow versions that do not read it from provider info."""
-        return {
-            "hidden_fields": ["login", "schema", "port"],
-            "relabeling": {"password": "API Key", "host": "Queue base URL"},
-            "placeholders": {"password": "key_id:key_secret", "host": "https://queue.fal.run"},
-        }
+        """The provider info's form metadata, for form code that asks the hook instead."""
+        from fal_provider import get_provider_info
+
+        (connection_type,) = get_provider_info()["connection-types"]
+        return {key.replace("-", "_"): value for key, value in connection_type["ui-field-behaviour"].items()}
 
     # -- settings ----------------------------------------------------------------------------------
     def _resolve(self, conn: Any, extras: Mapping[str, Any]) -> FalSettings:
