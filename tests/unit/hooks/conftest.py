@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-
 from tests.unit.hooks.hook_fakes import async_transport, fal_conn, waits
 
 __all__ = ["async_transport", "fal_conn", "waits"]
