@@ -120,7 +120,7 @@ def install_hook(target: Target, hook: Any) -> Target:
     wins; a trigger builds its hook in ``_hook()``.
     """
     is_spec = isinstance(hook, NonCallableMagicMock) and isinstance(hook, FalHook)
-    assert is_spec or getattr(hook, "_checked_against_falhook", False), (
+    assert is_spec or getattr(hook, "_checked_against_falhook", False) is True, (
         "fake hooks must be specced from FalHook: use make_hook()/async_hook() or checked_fake()"
     )
     if isinstance(target, BaseTrigger):
