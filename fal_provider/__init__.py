@@ -1,7 +1,8 @@
 """Apache Airflow provider for fal.ai.
 
 Everything Airflow needs to discover the provider is in :func:`get_provider_info`; it is declarative
-so the API server can render the connection form without importing the hook.
+so the API server can render the connection form without importing the hook. It is the one source
+of the form: ``FalHook.get_ui_field_behaviour`` derives its answer from it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {
                 "integration-name": "fal.ai",
-                "python-modules": ["fal_provider.triggers.fal", "fal_provider.webhooks.triggers"],
+                "python-modules": ["fal_provider.triggers.fal", "fal_provider.triggers.webhook_events"],
             }
         ],
         "extra-links": ["fal_provider.operators.fal.FalRequestLink"],
@@ -97,6 +98,11 @@ def get_provider_info() -> dict[str, Any]:
                         "label": "HTTP retry attempts",
                         "description": "Attempts per call for retryable failures (default 5).",
                         "schema": {"type": ["integer", "null"], "minimum": 1},
+                    },
+                    "retry_min_wait": {
+                        "label": "First backoff (seconds)",
+                        "description": "Wait before the first retry, doubled each attempt (default 0.5).",
+                        "schema": {"type": ["number", "null"], "minimum": 0},
                     },
                     "retry_max_wait": {
                         "label": "Maximum backoff (seconds)",

@@ -1,11 +1,12 @@
-"""Pytest fixtures for the fal emulator (plugin ``fal_emulator``, auto-registered by the package).
+"""Pytest fixtures for the fal emulator, opt-in: ``pytest_plugins = ["fal_provider.emulator.pytest_plugin"]``
+in a ``conftest.py`` (or ``pytest -p fal_provider.emulator.pytest_plugin``).
 
 - ``fal_emulator``: one emulator per test session (started lazily on first use); every test that uses
   it gets a clean one: requests, files, counters, faults and runtime config are reset before the test.
 - ``fal_emulator_conn``: the same emulator, with ``AIRFLOW_CONN_FAL_DEFAULT`` pointing at it.
 
-Importing this module must stay cheap: it runs at every pytest start, so uvicorn and the emulator
-are imported only inside the fixtures.
+Importing this module stays cheap (uvicorn and the emulator are imported only inside the fixtures), so
+enabling it costs nothing in sessions that never use an emulator.
 """
 
 from __future__ import annotations

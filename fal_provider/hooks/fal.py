@@ -43,7 +43,7 @@ from fal_provider.hooks._realtime import (
     realtime_url,
 )
 from fal_provider.hooks._retry import NO_RETRY
-from fal_provider.hooks._settings import FalSettings, resolve_settings
+from fal_provider.hooks._settings import DEFAULT_JWKS_URL, FalSettings, resolve_settings
 from fal_provider.hooks._sse import (
     iter_model_events,
     iter_status_events,
@@ -55,7 +55,14 @@ from fal_provider.hooks._transport import (
 )
 from fal_provider.models import FalRequestRef
 
-__all__ = ["AsyncRealtimeSession", "FalHook", "FalRealtimeError", "FalSettings", "RealtimeSession"]
+__all__ = [
+    "DEFAULT_JWKS_URL",
+    "AsyncRealtimeSession",
+    "FalHook",
+    "FalRealtimeError",
+    "FalSettings",
+    "RealtimeSession",
+]
 
 
 class FalHook(FalAsyncMixin, BaseHook):
@@ -98,12 +105,11 @@ class FalHook(FalAsyncMixin, BaseHook):
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Form metadata for Airflow versions that do not read it from provider info."""
-        return {
-            "hidden_fields": ["login", "schema", "port"],
-            "relabeling": {"password": "API Key", "host": "Queue base URL"},
-            "placeholders": {"password": "key_id:key_secret", "host": "https://queue.fal.run"},
-        }
+        """The provider info's form metadata, for form code that asks the hook instead."""
+        from fal_provider import get_provider_info
+
+        (connection_type,) = get_provider_info()["connection-types"]
+        return {key.replace("-", "_"): value for key, value in connection_type["ui-field-behaviour"].items()}
 
     # -- settings ----------------------------------------------------------------------------------
     def _resolve(self, conn: Any, extras: Mapping[str, Any]) -> FalSettings:

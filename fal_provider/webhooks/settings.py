@@ -32,12 +32,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fal_provider.hooks.fal import DEFAULT_JWKS_URL
 from fal_provider.webhooks.store import DEFAULT_PAYLOAD_MAX_BYTES
 from fal_provider.webhooks.urls import WebhookSecret, WebhookUrlError, build_webhook_url
 from fal_provider.webhooks.verify import (
     DEFAULT_JWKS_CACHE_SECONDS,
     DEFAULT_JWKS_MIN_REFRESH_SECONDS,
-    DEFAULT_JWKS_URL,
     TIMESTAMP_TOLERANCE_SECONDS,
 )
 

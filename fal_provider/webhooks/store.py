@@ -123,14 +123,6 @@ def get_record(request_id: str, *, session: Session) -> WebhookRecord | None:
     return None if variable is None else WebhookRecord.from_json(variable.val)
 
 
-def delete_record(request_id: str, *, session: Session) -> bool:
-    from airflow.models.variable import Variable
-    from sqlalchemy import delete
-
-    result = session.execute(delete(Variable).where(Variable.key == record_key(request_id)))
-    return bool(getattr(result, "rowcount", 0))
-
-
 def delete_expired(retention_seconds: float, *, session: Session, now: float | None = None) -> int:
     """Delete records older than the retention; unreadable ones count as old (they serve nobody)."""
     from airflow.models.variable import Variable

@@ -174,8 +174,3 @@ def build_webhook_url(
         name = validate_channel(str(channel))
         query = {"channel": name, TOKEN_PARAM: secret.token(name)}
     return f"{receiver_url(base_url)}?{urlencode(query)}"
-
-
-def webhook_url_for_task(base_url: str, ti: Any) -> str:
-    """What an operator passes as ``webhook_url`` when it submits from ``execute(context)``."""
-    return build_webhook_url(base_url, TaskIdentity.from_task_instance(ti))

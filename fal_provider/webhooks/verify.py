@@ -25,7 +25,6 @@ import httpx
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-DEFAULT_JWKS_URL = "https://rest.fal.ai/.well-known/jwks.json"
 #: fal documents a ±300 s window between the signed timestamp and the receiver's clock.
 TIMESTAMP_TOLERANCE_SECONDS = 300
 #: fal asks receivers not to cache its keys longer than a day, because they rotate.
@@ -146,11 +145,14 @@ class JWKSCache:
     whatever its outcome: within it, a forced refresh returns the keys already held, and after a
     failed fetch the failure itself is remembered and raised again without a new fetch. So forged
     signatures and an unreachable JWKS host cause at most one fetch per interval.
+
+    :param url: where fal publishes its keys; the receiver passes the configured one, whose default
+        is :data:`fal_provider.hooks.fal.DEFAULT_JWKS_URL`.
     """
 
     def __init__(
         self,
-        url: str = DEFAULT_JWKS_URL,
+        url: str,
         *,
         ttl: float = DEFAULT_JWKS_CACHE_SECONDS,
         min_refresh_interval: float = DEFAULT_JWKS_MIN_REFRESH_SECONDS,

@@ -27,7 +27,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROVIDER_CLASSPATH_PREFIX = "fal_provider."
-EVENT_TRIGGER_CLASSPATH = "fal_provider.webhooks.triggers.FalWebhookEventTrigger"
+EVENT_TRIGGER_CLASSPATH = "fal_provider.triggers.webhook_events.FalWebhookEventTrigger"
+#: Rows stored before the trigger moved to ``triggers/`` keep the old classpath until their DAG is
+#: parsed again; they still watch their channel.
+EVENT_TRIGGER_CLASSPATHS = (EVENT_TRIGGER_CLASSPATH, "fal_provider.webhooks.triggers.FalWebhookEventTrigger")
 
 
 class WakeOutcome(str, enum.Enum):
@@ -132,7 +135,7 @@ def fire_channel(record: WebhookRecord, *, session: Session) -> int:
     # Airflow 3.1 links triggers to assets directly; later releases through asset watchers.
     watched = Trigger.asset_watchers if hasattr(Trigger, "asset_watchers") else Trigger.assets
     watchers = session.scalars(
-        select(Trigger).where(Trigger.classpath == EVENT_TRIGGER_CLASSPATH, watched.any())
+        select(Trigger).where(Trigger.classpath.in_(EVENT_TRIGGER_CLASSPATHS), watched.any())
     ).all()
     fired = 0
     for trigger in watchers:

@@ -15,7 +15,7 @@ import asyncio
 import inspect
 import json
 from typing import Any
-from unittest.mock import AsyncMock, MagicMock, patch
+from unittest.mock import MagicMock
 
 import pytest
 from airflow.triggers.base import BaseTrigger
@@ -31,6 +31,7 @@ from tests.unit.operators.fakes import (
     FakeStateStore,
     RequestVariables,
     done,
+    install_hook,
     make_context,
     make_hook,
     make_ref,
@@ -48,7 +49,7 @@ def inference(hook: MagicMock) -> FalInferenceOperator:
     op = FalInferenceOperator(
         task_id="t2i", app_id=APP, arguments={"prompt": "a cat"}, deferrable=True, poll_interval=0.01
     )
-    op.__dict__["hook"] = hook  # replace the cached_property: no HTTP in unit tests
+    install_hook(op, hook)
     return op
 
 
@@ -123,17 +124,15 @@ def test_trigger_on_kill_overrides_the_3_3_hook() -> None:
 async def test_cancelled_trigger_never_cancels_the_fal_request() -> None:
     """Outside a triggerer no task state is known, as after a restart: cancelling fal there would kill
     a request that a restarted triggerer is about to pick up again."""
-    hook = MagicMock(name="FalHook")
-    hook.aget_status = AsyncMock(side_effect=lambda *a, **k: queued())
-    hook.acancel = AsyncMock()
+    hook = make_hook()
+    hook.aget_status.side_effect = lambda *a, **k: queued()
     trig = FalRequestTrigger(request=make_ref().to_xcom(), poll_interval=0.01, max_poll_interval=0.01)
-    with patch.object(FalRequestTrigger, "_hook", return_value=hook):
-        task = asyncio.ensure_future(trig.run().__anext__())
-        while hook.aget_status.await_count < 2:
-            await asyncio.sleep(0.01)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+    task = asyncio.ensure_future(install_hook(trig, hook).run().__anext__())
+    while hook.aget_status.await_count < 2:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
     hook.acancel.assert_not_awaited()
 
 

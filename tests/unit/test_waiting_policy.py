@@ -23,7 +23,7 @@ from fal_provider.operators.fal import FalResultOperator
 from fal_provider.sensors.fal import FalRequestSensor
 from fal_provider.triggers.fal import FalRequestTrigger
 from fal_provider.waiting import ErrorTolerance, WaitPolicy
-from tests.unit.operators.fakes import make_context, make_hook, make_ref, queued
+from tests.unit.operators.fakes import install_hook, make_context, make_hook, make_ref, queued
 
 REF = make_ref()
 
@@ -99,9 +99,9 @@ def test_the_sensor_and_the_operators_defer_on_the_same_trigger() -> None:
         "cancel_on_kill": False,
     }
     operator = FalResultOperator(task_id="result", poll_interval=3.0, **common)
-    operator.__dict__["hook"] = make_hook([queued()])
+    install_hook(operator, make_hook([queued()]))
     sensor = FalRequestSensor(task_id="sensor", poke_interval=3.0, **common)
-    sensor.__dict__["hook"] = make_hook([queued()])
+    install_hook(sensor, make_hook([queued()]))
     assert operator.wait_policy == sensor.wait_policy
     from_operator, from_sensor = _deferred_kwargs(operator), _deferred_kwargs(sensor)
     assert abs(from_operator.pop("end_time") - from_sensor.pop("end_time")) < 5

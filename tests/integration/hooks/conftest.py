@@ -8,7 +8,7 @@ import pytest
 
 from fal_provider.emulator.testing import FalEmulator
 from fal_provider.hooks.fal import FalHook
-from tests.unit.hooks.hook_fakes import waits
+from tests.fakes.retry_waits import waits
 
 __all__ = ["ahook", "hook", "waits"]
 

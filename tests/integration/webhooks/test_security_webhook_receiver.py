@@ -22,6 +22,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fal_provider.emulator.webhooks import sign_webhook, webhook_payload
+from tests.fakes.jwks import CountingJWKS
 from tests.integration.webhooks.test_webhook_receiver import asset_events
 from tests.integration.webhooks.webhook_db_helpers import (
     CHANNEL,
@@ -33,7 +34,6 @@ from tests.integration.webhooks.webhook_db_helpers import (
     serve_receiver,
     task_state,
 )
-from tests.unit.webhooks.jwks_server import CountingJWKS
 
 FOREIGN_USER = "another-fal-account"
 

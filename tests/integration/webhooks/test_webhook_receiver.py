@@ -306,6 +306,40 @@ def test_channel_callback_fires_the_asset_watcher_once(
     assert queued_asset_runs() >= 1
 
 
+@pytest.fixture
+def watcher_stored_by_an_older_release(receiver: ServedApp) -> Iterator[None]:
+    """The channel's watcher row as a release before the trigger's move to ``triggers/`` stored it."""
+    from airflow.models.trigger import Trigger
+    from airflow.utils.session import create_session
+    from sqlalchemy import update
+
+    from fal_provider.webhooks.wake import EVENT_TRIGGER_CLASSPATH
+
+    legacy = "fal_provider.webhooks.triggers.FalWebhookEventTrigger"
+
+    def move(old: str, new: str) -> int:
+        with create_session() as session:
+            return int(
+                session.execute(
+                    update(Trigger).where(Trigger.classpath == old).values(classpath=new)
+                ).rowcount
+            )
+
+    assert move(EVENT_TRIGGER_CLASSPATH, legacy) >= 1
+    yield
+    move(legacy, EVENT_TRIGGER_CLASSPATH)
+
+
+@pytest.mark.usefixtures("watcher_stored_by_an_older_release")
+def test_channel_callback_fires_a_watcher_stored_under_the_former_classpath(
+    receiver: ServedApp, client: httpx.Client, fal_emulator: Any
+) -> None:
+    rid = new_request_id()
+    body, headers = signed(fal_emulator.signing_key, rid)
+    assert post(client, receiver.url, body, headers, channel_query(fal_emulator, CHANNEL)).status_code == 200
+    assert len(asset_events(rid)) == 1
+
+
 def test_unknown_channel_records_without_event(
     receiver: ServedApp, client: httpx.Client, fal_emulator: Any
 ) -> None:

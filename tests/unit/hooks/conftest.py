@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-
-from tests.unit.hooks.hook_fakes import async_transport, fal_conn, waits
+from tests.fakes.retry_waits import waits
+from tests.unit.hooks.hook_fakes import async_transport, fal_conn
 
 __all__ = ["async_transport", "fal_conn", "waits"]

@@ -1,5 +1,6 @@
-"""Fakes for FalHook unit tests: a scripted httpx transport, a connection in the environment, and
-recorded (not slept) retry waits. Fixtures are registered by this directory's conftest."""
+"""Fakes for FalHook unit tests: a scripted httpx transport and a connection in the environment
+(the recorded retry waits are shared with the integration tests, in ``tests/fakes``). Fixtures are
+registered by this directory's conftest."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from fal_provider.hooks import _retry, _transport
+from fal_provider.hooks import _transport
 from fal_provider.hooks.fal import FalHook
 
 KEY = "test-key-id:super-secret-value"
@@ -64,19 +65,6 @@ def fal_conn(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("FAL_KEY", "FAL_KEY_ID", "FAL_KEY_SECRET"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AIRFLOW_CONN_FAL_DEFAULT", connection_json())
-
-
-@pytest.fixture
-def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Retry waits, recorded instead of slept (sync and async)."""
-    recorded: list[float] = []
-
-    async def fake_asleep(seconds: float) -> None:
-        recorded.append(seconds)
-
-    monkeypatch.setattr(_retry, "sleep", recorded.append)
-    monkeypatch.setattr(_retry, "asleep", fake_asleep)
-    return recorded
 
 
 def spy_aget_connection(monkeypatch: pytest.MonkeyPatch) -> list[str]:

@@ -1,13 +1,24 @@
 """Test doubles for the operator/sensor/trigger unit tests: they isolate the waiting and completion
-logic from HTTP. The real hook is exercised by the integration and e2e tests."""
+logic from HTTP. The real hook is exercised by the integration and e2e tests.
+
+Every fake hook answers to ``FalHook``'s interface: ``make_hook`` is a ``create_autospec`` of it, and
+a hand-written fake class goes through :func:`checked_fake`, which binds every call against the real
+method's signature. So a renamed hook method, or a keyword the hook does not take, fails the test.
+:func:`install_hook` is the one way a fake reaches an operator, a sensor or a trigger.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
-from typing import Any
-from unittest.mock import MagicMock
+from typing import Any, TypeVar
+from unittest.mock import MagicMock, NonCallableMagicMock, create_autospec
+
+from airflow.triggers.base import BaseTrigger
 
 from fal_provider._compat import AIRFLOW_V_3_3_PLUS
+from fal_provider.hooks.fal import FalHook
 from fal_provider.models import FalRequestRef, parse_status
 from fal_provider.operators._reattach import STATE_KEY, VARIABLE_PREFIX, RequestStore
 
@@ -61,14 +72,62 @@ class FakeStateStore:
         self.data.pop(key, None)
 
 
-def make_hook(statuses: list[Any] | None = None, result: Any = None) -> MagicMock:
-    hook = MagicMock(name="FalHook")
+def make_hook(statuses: list[Any] | None = None, result: Any = None) -> Any:
+    """A ``FalHook`` autospec: only its methods exist, and calls must fit their signatures."""
+    hook = create_autospec(FalHook, instance=True, name="FalHook")
     hook.settings.queue_url = "http://127.0.0.1:9/queue"
     hook.submit.return_value = make_ref()
     hook.get_status.side_effect = list(statuses or [done()])
     hook.get_result.return_value = result if result is not None else {"images": [{"url": "http://x/a.png"}]}
     hook.cancel.return_value = "CANCELLATION_REQUESTED"
     return hook
+
+
+def checked_fake(fake: Any) -> Any:
+    """``fake`` with each public method it defines bound against ``FalHook``'s method of that name.
+
+    A hand-written fake keeps its behaviour (and its loose ``**kwargs``), but a call the real hook
+    would refuse raises ``TypeError``, and a method the real hook does not have fails right here.
+    """
+    for name, _ in inspect.getmembers(type(fake), callable):
+        if name.startswith("_"):
+            continue
+        real = getattr(FalHook, name, None)
+        assert callable(real), f"{type(fake).__name__}.{name}: FalHook has no method {name!r}"
+        takes_self = inspect.isfunction(inspect.getattr_static(FalHook, name))
+        setattr(fake, name, _bound_like(inspect.signature(real), takes_self, getattr(fake, name)))
+    fake._checked_against_falhook = True
+    return fake
+
+
+def _bound_like(signature: inspect.Signature, takes_self: bool, method: Any) -> Any:
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        signature.bind(*((None,) if takes_self else ()), *args, **kwargs)  # ``None`` stands for ``self``
+        return method(*args, **kwargs)
+
+    return call
+
+
+Target = TypeVar("Target")
+
+
+def install_hook(target: Target, hook: Any) -> Target:
+    """Give an operator, a sensor or a trigger ``hook`` instead of a real one; returns ``target``.
+
+    ``hook`` must be a ``FalHook`` autospec (``make_hook``, ``async_hook``) or a ``checked_fake``.
+    Operators and the sensor cache their hook in a ``cached_property``, so the instance attribute
+    wins; a trigger builds its hook in ``_hook()``.
+    """
+    is_spec = isinstance(hook, NonCallableMagicMock) and isinstance(hook, FalHook)
+    assert is_spec or getattr(hook, "_checked_against_falhook", False) is True, (
+        "fake hooks must be specced from FalHook: use make_hook()/async_hook() or checked_fake()"
+    )
+    if isinstance(target, BaseTrigger):
+        target.__dict__["_hook"] = lambda: hook
+    else:
+        target.__dict__["hook"] = hook
+    return target
 
 
 class RequestVariables:

@@ -27,6 +27,7 @@ from tests.unit.operators.fakes import (
     APP,
     FakeStateStore,
     done,
+    install_hook,
     make_context,
     make_hook,
     make_ref,
@@ -42,7 +43,7 @@ def inference(hook: MagicMock, **kwargs: Any) -> FalInferenceOperator:
     op = FalInferenceOperator(
         task_id="t", app_id=APP, arguments={"prompt": "a cat"}, poll_interval=0.01, **kwargs
     )
-    op.__dict__["hook"] = hook
+    install_hook(op, hook)
     return op
 
 
@@ -194,7 +195,7 @@ def test_the_result_operator_keeps_the_request_on_shutdown_too(
     hook = make_hook()
     sigterm_on_second_status(hook)
     op = FalResultOperator(task_id="t", request=make_ref().to_xcom(), deferrable=False, poll_interval=0.01)
-    op.__dict__["hook"] = hook
+    install_hook(op, hook)
     with pytest.raises(shutdown.FalWorkerShutdown):
         op.execute(make_context())
     hook.cancel.assert_not_called()
@@ -299,7 +300,7 @@ def test_the_sensor_keeps_the_request_on_shutdown_and_cancels_on_a_user_kill(
         sensor = FalRequestSensor(
             task_id="t", request=make_ref().to_xcom(), deferrable=False, poke_interval=0.01
         )
-        sensor.__dict__["hook"] = hook
+        install_hook(sensor, hook)
         with pytest.raises(shutdown.FalWorkerShutdown):
             sensor.execute(make_context())
         assert hook.cancel.call_count == cancels, state

@@ -31,6 +31,7 @@ from tests.unit.operators.fakes import (
     APP,
     FakeStateStore,
     done,
+    install_hook,
     make_context,
     make_hook,
     make_ref,
@@ -46,7 +47,7 @@ def inference(hook: MagicMock, **kwargs: Any) -> FalInferenceOperator:
     kwargs.setdefault("poll_interval", 0.01)
     kwargs.setdefault("max_poll_interval", 0.02)
     op = FalInferenceOperator(task_id="t2i", app_id=APP, arguments={"prompt": "a cat"}, **kwargs)
-    op.__dict__["hook"] = hook  # replace the cached_property: no HTTP in unit tests
+    install_hook(op, hook)
     return op
 
 
@@ -335,7 +336,7 @@ def test_deferrable_default_from_config(monkeypatch: pytest.MonkeyPatch) -> None
 def test_submit_operator_returns_small_reference() -> None:
     hook = make_hook()
     op = FalSubmitOperator(task_id="s", app_id=APP, arguments={"prompt": "x"}, path="/sub")
-    op.__dict__["hook"] = hook
+    install_hook(op, hook)
     context = make_context()
     assert op.execute(context) == REF.to_xcom()
     assert hook.submit.call_args.kwargs["path"] == "/sub"
@@ -347,14 +348,14 @@ def test_result_operator_waits_and_shapes(tmp_path: Any) -> None:
     op = FalResultOperator(
         task_id="r", request=REF.to_xcom(), poll_interval=0.01, output_path=f"file://{tmp_path}"
     )
-    op.__dict__["hook"] = hook
+    install_hook(op, hook)
     manifest = op.execute(make_context())
     assert manifest["result_path"].endswith("req-1.json") and manifest["media_count"] == 1
 
 
 def test_result_operator_bad_reference_is_clear() -> None:
     op = FalResultOperator(task_id="r", request={"request_id": "x"})
-    op.__dict__["hook"] = make_hook()
+    install_hook(op, make_hook())
     with pytest.raises(AirflowFailException, match="app_id"):
         op.execute(make_context())
 
@@ -364,7 +365,7 @@ def test_cancel_operator_never_fails_on_finished(outcome: str) -> None:
     hook = make_hook()
     hook.cancel.return_value = outcome
     op = FalCancelOperator(task_id="c", request=REF.model_dump_json())
-    op.__dict__["hook"] = hook
+    install_hook(op, hook)
     assert op.execute(make_context()) == outcome
 
 

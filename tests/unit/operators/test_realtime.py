@@ -17,6 +17,7 @@ from fal_provider.exceptions import FalAuthError, FalNotFoundError, FalStreamErr
 from fal_provider.hooks._realtime import FalRealtimeError
 from fal_provider.operators._stream_utils import BatchLedger, check_msgpack_inputs
 from fal_provider.operators.realtime import FalRealtimeOperator, is_session_drop, run_realtime_batch
+from tests.unit.operators.fakes import checked_fake, install_hook
 
 APP = "emulator/realtime"
 
@@ -263,7 +264,7 @@ def make_op(server: FakeServer, **kwargs: Any) -> tuple[FalRealtimeOperator, Fak
     params.update(kwargs)
     op = FalRealtimeOperator(**params)
     hook = FakeRealtimeHook(server)
-    op.__dict__["hook"] = hook
+    install_hook(op, checked_fake(hook))
     return op, hook
 
 

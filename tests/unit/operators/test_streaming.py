@@ -22,6 +22,7 @@ from fal_provider.exceptions import (
 )
 from fal_provider.operators._stream_utils import RateLimitedLog, error_in_event, stream_error_from_event
 from fal_provider.operators.streaming import FalStreamOperator, StreamCollector, drain_stream
+from tests.unit.operators.fakes import checked_fake, install_hook
 
 APP = "emulator/stream"
 
@@ -68,7 +69,7 @@ def make_op(hook: FakeStreamHook, **kwargs: Any) -> FalStreamOperator:
     params: dict[str, Any] = {"task_id": "stream", "app_id": APP, "arguments": {"count": 2}}
     params.update(kwargs)
     op = FalStreamOperator(**params)
-    op.__dict__["hook"] = hook  # cached_property: the instance attribute wins
+    install_hook(op, checked_fake(hook))
     return op
 
 

@@ -13,7 +13,17 @@ from fal_provider._compat import AirflowException, AirflowSensorTimeout, TaskDef
 from fal_provider.exceptions import FalNotFoundError, FalRequestFailed, FalServerError, FalValidationError
 from fal_provider.sensors.fal import FalRequestSensor
 from fal_provider.triggers.fal import FalRequestTrigger
-from tests.unit.operators.fakes import APP, done, make_context, make_hook, make_ref, pushed, queued, running
+from tests.unit.operators.fakes import (
+    APP,
+    done,
+    install_hook,
+    make_context,
+    make_hook,
+    make_ref,
+    pushed,
+    queued,
+    running,
+)
 
 REF = make_ref()
 
@@ -21,7 +31,7 @@ REF = make_ref()
 def sensor(hook: MagicMock, **kwargs: Any) -> FalRequestSensor:
     kwargs.setdefault("request", REF.to_xcom())
     op = FalRequestSensor(task_id="wait", poke_interval=0.01, **kwargs)
-    op.__dict__["hook"] = hook
+    install_hook(op, hook)
     return op
 
 

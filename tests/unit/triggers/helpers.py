@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from typing import Any
-from unittest.mock import AsyncMock, MagicMock, patch
+from unittest.mock import create_autospec
 
+from fal_provider.hooks.fal import FalHook
 from fal_provider.triggers.fal import FalRequestTrigger
-from tests.unit.operators.fakes import make_ref
+from tests.unit.operators.fakes import install_hook, make_ref
 
 REF = make_ref().to_xcom()
 
@@ -18,15 +19,14 @@ def trigger(**kwargs: Any) -> FalRequestTrigger:
     return FalRequestTrigger(request=REF, **kwargs)
 
 
-def async_hook(statuses: list[Any] | None = None) -> MagicMock:
-    """A hook whose status calls answer ``statuses`` in order and whose cancel succeeds."""
-    hook = MagicMock(name="FalHook")
-    hook.aget_status = AsyncMock(side_effect=list(statuses or []))
-    hook.acancel = AsyncMock(return_value="CANCELLATION_REQUESTED")
+def async_hook(statuses: list[Any] | None = None) -> Any:
+    """A ``FalHook`` autospec whose status calls answer ``statuses`` in order and whose cancel succeeds."""
+    hook = create_autospec(FalHook, instance=True, name="FalHook")
+    hook.aget_status.side_effect = list(statuses or [])
+    hook.acancel.return_value = "CANCELLATION_REQUESTED"
     return hook
 
 
-async def first_event(trig: FalRequestTrigger, hook: MagicMock) -> dict[str, Any]:
-    with patch.object(FalRequestTrigger, "_hook", return_value=hook):
-        event = await trig.run().__anext__()
+async def first_event(trig: FalRequestTrigger, hook: Any) -> dict[str, Any]:
+    event = await install_hook(trig, hook).run().__anext__()
     return event.payload

@@ -6,14 +6,14 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
-from unittest.mock import AsyncMock, patch
+from unittest.mock import AsyncMock
 
 import pytest
 
 from fal_provider.exceptions import FalAuthError, FalServerError, FalStreamError
 from fal_provider.triggers.fal import FalRequestTrigger
 from fal_provider.waiting import AdaptiveInterval
-from tests.unit.operators.fakes import done, queued, running
+from tests.unit.operators.fakes import done, install_hook, queued, running
 from tests.unit.triggers.helpers import REF, async_hook, first_event, trigger
 
 
@@ -133,24 +133,21 @@ async def test_stream_ending_early_falls_back_to_polling() -> None:
 
 async def test_on_kill_cancels_once_and_never_raises() -> None:
     hook = async_hook()
-    trig = trigger()
-    with patch.object(FalRequestTrigger, "_hook", return_value=hook):
-        await trig.on_kill()
-        await trig.on_kill()
+    trig = install_hook(trigger(), hook)
+    await trig.on_kill()
+    await trig.on_kill()
     hook.acancel.assert_awaited_once()
     assert hook.acancel.await_args.args[0].request_id == "req-1"
 
     failing = async_hook()
-    failing.acancel = AsyncMock(side_effect=FalServerError("boom"))
-    with patch.object(FalRequestTrigger, "_hook", return_value=failing):
-        await trigger().on_kill()  # logged, not raised
+    failing.acancel.side_effect = FalServerError("boom")
+    await install_hook(trigger(), failing).on_kill()  # logged, not raised
     failing.acancel.assert_awaited_once()
 
 
 async def test_on_kill_disabled() -> None:
     hook = async_hook()
-    with patch.object(FalRequestTrigger, "_hook", return_value=hook):
-        await trigger(cancel_on_kill=False).on_kill()
+    await install_hook(trigger(cancel_on_kill=False), hook).on_kill()
     hook.acancel.assert_not_awaited()
 
 
@@ -174,12 +171,11 @@ def test_adaptive_interval_backs_off_while_queued_and_resets_when_running() -> N
 
 async def test_run_does_not_block_the_loop() -> None:
     hook = async_hook()
-    hook.aget_status = AsyncMock(return_value=queued())
-    trig = trigger(poll_interval=0.05, max_poll_interval=0.05)
-    with patch.object(FalRequestTrigger, "_hook", return_value=hook):
-        task = asyncio.create_task(trig.run().__anext__())
-        await asyncio.sleep(0.2)
-        assert not task.done()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+    hook.aget_status.side_effect = lambda *args, **kwargs: queued()
+    trig = install_hook(trigger(poll_interval=0.05, max_poll_interval=0.05), hook)
+    task = asyncio.create_task(trig.run().__anext__())
+    await asyncio.sleep(0.2)
+    assert not task.done()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

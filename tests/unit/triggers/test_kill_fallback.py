@@ -20,7 +20,7 @@ from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 
 from fal_provider.exceptions import FalServerError
 from fal_provider.triggers.fal import FalRequestTrigger
-from tests.unit.operators.fakes import queued
+from tests.unit.operators.fakes import install_hook, queued
 from tests.unit.triggers.helpers import REF, async_hook, trigger
 
 
@@ -56,12 +56,10 @@ async def waiting_run(
     trig: FalRequestTrigger, hook: MagicMock, states: TaskStates
 ) -> AsyncIterator[asyncio.Future[Any]]:
     """``run()`` started on a request that stays queued, once it has polled: ready to be cancelled."""
-    hook.aget_status = AsyncMock(return_value=queued())
-    with (
-        patch.object(FalRequestTrigger, "_hook", return_value=hook),
-        patch.object(RuntimeTaskInstance, "get_task_states", side_effect=states),
-    ):
-        task = asyncio.ensure_future(trig.run().__anext__())
+    hook.aget_status.side_effect = None
+    hook.aget_status.return_value = queued()
+    with patch.object(RuntimeTaskInstance, "get_task_states", side_effect=states):
+        task = asyncio.ensure_future(install_hook(trig, hook).run().__anext__())
         while hook.aget_status.await_count == 0:
             await asyncio.sleep(0.01)
         yield task

@@ -16,6 +16,7 @@ import pytest
 from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 
 from fal_provider.triggers.fal import FalRequestTrigger
+from tests.unit.operators.fakes import install_hook
 from tests.unit.triggers.helpers import async_hook, trigger
 
 
@@ -28,11 +29,8 @@ def with_task_instance(**kwargs: Any) -> FalRequestTrigger:
 async def on_kill(trig: FalRequestTrigger, answer: Any) -> Any:
     hook = async_hook()
     lookup = answer if callable(answer) else (lambda **query: answer)
-    with (
-        patch.object(FalRequestTrigger, "_hook", return_value=hook),
-        patch.object(RuntimeTaskInstance, "get_task_states", side_effect=lookup),
-    ):
-        await trig.on_kill()
+    with patch.object(RuntimeTaskInstance, "get_task_states", side_effect=lookup):
+        await install_hook(trig, hook).on_kill()
     return hook
 
 

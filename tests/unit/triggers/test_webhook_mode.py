@@ -18,7 +18,7 @@ from fal_provider.sensors.fal import FalRequestSensor
 from fal_provider.triggers.fal import FalRequestTrigger
 from fal_provider.webhooks.store import WebhookRecord, record_key
 from fal_provider.webhooks.urls import WebhookUrlError
-from tests.unit.operators.fakes import APP, done, make_context, make_hook, queued, running
+from tests.unit.operators.fakes import APP, done, install_hook, make_context, make_hook, queued, running
 from tests.unit.triggers.helpers import REF, async_hook, first_event
 
 BASE_URL = "https://airflow.example.com/prefix"
@@ -144,24 +144,21 @@ async def test_deadline_yields_timeout(variables: Variables) -> None:
 async def test_on_kill_after_a_recorded_callback_does_not_cancel(variables: Variables) -> None:
     variables.record()
     hook = async_hook()
-    with patch.object(FalRequestTrigger, "_hook", return_value=hook):
-        await webhook_trigger().on_kill()
+    await install_hook(webhook_trigger(), hook).on_kill()
     hook.acancel.assert_not_awaited()
 
 
 async def test_on_kill_without_a_callback_cancels_once(variables: Variables) -> None:
     hook = async_hook()
-    trig = webhook_trigger()
-    with patch.object(FalRequestTrigger, "_hook", return_value=hook):
-        await trig.on_kill()
-        await trig.on_kill()
+    trig = install_hook(webhook_trigger(), hook)
+    await trig.on_kill()
+    await trig.on_kill()
     hook.acancel.assert_awaited_once()
 
 
 async def test_poll_mode_on_kill_reads_no_record(variables: Variables) -> None:
     hook = async_hook()
-    with patch.object(FalRequestTrigger, "_hook", return_value=hook):
-        await FalRequestTrigger(request=REF).on_kill()
+    await install_hook(FalRequestTrigger(request=REF), hook).on_kill()
     hook.acancel.assert_awaited_once()
     assert variables.reads == 0
 
@@ -177,7 +174,7 @@ def webhook_hook(statuses: list[Any] | None = None, base_url: str | None = BASE_
 
 def inference(hook: MagicMock, **kwargs: Any) -> FalInferenceOperator:
     op = FalInferenceOperator(task_id="t", app_id=APP, arguments={"prompt": "a cat"}, **kwargs)
-    op.__dict__["hook"] = hook
+    install_hook(op, hook)
     return op
 
 
@@ -257,12 +254,12 @@ def test_resume_on_a_failed_webhook_event_raises_fal_classified_error() -> None:
 def test_submit_operator_can_point_the_callback_at_a_sensor() -> None:
     hook = webhook_hook()
     op = FalSubmitOperator(task_id="submit", app_id=APP, webhook_wake_task_id="wait")
-    op.__dict__["hook"] = hook
+    install_hook(op, hook)
     op.execute(task_context())
     assert callback_query(hook.submit.call_args.kwargs["webhook_url"])["task_id"] == ["wait"]
 
     plain = FalSubmitOperator(task_id="submit", app_id=APP)
-    plain.__dict__["hook"] = hook
+    install_hook(plain, hook)
     plain.execute(task_context())
     assert "webhook_url" not in hook.submit.call_args.kwargs
 
@@ -270,7 +267,7 @@ def test_submit_operator_can_point_the_callback_at_a_sensor() -> None:
 def test_sensor_defers_on_a_webhook_trigger() -> None:
     hook = webhook_hook([running()])
     op = FalRequestSensor(task_id="wait", request=REF, wait_mode="webhook", backstop_interval=60, timeout=600)
-    op.__dict__["hook"] = hook
+    install_hook(op, hook)
     with pytest.raises(TaskDeferred) as exc:
         op.execute(task_context())
     trig = exc.value.trigger

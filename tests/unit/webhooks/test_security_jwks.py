@@ -20,7 +20,7 @@ from fal_provider.webhooks.verify import (
     WebhookVerificationError,
     WebhookVerifier,
 )
-from tests.unit.webhooks.jwks_server import CountingJWKS
+from tests.fakes.jwks import CountingJWKS
 
 BODY = b'{"request_id":"req-1","status":"OK","payload":{}}'
 

@@ -7,17 +7,21 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from fal_provider.triggers.webhook_events import FalWebhookEventTrigger
 from fal_provider.webhooks.store import WebhookRecord
-from fal_provider.webhooks.triggers import FalWebhookEventTrigger
 from fal_provider.webhooks.urls import (
     TaskIdentity,
     WebhookSecret,
     WebhookUrlError,
     build_webhook_url,
     receiver_url,
-    webhook_url_for_task,
 )
-from fal_provider.webhooks.wake import EVENT_TRIGGER_CLASSPATH, task_event, waits_for_request
+from fal_provider.webhooks.wake import (
+    EVENT_TRIGGER_CLASSPATH,
+    EVENT_TRIGGER_CLASSPATHS,
+    task_event,
+    waits_for_request,
+)
 
 
 @pytest.mark.parametrize(
@@ -55,7 +59,12 @@ def test_task_url_round_trips_identity_with_awkward_run_ids() -> None:
 
 def test_unmapped_task_omits_map_index_and_parses_back_as_minus_one() -> None:
     ti = SimpleNamespace(dag_id="d", run_id="r", task_id="t", map_index=-1)
-    query = {k: v[0] for k, v in parse_qs(urlsplit(webhook_url_for_task("https://a.b", ti)).query).items()}
+    query = {
+        k: v[0]
+        for k, v in parse_qs(
+            urlsplit(build_webhook_url("https://a.b", TaskIdentity.from_task_instance(ti))).query
+        ).items()
+    }
     assert "map_index" not in query
     assert TaskIdentity.from_query(query) == TaskIdentity("d", "r", "t", -1)
 
@@ -111,6 +120,23 @@ def test_event_trigger_serializes_to_the_classpath_the_receiver_looks_for() -> N
     assert getattr(__import__(module, fromlist=[name]), name) is FalWebhookEventTrigger
 
 
+def test_event_trigger_stored_under_its_former_classpath_still_loads() -> None:
+    # Trigger rows written before the move carry the old classpath; the triggerer imports it and
+    # the receiver still fires it.
+    import importlib
+
+    from fal_provider.webhooks.triggers import FalWebhookEventTrigger as reexported
+
+    legacy = "fal_provider.webhooks.triggers.FalWebhookEventTrigger"
+    module, _, name = legacy.rpartition(".")
+    assert reexported is FalWebhookEventTrigger
+    assert legacy in EVENT_TRIGGER_CLASSPATHS
+    assert getattr(importlib.import_module(module), name)(channel="batch").serialize() == (
+        EVENT_TRIGGER_CLASSPATH,
+        {"channel": "batch"},
+    )
+
+
 def test_event_trigger_rejects_bad_channel() -> None:
     with pytest.raises(WebhookUrlError):
         FalWebhookEventTrigger(channel="no/slashes")
@@ -150,6 +176,14 @@ def test_config_secret_wins_over_the_connection(monkeypatch: pytest.MonkeyPatch)
     _env_connection(monkeypatch, webhook_secret="c" * 20)
     monkeypatch.setenv("AIRFLOW__FAL__WEBHOOK_SECRET", "f" * 20)
     assert channel_secret().token("x") == WebhookSecret("f" * 20).token("x")
+
+
+def test_receiver_and_hook_default_to_the_same_jwks_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fal_provider.hooks.fal import DEFAULT_JWKS_URL, FalHook
+    from fal_provider.webhooks.settings import ReceiverSettings
+
+    _env_connection(monkeypatch)
+    assert ReceiverSettings.from_airflow().jwks_url == FalHook().settings.jwks_url == DEFAULT_JWKS_URL
 
 
 def test_receiver_settings_read_allow_list_and_secret_from_config_then_connection(
