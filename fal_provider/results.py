@@ -28,20 +28,12 @@ from urllib.parse import unquote, urlparse
 
 import httpx
 
-from fal_provider.exceptions import FalInputError
+from fal_provider.exceptions import ResultShapeError, ResultTooLargeError
 
 #: Default ceiling for a value returned to XCom without ``output_path`` (bytes of JSON).
 DEFAULT_MAX_XCOM_BYTES = 256 * 1024
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-class ResultShapeError(FalInputError):
-    """The result rules cannot be applied; the same configuration fails again, so no retry."""
-
-
-class ResultTooLargeError(ResultShapeError):
-    """A result over ``max_xcom_bytes``; the message says how to keep it out of XCom."""
 
 
 # --------------------------------------------------------------------------- select
