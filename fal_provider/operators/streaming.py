@@ -18,11 +18,18 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from airflow.sdk import BaseOperator
 
-from fal_provider.exceptions import FalError, FalInputError, FalStreamError, FalTimeoutError
+from fal_provider.exceptions import (
+    FalError,
+    FalInputError,
+    FalStreamError,
+    FalTimeoutError,
+    ResultTooLargeError,
+)
+from fal_provider.hooks.fal import FalHook, preview, stream_error_from_event
 from fal_provider.operators._checks import (
     TEMPLATE_HINT,
     check_headers,
@@ -32,26 +39,15 @@ from fal_provider.operators._checks import (
     check_submit_inputs,
     is_templated,
 )
-from fal_provider.operators._stream_utils import (
-    RateLimitedLog,
-    name_the_app,
-    output_name,
-    preview,
-    result_rules,
-    shape_items,
-    stream_error_from_event,
-)
+from fal_provider.operators._result_rules import output_name, result_rules, shape_items
+from fal_provider.operators._task_log import RateLimitedLog, name_the_app
 from fal_provider.results import (
     DEFAULT_MAX_XCOM_BYTES,
-    ResultTooLargeError,
     fetch_limit,
     select_fields,
     shape_result,
     too_large_message,
 )
-
-if TYPE_CHECKING:
-    from fal_provider.hooks.fal import FalHook
 
 Collect = Literal["final", "all"]
 _COLLECT_MODES = ("final", "all")
@@ -238,8 +234,6 @@ class FalStreamOperator(BaseOperator):
 
     @cached_property
     def hook(self) -> FalHook:
-        from fal_provider.hooks.fal import FalHook
-
         return FalHook(fal_conn_id=self.fal_conn_id)
 
     def execute(self, context: Any) -> Any:

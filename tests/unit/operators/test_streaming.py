@@ -20,7 +20,8 @@ from fal_provider.exceptions import (
     FalTimeoutError,
     FalTransientError,
 )
-from fal_provider.operators._stream_utils import RateLimitedLog, error_in_event, stream_error_from_event
+from fal_provider.hooks._sse import error_in_event, stream_error_from_event
+from fal_provider.operators._task_log import RateLimitedLog
 from fal_provider.operators.streaming import FalStreamOperator, StreamCollector, drain_stream
 
 APP = "emulator/stream"
