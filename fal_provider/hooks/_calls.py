@@ -119,6 +119,30 @@ def check_msgpack(message: Any, app: str, *, what: str = "message", where: str =
         )
 
 
+def media_content(response: httpx.Response) -> tuple[bytes, str | None]:
+    """The bytes of a downloaded media file and their content type."""
+    return response.content, response.headers.get("content-type")
+
+
+def media_download(url: str, timeout: float) -> Call:
+    """GET a media file a result points at: keyless (``with_key=False``) whatever its host.
+
+    fal's media URLs are public (signed or CDN) URLs; the key is never needed for them, and a URL
+    that came from a result is not trusted with it, even when it names a configured fal origin.
+    Only the User-Agent is sent: the connection's default headers are meant for fal's API.
+    """
+    return Call(
+        method="GET",
+        url=url,
+        label="fal media download",
+        policy=IDEMPOTENT,
+        headers={"User-Agent": USER_AGENT},
+        timeout=httpx.Timeout(timeout, connect=min(30.0, timeout)),
+        decode=media_content,
+        with_key=False,
+    )
+
+
 def merge_headers(*layers: Mapping[str, str] | None) -> dict[str, str]:
     """Later layers win, compared case-insensitively (HTTP header names are)."""
     merged: dict[str, tuple[str, str]] = {}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import os
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -34,7 +35,7 @@ from fal_provider._compat import AirflowNotFoundException, amask_secret, mask_se
 from fal_provider.exceptions import FalAuthError, FalError, FalRealtimeError
 from fal_provider.headers import check_headers
 from fal_provider.hooks import _conn_cache, _upload
-from fal_provider.hooks._calls import CallBuilder, Options, Status
+from fal_provider.hooks._calls import CallBuilder, Options, Status, media_download
 from fal_provider.hooks._limited import aread_limited, read_limited
 from fal_provider.hooks._realtime import (
     MAX_BUFFERING_RANGE,
@@ -84,6 +85,7 @@ __all__ = [
     "RealtimeSession",
     "check_max_buffering",
     "check_msgpack_inputs",
+    "fetch_media",
     "is_session_drop",
     "preview",
     "run_realtime_batch",
@@ -566,6 +568,11 @@ class FalHook(BaseHook):
             raise
         return await self._afetch(upload.complete())
 
+    # -- media -------------------------------------------------------------------------------------
+    def fetch_media(self, url: str, timeout: float = 120.0) -> tuple[bytes, str | None]:
+        """Download a file a result points at, with the hook's client and retries, never the key."""
+        return self._fetch(media_download(url, timeout))
+
     # -- connection test ---------------------------------------------------------------------------
     def test_connection(self) -> tuple[bool, str]:
         """One authenticated call (a CDN storage token): proves the key and the REST host work."""
@@ -583,6 +590,16 @@ class FalHook(BaseHook):
         except Exception as err:
             return False, f"Could not reach fal: {type(err).__name__}: {err}"
         return True, f"Connection {self.fal_conn_id!r} authenticated with fal at {settings.rest_url}"
+
+
+def fetch_media(url: str, timeout: float = 120.0) -> tuple[bytes, str | None]:
+    """:meth:`FalHook.fetch_media` for code without a hook: same call, retries and errors, no key."""
+    call = media_download(url, timeout)
+    with new_sync_client() as client:
+        return call.decode(send(client, call, None, _MEDIA_LOG))
+
+
+_MEDIA_LOG = logging.getLogger(__name__)
 
 
 def _loads(extra: str | None) -> dict[str, Any]:

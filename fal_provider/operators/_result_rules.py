@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fal_provider.results import check_xcom_size, persist_result, select_fields
+from fal_provider.results import MediaFetch, check_xcom_size, persist_result, select_fields
 
 #: The result-rule settings, stored under these names by every operator that returns model output.
 RESULT_RULES = ("select", "output_path", "download_media", "max_xcom_bytes")
@@ -27,6 +27,7 @@ def shape_items(
     max_xcom_bytes: int | None,
     name: str,
     timeout: float = 120.0,
+    fetch: MediaFetch | None = None,
 ) -> Any:
     """The result rules of :mod:`fal_provider.results`, with ``select`` applied to each item.
 
@@ -40,7 +41,7 @@ def shape_items(
         check_xcom_size(value, max_xcom_bytes)
         return value
     written, manifest = persist_result(
-        items, output_path, download_media=download_media, request_id=name, timeout=timeout
+        items, output_path, download_media=download_media, request_id=name, timeout=timeout, fetch=fetch
     )
     if select is not None:
         manifest["selected"] = [select_fields(item, select) for item in written]

@@ -161,7 +161,11 @@ class FalRealtimeOperator(BaseOperator):
             await self.hook.aclose_shared_client()  # the token calls' client dies with this loop
 
     def _rules(self, context: Any) -> dict[str, Any]:
-        return {**result_rules(self), "name": output_name(context, "realtime")}
+        return {
+            **result_rules(self),
+            "name": output_name(context, "realtime"),
+            "fetch": self.hook.fetch_media,
+        }
 
 
 def _as_input_list(inputs: Any, app_id: str) -> list[Any]:

@@ -288,10 +288,10 @@ class FalStreamOperator(BaseOperator):
     def _shape(self, value: Any, context: Any) -> Any:
         name = output_name(context, "stream")
         if self.collect == "all":
-            return shape_items(value, name=name, **result_rules(self))
+            return shape_items(value, name=name, fetch=self.hook.fetch_media, **result_rules(self))
         if self.select is not None and self.output_path is not None:
             select_fields(value, self.select)  # fail on a bad path before anything is written
-        return shape_result(value, request_id=name, **result_rules(self))
+        return shape_result(value, request_id=name, fetch=self.hook.fetch_media, **result_rules(self))
 
 
 def _arguments_error(app_id: Any, arguments: Any) -> str:
