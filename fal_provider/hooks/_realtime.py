@@ -195,9 +195,20 @@ def handshake_error(exc: BaseException, app: AppId) -> FalError:
     return FalConnectionError(f"realtime connection to {app.full} failed: {type(exc).__name__}: {exc}")
 
 
-def closed_error(exc: ConnectionClosed, app: AppId) -> FalStreamError:
+#: The WebSocket close code fal's realtime gateway (and the emulator) uses after a NOT_FOUND frame.
+NOT_FOUND_CLOSE = 4404
+
+
+def closed_error(exc: ConnectionClosed, app: AppId) -> FalError:
+    """A closed session: a broken stream to retry, unless the close code says the app has no endpoint.
+
+    The server sends its ``x-fal-error`` frame and closes at once, so a send can meet the close
+    before the frame is read; the code then tells the same permanent story as the frame.
+    """
     code = exc.rcvd.code if exc.rcvd is not None else None
     reason = exc.rcvd.reason if exc.rcvd is not None else ""
+    if code == NOT_FOUND_CLOSE:
+        return frame_error({"error": "NOT_FOUND", "reason": reason or f"closed with code {code}"}, app.full)
     return FalStreamError(
         f"realtime session with {app.full} closed (code {code}{', ' + reason if reason else ''})"
     )
