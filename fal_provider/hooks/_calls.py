@@ -2,7 +2,7 @@
 
 Nothing here does I/O: the sync and async hook methods build the same :class:`Call`, send it with
 their own client, and parse the answer with the same function. That keeps the two halves of the
-hook from drifting apart, and lets unit tests check URLs, headers and validation without a server.
+hook from drifting apart: URLs, headers and validation are decided once, before any I/O.
 """
 
 from __future__ import annotations

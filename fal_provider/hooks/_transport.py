@@ -75,7 +75,7 @@ def _forget_closed_loops() -> None:
 
 
 async def close_shared_async_client() -> None:
-    """Close the running loop's shared client (tests, or a triggerer shutting a loop down)."""
+    """Close the running loop's shared client (a task's own loop ending, or a triggerer shutting a loop down)."""
     client = _async_clients.pop(asyncio.get_running_loop(), None)
     if client is not None:
         await client.aclose()

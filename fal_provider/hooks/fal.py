@@ -223,7 +223,7 @@ class FalHook(BaseHook):
 
     @staticmethod
     async def aclose_shared_client() -> None:
-        """Close the running loop's shared async client (end of a task's loop, or of a test)."""
+        """Close the running loop's shared async client (before a task's own event loop ends)."""
         await close_shared_async_client()
 
     # -- queue ------------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ _COLLECT_MODES = ("final", "all")
 class StreamCollector:
     """Turns a sequence of events into the task's result, failing on the first error event.
 
-    Separate from the operator so the same rules serve TaskFlow code and tests: every event is
+    Separate from the operator so the same rules serve TaskFlow code too: every event is
     checked for an app error, progress goes to a rate-limited log, and the end of the stream
     decides the result (``final``: the last event; ``all``: every event in order).
 
