@@ -20,6 +20,7 @@ The tree (every public fal error lives in this module)::
     │   ├── FalConnectionError                   connection failed or broke before fal answered
     │   ├── FalRequestFailed                     a queued request finished with a retryable error
     │   └── FalStreamError                       a stream or realtime session broke
+    │       └── FalRealtimeError                 an ``x-fal-error`` frame (``.error``, ``.reason``)
     └── FalPermanentError (AirflowFailException) the same input fails again: no retries spent
         ├── FalValidationError                   422
         │   └── FalContentPolicyError            blocked by the model's content policy
@@ -30,6 +31,9 @@ The tree (every public fal error lives in this module)::
         ├── FalRequestCancelled                  cancelled by a user, ``on_kill`` or a timeout
         ├── FalMissingCredentialsError           no key anywhere
         └── FalInputError (also ValueError)      local validation, before anything is sent
+            ├── ResponseTooLarge                 an answer over the caller's ``max_bytes``
+            └── ResultShapeError                 the result rules (select, output_path) cannot apply
+                └── ResultTooLargeError          a result over ``max_xcom_bytes``
 
 An HTTP error answer becomes one of these in three steps: :meth:`ErrorAnswer.parse` reads it,
 :func:`classify` picks the class from one ordered table, :func:`error_message` words it.
@@ -146,6 +150,22 @@ class FalStreamError(FalTransientError):
     """A stream or realtime session broke before it finished."""
 
 
+class FalRealtimeError(FalStreamError):
+    """The realtime endpoint sent an ``x-fal-error`` frame. ``error`` and ``reason`` are fal's fields.
+
+    Refusals that no retry can fix (``NOT_FOUND``, ``Unauthorized``) are raised as
+    :class:`FalNotFoundError` / :class:`FalAuthError` instead; fal's idle ``TIMEOUT`` is one of these.
+    """
+
+    def __init__(
+        self, message: str, *, error: str, reason: str = "", payload: Mapping[str, Any] | None = None
+    ):
+        super().__init__(message, error_type=error, detail=dict(payload or {}))
+        self.error = error
+        self.reason = reason
+        self.payload = dict(payload or {})
+
+
 class FalValidationError(FalPermanentError):
     """422: the model rejected the input. ``detail`` is fal's list of ``{loc, msg, type, ...}``."""
 
@@ -185,6 +205,25 @@ class FalInputError(FalPermanentError, ValueError):
     :class:`FalPermanentError` (the same input fails the same way on every try, so Airflow spends no
     retries on it). The message says what was wrong and how to fix it, and never echoes a secret.
     """
+
+
+class ResponseTooLarge(FalInputError):
+    """The answer is over the caller's ``max_bytes``; the same request is as large on every try."""
+
+    def __init__(self, label: str, size: int, limit: int, *, declared: bool) -> None:
+        how = "declares" if declared else "has at least"
+        super().__init__(f"{label}: the answer {how} {size} bytes, over the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+        self.declared = declared
+
+
+class ResultShapeError(FalInputError):
+    """The result rules cannot be applied; the same configuration fails again, so no retry."""
+
+
+class ResultTooLargeError(ResultShapeError):
+    """A result over ``max_xcom_bytes``; the message says how to keep it out of XCom."""
 
 
 def _detail_text(detail: Any) -> str:

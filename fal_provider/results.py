@@ -26,22 +26,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-import httpx
-
-from fal_provider.exceptions import FalInputError
+from fal_provider.exceptions import FalError, ResultShapeError, ResultTooLargeError
 
 #: Default ceiling for a value returned to XCom without ``output_path`` (bytes of JSON).
 DEFAULT_MAX_XCOM_BYTES = 256 * 1024
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-class ResultShapeError(FalInputError):
-    """The result rules cannot be applied; the same configuration fails again, so no retry."""
-
-
-class ResultTooLargeError(ResultShapeError):
-    """A result over ``max_xcom_bytes``; the message says how to keep it out of XCom."""
 
 
 # --------------------------------------------------------------------------- select
@@ -168,16 +158,22 @@ def iter_media(result: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any
             yield from iter_media(value, f"{path}.{index}" if path else str(index))
 
 
-def _fetch(url: str, timeout: float) -> tuple[bytes, str | None]:
+#: Downloads one media URL: ``(url, timeout) -> (bytes, content type)``; ``FalHook.fetch_media``.
+MediaFetch = Callable[[str, float], tuple[bytes, str | None]]
+
+
+def _fetch(url: str, timeout: float, fetch: MediaFetch | None) -> tuple[bytes, str | None]:
+    """A ``data:`` URI is decoded here; any other URL goes through the hook's transport (no key)."""
     if url.startswith("data:"):
         header, _, payload = url.partition(",")
         content_type = header[5:].split(";")[0] or None
         data = base64.b64decode(payload) if ";base64" in header else unquote(payload).encode()
         return data, content_type
-    with httpx.Client(timeout=timeout, follow_redirects=True) as client:
-        response = client.get(url)
-        response.raise_for_status()
-        return response.content, response.headers.get("content-type")
+    if fetch is not None:
+        return fetch(url, timeout)
+    from fal_provider.hooks.fal import fetch_media
+
+    return fetch_media(url, timeout)
 
 
 def _media_name(index: int, media: dict[str, Any], content_type: str | None) -> str:
@@ -324,7 +320,9 @@ def unwritable(path: Any, err: BaseException) -> ResultShapeError:
     )
 
 
-def _download_all(result: Any, target: _Target, timeout: float, output: StagedOutput) -> list[dict[str, Any]]:
+def _download_all(
+    result: Any, target: _Target, timeout: float, output: StagedOutput, fetch: MediaFetch | None
+) -> list[dict[str, Any]]:
     """Copy each media file and point its ``url`` at the copy (the original stays in ``fal_url``).
 
     The copies are only staged here; ``persist_result`` publishes them once every one arrived."""
@@ -332,8 +330,8 @@ def _download_all(result: Any, target: _Target, timeout: float, output: StagedOu
     for index, (field, media) in enumerate(list(iter_media(result))):
         original = str(media["url"])
         try:
-            data, content_type = _fetch(original, timeout)
-        except (httpx.HTTPError, ValueError) as err:
+            data, content_type = _fetch(original, timeout, fetch)
+        except (FalError, ValueError) as err:
             shown = original if not original.startswith("data:") else "data: URI"
             raise ResultShapeError(f"Cannot download fal media {shown} at {field}: {err}") from None
         dest = target.media_dir / _media_name(index, media, content_type)
@@ -351,6 +349,7 @@ def persist_result(
     download_media: bool = False,
     request_id: str | None = None,
     timeout: float = 120.0,
+    fetch: MediaFetch | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Write the full result (and optionally its media) to ``output_path``, all or nothing.
 
@@ -360,12 +359,14 @@ def persist_result(
     from this call (see :class:`StagedOutput`).
 
     Returns the (possibly URL-rewritten) result and a small manifest describing what was written.
+    ``fetch`` downloads each media URL (pass the task's ``hook.fetch_media`` to reuse its client);
+    either way the download never carries the API key.
     """
     target = _target(output_path, request_id)
     result = json.loads(json.dumps(result))  # a private copy: URLs are rewritten in place
     output = StagedOutput(on_error=unwritable)
     try:
-        media = _download_all(result, target, timeout, output) if download_media else []
+        media = _download_all(result, target, timeout, output, fetch) if download_media else []
         body = json.dumps(result, indent=2, sort_keys=True).encode()
         output.stage(target.result_file, body)
         output.publish()
@@ -429,6 +430,7 @@ def shape_result(
     max_xcom_bytes: int | None = DEFAULT_MAX_XCOM_BYTES,
     request_id: str | None = None,
     timeout: float = 120.0,
+    fetch: MediaFetch | None = None,
 ) -> Any:
     """Apply the result rules and return the value to push to XCom.
 
@@ -442,7 +444,12 @@ def shape_result(
         raise ResultShapeError("download_media=True needs output_path=... (where to copy the media files)")
     if output_path is not None:
         result, manifest = persist_result(
-            result, output_path, download_media=download_media, request_id=request_id, timeout=timeout
+            result,
+            output_path,
+            download_media=download_media,
+            request_id=request_id,
+            timeout=timeout,
+            fetch=fetch,
         )
         if select is not None:
             manifest["selected"] = select_fields(result, select)

@@ -2,7 +2,7 @@
 
 Nothing here does I/O: the sync and async hook methods build the same :class:`Call`, send it with
 their own client, and parse the answer with the same function. That keeps the two halves of the
-hook from drifting apart, and lets unit tests check URLs, headers and validation without a server.
+hook from drifting apart: URLs, headers and validation are decided once, before any I/O.
 """
 
 from __future__ import annotations
@@ -51,6 +51,11 @@ def _shown_path(path: str) -> str:
     return path if len(path) <= 300 else f"{path[:140]}...{path[-140:]}"
 
 
+def _type_name(value: Any) -> str:
+    kind = type(value)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
 def find_unencodable(
     value: Any, path: str, scalars: tuple[type, ...], _parents: tuple[tuple[int, str], ...] = ()
 ) -> str | None:
@@ -65,7 +70,7 @@ def find_unencodable(
     if isinstance(value, scalars):
         return None
     if not isinstance(value, (Mapping, list, tuple)):
-        return f"{path} is of type {type(value).__name__}"
+        return f"{path} is of type {_type_name(value)}"
     for parent_id, parent_path in _parents:
         if parent_id == id(value):
             return f"{_shown_path(path)} is {_shown_path(parent_path)} again (a circular reference)"
@@ -95,14 +100,47 @@ def encode_arguments(arguments: Any, app: AppId) -> bytes:
     return json.dumps(arguments, allow_nan=False, separators=(",", ":")).encode()
 
 
-def check_msgpack(message: Any, app: AppId) -> None:
+def check_msgpack(message: Any, app: str, *, what: str = "message", where: str = "message") -> None:
+    """Refuse, before anything is sent, a realtime message msgpack cannot encode.
+
+    ``what`` names the message in the error (``"input #3"``), ``where`` is the root of the path that
+    points at the offending value (``"inputs[3]"``).
+    """
     if not isinstance(message, Mapping):
         raise FalInputError(
-            f"Realtime messages for {app.full!r} must be a mapping, got {type(message).__name__}"
+            f"Realtime {what} for {app} must be a mapping (a dict of the app's input fields), "
+            f"got {type(message).__name__}"
         )
-    problem = find_unencodable(message, "message", _MSGPACK_SCALARS)
+    problem = find_unencodable(message, where, _MSGPACK_SCALARS)
     if problem:
-        raise FalInputError(f"Realtime message for {app.full!r} cannot be encoded with msgpack: {problem}")
+        raise FalInputError(
+            f"Realtime {what} for {app} cannot be msgpack-encoded: {problem}. "
+            "Convert it to str/int/float/bool/bytes/list/dict first."
+        )
+
+
+def media_content(response: httpx.Response) -> tuple[bytes, str | None]:
+    """The bytes of a downloaded media file and their content type."""
+    return response.content, response.headers.get("content-type")
+
+
+def media_download(url: str, timeout: float) -> Call:
+    """GET a media file a result points at: keyless (``with_key=False``) whatever its host.
+
+    fal's media URLs are public (signed or CDN) URLs; the key is never needed for them, and a URL
+    that came from a result is not trusted with it, even when it names a configured fal origin.
+    Only the User-Agent is sent: the connection's default headers are meant for fal's API.
+    """
+    return Call(
+        method="GET",
+        url=url,
+        label="fal media download",
+        policy=IDEMPOTENT,
+        headers={"User-Agent": USER_AGENT},
+        timeout=httpx.Timeout(timeout, connect=min(30.0, timeout)),
+        decode=media_content,
+        with_key=False,
+    )
 
 
 def merge_headers(*layers: Mapping[str, str] | None) -> dict[str, str]:

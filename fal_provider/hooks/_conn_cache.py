@@ -61,5 +61,5 @@ def _forget_failure(cache: dict[str, _Entry], conn_id: str, task: asyncio.Task[C
 
 
 def clear() -> None:
-    """Forget every cached lookup (tests; or after editing a connection in the same process)."""
+    """Forget every cached lookup (after editing a connection in the same process)."""
     _caches.clear()

@@ -12,21 +12,12 @@ from collections.abc import Iterator
 
 import httpx
 
-from fal_provider.exceptions import FalInputError
+from fal_provider.exceptions import ResponseTooLarge
+
+__all__ = ["ResponseTooLarge", "aread_limited", "read_limited"]
 
 #: Headers that describe the wire encoding, dropped from the rebuilt (already decoded) answer.
 _WIRE_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
-
-
-class ResponseTooLarge(FalInputError):
-    """The answer is over the caller's ``max_bytes``; the same request is as large on every try."""
-
-    def __init__(self, label: str, size: int, limit: int, *, declared: bool) -> None:
-        how = "declares" if declared else "has at least"
-        super().__init__(f"{label}: the answer {how} {size} bytes, over the limit of {limit} bytes")
-        self.size = size
-        self.limit = limit
-        self.declared = declared
 
 
 def _declared_size(response: httpx.Response) -> int | None:

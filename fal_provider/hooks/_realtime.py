@@ -2,14 +2,16 @@
 
 The key never travels on the WebSocket: the hook first asks the REST API for a short-lived token
 scoped to the app, and the session connects with ``?fal_jwt_token=...`` as fal's client does.
-Incoming text frames are control messages: ``x-fal-error`` raises :class:`FalRealtimeError`,
-``x-fal-message`` (timings and the like) is skipped.
+Incoming text frames are control messages: ``x-fal-error`` raises a typed error
+(:func:`frame_error`: ``NOT_FOUND`` a :class:`FalNotFoundError`, ``Unauthorized`` a
+:class:`FalAuthError`, anything else a :class:`FalRealtimeError`), ``x-fal-message`` (timings and
+the like) is skipped.
 
 Token lifetime (``token_expiration``, default 120 s): fal-js renews its token at 90 % of that lifetime
 because it reconnects with it. Here a token serves exactly one handshake. fal (and the emulator,
 ``emulator/realtime.py``) checks it only when the WebSocket opens, so an open session outlives its
 token; there is no reconnect inside a session (a dropped socket raises ``FalStreamError``), and every
-opening, including a caller's reconnect (``run_realtime_batch`` opens a new ``arealtime()``), builds
+opening, including a reconnect (``FalHook.arealtime_batch`` opens a new ``arealtime()``), builds
 a new :class:`RealtimeOpening` and so fetches a fresh token. Nothing caches a token or a token URL.
 """
 
@@ -34,6 +36,7 @@ from fal_provider.exceptions import (
     FalError,
     FalInputError,
     FalNotFoundError,
+    FalRealtimeError,
     FalStreamError,
     FalTimeoutError,
 )
@@ -51,16 +54,19 @@ WS_OPTIONS: dict[str, Any] = {"open_timeout": OPEN_TIMEOUT, "max_size": None, "u
 WS_OPEN_ERRORS = (InvalidHandshake, InvalidURI, OSError, TimeoutError, asyncio.TimeoutError)
 
 
-class FalRealtimeError(FalStreamError):
-    """The realtime endpoint sent an ``x-fal-error`` frame. ``error`` and ``reason`` are fal's fields."""
-
-    def __init__(
-        self, message: str, *, error: str, reason: str = "", payload: Mapping[str, Any] | None = None
+def check_max_buffering(max_buffering: Any) -> None:
+    """``None`` (fal's default) or an integer in :data:`MAX_BUFFERING_RANGE`."""
+    low, high = MAX_BUFFERING_RANGE
+    if max_buffering is None:
+        return
+    if (
+        isinstance(max_buffering, bool)
+        or not isinstance(max_buffering, int)
+        or not low <= max_buffering <= high
     ):
-        super().__init__(message, error_type=error, detail=dict(payload or {}))
-        self.error = error
-        self.reason = reason
-        self.payload = dict(payload or {})
+        raise FalInputError(
+            f"max_buffering must be an integer from {low} to {high} (fal's limit), got {max_buffering!r}"
+        )
 
 
 def realtime_url(run_url: str, app: AppId, path: str, token: str, max_buffering: int | None) -> str:
@@ -74,15 +80,7 @@ def realtime_url(run_url: str, app: AppId, path: str, token: str, max_buffering:
     route = "/".join(p.strip("/") for p in (parts.path, app.full, check_path(path)) if p.strip("/"))
     query: dict[str, str] = {"fal_jwt_token": token}
     if max_buffering is not None:
-        low, high = MAX_BUFFERING_RANGE
-        if (
-            isinstance(max_buffering, bool)
-            or not isinstance(max_buffering, int)
-            or not low <= max_buffering <= high
-        ):
-            raise FalInputError(
-                f"max_buffering must be an integer from {low} to {high}, got {max_buffering!r}"
-            )
+        check_max_buffering(max_buffering)
         query["max_buffering"] = str(max_buffering)
     url = urlunsplit((scheme, parts.netloc, f"/{route}", urlencode(query), ""))
     if origin_of(url) is None or origin_of(url) != origin_of(run_url):
@@ -96,8 +94,7 @@ class RealtimeOpening:
 
     Built fresh for every opening, so every (re)connection gets its own token: fal checks the token
     only at the handshake, and one fetched for an earlier opening may have expired since. The hook
-    passes the decoded token to :func:`realtime_url` (looked up in the hook modules, where tests of
-    the reconnect path wrap it to add the emulator's ``drop_after``).
+    passes the decoded token to :func:`realtime_url`.
     """
 
     app: AppId
@@ -118,7 +115,7 @@ class RealtimeOpening:
 
 
 def encode_message(message: Mapping[str, Any], app: AppId) -> bytes:
-    check_msgpack(message, app)
+    check_msgpack(message, app.full)
     try:
         return msgpack.packb(dict(message), use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as err:
@@ -145,17 +142,38 @@ def decode_frame(frame: str | bytes, app: AppId) -> dict[str, Any] | None:
         return {"type": "text", "payload": payload}
     kind = payload.get("type")
     if kind == "x-fal-error":
-        error = str(payload.get("error") or "UNKNOWN_ERROR")
-        reason = str(payload.get("reason") or "")
-        raise FalRealtimeError(
-            f"realtime session with {app.full} failed: {error}" + (f": {reason}" if reason else ""),
-            error=error,
-            reason=reason,
-            payload=payload,
-        )
+        raise frame_error(payload, app.full)
     if kind == "x-fal-message":
         return None
     return payload
+
+
+def frame_error(payload: Mapping[str, Any], app: str) -> FalError:
+    """The error an ``x-fal-error`` frame stands for: a refusal no retry fixes, or a session failure.
+
+    ``NOT_FOUND`` (the app has no realtime endpoint) and ``Unauthorized`` (the key may not use the
+    app) are permanent; any other code is a :class:`FalRealtimeError` whose ``error`` the caller may
+    act on (fal's idle ``TIMEOUT`` asks for a reconnect).
+    """
+    error = str(payload.get("error") or "UNKNOWN_ERROR")
+    reason = str(payload.get("reason") or "")
+    because = f": {reason}" if reason else ""
+    if error == "NOT_FOUND":
+        return FalNotFoundError(
+            f"fal app {app} has no realtime endpoint (x-fal-error NOT_FOUND{because})",
+            error_type=error,
+            detail=dict(payload),
+        )
+    if error in ("Unauthorized", "UNAUTHORIZED"):
+        return FalAuthError(
+            f"fal realtime session to {app} was refused (x-fal-error {error}{because}); "
+            "check the key and that it may use this app",
+            error_type=error,
+            detail=dict(payload),
+        )
+    return FalRealtimeError(
+        f"realtime session with {app} failed: {error}{because}", error=error, reason=reason, payload=payload
+    )
 
 
 def handshake_error(exc: BaseException, app: AppId) -> FalError:
@@ -177,9 +195,20 @@ def handshake_error(exc: BaseException, app: AppId) -> FalError:
     return FalConnectionError(f"realtime connection to {app.full} failed: {type(exc).__name__}: {exc}")
 
 
-def closed_error(exc: ConnectionClosed, app: AppId) -> FalStreamError:
+#: The WebSocket close code fal's realtime gateway (and the emulator) uses after a NOT_FOUND frame.
+NOT_FOUND_CLOSE = 4404
+
+
+def closed_error(exc: ConnectionClosed, app: AppId) -> FalError:
+    """A closed session: a broken stream to retry, unless the close code says the app has no endpoint.
+
+    The server sends its ``x-fal-error`` frame and closes at once, so a send can meet the close
+    before the frame is read; the code then tells the same permanent story as the frame.
+    """
     code = exc.rcvd.code if exc.rcvd is not None else None
     reason = exc.rcvd.reason if exc.rcvd is not None else ""
+    if code == NOT_FOUND_CLOSE:
+        return frame_error({"error": "NOT_FOUND", "reason": reason or f"closed with code {code}"}, app.full)
     return FalStreamError(
         f"realtime session with {app.full} closed (code {code}{', ' + reason if reason else ''})"
     )

@@ -28,7 +28,7 @@ from fal_provider.exceptions import parse_retry_after
 
 #: Status codes a gateway in front of fal answers without the request reaching fal.
 INGRESS_CODES = frozenset({502, 503, 504})
-#: Tests replace these to record waits instead of sleeping.
+#: How the retry loops wait (module-level, so one place decides how a retry sleeps).
 sleep: Callable[[float], None] = time.sleep
 
 

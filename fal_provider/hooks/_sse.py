@@ -3,20 +3,27 @@
 Both streams end by the server closing the connection. For the status stream that is only normal
 after ``COMPLETED``; any other end raises :class:`FalStreamError` so a trigger can fall back to
 polling. For model streams the events are model-specific JSON; a non-JSON event or a broken
-connection is a :class:`FalStreamError` naming the app.
+connection is a :class:`FalStreamError` naming the app, and :func:`stream_error_from_event` tells
+which events are the app reporting an error (fal fixes no schema for them).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import httpx
 from httpx_sse import EventSource, ServerSentEvent
 
-from fal_provider.exceptions import FalStreamError
-from fal_provider.hooks._calls import Status, parse_status_response
+from fal_provider.exceptions import (
+    PERMANENT_ERROR_TYPES,
+    FalError,
+    FalPermanentRequestFailed,
+    FalRequestFailed,
+    FalStreamError,
+)
+from fal_provider.hooks._calls import Status
 from fal_provider.models import CompletedStatus, parse_status
 
 
@@ -116,11 +123,62 @@ async def aiter_model_events(response: httpx.Response, label: str) -> AsyncItera
         raise FalStreamError(f"{label} broke mid-stream: {type(exc).__name__}") from exc
 
 
-__all__ = [
-    "aiter_model_events",
-    "aiter_status_events",
-    "check_event_stream",
-    "iter_model_events",
-    "iter_status_events",
-    "parse_status_response",
-]
+def preview(value: Any, limit: int = 200) -> str:
+    """A one-line, bounded rendering of an event (for a log line or an error message)."""
+    try:
+        text = json.dumps(value, default=str, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
+
+
+def _first(fields: Mapping[str, Any], names: tuple[str, ...]) -> Any:
+    return next((fields[name] for name in names if fields.get(name)), None)
+
+
+def _error_text(error: Any, event: Mapping[str, Any]) -> tuple[Any, Any]:
+    """``(message, error type found inside the error)`` of an error event."""
+    if isinstance(error, Mapping):
+        return _first(error, ("message", "msg", "detail")) or preview(error, 500), _first(
+            error, ("type", "error_type")
+        )
+    if error:
+        return (error if isinstance(error, str) else preview(error, 500)), None
+    return _first(event, ("message", "detail")) or preview(event, 500), None
+
+
+def error_in_event(event: Any) -> tuple[str, str | None, bool | None] | None:
+    """``(message, error_type, retryable)`` if a stream event reports an app error, else ``None``.
+
+    fal does not fix an event schema, so this recognises the shapes apps actually send: a truthy
+    ``error`` field (``{"error": "...", "error_type": "..."}``; LLM apps send ``"error": null`` on
+    good events, which is not an error) and the workflow endpoints' ``{"type": "error", ...}``.
+    ``retryable`` is the app's own verdict when it gives one (``retryable`` field), else ``None``.
+    """
+    if not isinstance(event, Mapping):
+        return None
+    error = event.get("error")
+    if not error and event.get("type") != "error":
+        return None
+    message, inner_type = _error_text(error, event)
+    error_type = event.get("error_type") or inner_type
+    retryable = event.get("retryable")
+    return (
+        str(message),
+        (str(error_type) if error_type else None),
+        (retryable if isinstance(retryable, bool) else None),
+    )
+
+
+def stream_error_from_event(app_id: str, event: Any, index: int) -> FalError | None:
+    """The error to raise for an error event: permanent when the app or its error type says so."""
+    found = error_in_event(event)
+    if found is None:
+        return None
+    message, error_type, retryable = found
+    text = f"fal stream from {app_id} reported an error at event {index}"
+    text += f" ({error_type})" if error_type else ""
+    text += f": {message}"
+    permanent = retryable is False or (retryable is None and error_type in PERMANENT_ERROR_TYPES)
+    cls = FalPermanentRequestFailed if permanent else FalRequestFailed
+    return cls(text, error_type=error_type, detail=dict(event))

@@ -36,7 +36,14 @@ from fal_provider.exceptions import (
 from fal_provider.headers import check_headers
 from fal_provider.hooks._pool import LONG_LIVED, ShardedTransport
 from fal_provider.hooks._retry import RetryableResponse, RetryPolicy, async_retrying, sync_retrying
-from fal_provider.hooks._settings import FalSettings, origin_of, show_origin
+from fal_provider.hooks._settings import (
+    DEFAULT_RETRY_LIMIT,
+    DEFAULT_RETRY_MAX_WAIT,
+    DEFAULT_RETRY_MIN_WAIT,
+    FalSettings,
+    origin_of,
+    show_origin,
+)
 
 #: A worker's hook makes a handful of calls at a time.
 SYNC_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=16, keepalive_expiry=30.0)
@@ -68,7 +75,7 @@ def _forget_closed_loops() -> None:
 
 
 async def close_shared_async_client() -> None:
-    """Close the running loop's shared client (tests, or a triggerer shutting a loop down)."""
+    """Close the running loop's shared client (a task's own loop ending, or a triggerer shutting a loop down)."""
     client = _async_clients.pop(asyncio.get_running_loop(), None)
     if client is not None:
         await client.aclose()
@@ -134,14 +141,17 @@ class Call:
         )
 
 
-def request_headers(call: Call, settings: FalSettings) -> dict[str, str]:
+def request_headers(call: Call, settings: FalSettings | None) -> dict[str, str]:
     """The call's headers, plus the key if the call wants it and its URL is on a configured origin.
 
     A keyed call to any other origin is refused (a permanent error, before anything is sent): the
     key goes only to the hosts the connection names, whatever URL a reference or answer carried.
+    ``settings`` is ``None`` only for keyless calls made without a connection (media downloads).
     """
     if not call.with_key:
         return dict(call.headers)
+    if settings is None:
+        raise FalInputError(f"{call.label}: a call that carries the key needs the connection's settings")
     origin = origin_of(call.url)
     if origin is None or origin not in settings.key_origins:
         allowed = ", ".join(sorted(show_origin(o) for o in settings.key_origins))
@@ -170,14 +180,12 @@ def check_response(call: Call, response: httpx.Response) -> httpx.Response:
     raise error_from_response(response.status_code, response.headers, response.content, context=call.label)
 
 
-def _retry_options(call: Call, settings: FalSettings, log: Any) -> dict[str, Any]:
-    return {
-        "limit": settings.retry_limit,
-        "min_wait": settings.retry_min_wait,
-        "max_wait": settings.retry_max_wait,
-        "log": log,
-        "label": call.label,
-    }
+def _retry_options(call: Call, settings: FalSettings | None, log: Any) -> dict[str, Any]:
+    if settings is None:
+        limits = (DEFAULT_RETRY_LIMIT, DEFAULT_RETRY_MIN_WAIT, DEFAULT_RETRY_MAX_WAIT)
+    else:
+        limits = (settings.retry_limit, settings.retry_min_wait, settings.retry_max_wait)
+    return {"limit": limits[0], "min_wait": limits[1], "max_wait": limits[2], "log": log, "label": call.label}
 
 
 def _is_answer(call: Call, response: httpx.Response) -> bool:
@@ -186,7 +194,7 @@ def _is_answer(call: Call, response: httpx.Response) -> bool:
 
 
 def send(
-    client: httpx.Client, call: Call, settings: FalSettings, log: Any, *, stream: bool = False
+    client: httpx.Client, call: Call, settings: FalSettings | None, log: Any, *, stream: bool = False
 ) -> httpx.Response:
     """Send with the call's retry policy; a streamed answer is returned open (caller closes it)."""
     headers = request_headers(call, settings)

@@ -5,7 +5,6 @@ Up to :data:`MULTIPART_THRESHOLD` bytes go in one POST; above it, as fal's own c
 goes in :data:`MULTIPART_PART_SIZE` parts: initiate, PUT each part (ETag from the answer), complete.
 A local file is read one part at a time, so a multi-GB upload never sits in memory whole. Nothing here
 does I/O on the network: the hook's sync and async methods send these calls with their own clients.
-Tests lower the module constants to exercise the multipart flow with small files.
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """FalHook: every way of calling fal (queue, run, stream, realtime, upload), sync and async.
 
 Each method describes its HTTP call once (``_calls.CallBuilder``); the sync method sends it with the
-hook's own ``httpx.Client`` and the async twin with the event loop's shared ``httpx.AsyncClient``.
+hook's own ``httpx.Client`` and its async twin, right below it, with the event loop's shared
+``httpx.AsyncClient`` (one connection pool for every trigger on the loop). The twins change together.
+Async methods never block the event loop: the connection comes from ``BaseHook.aget_connection``
+and local files are read in a thread.
 Retries, error mapping and key hygiene live in ``_transport``/``_retry``, so every call behaves the
 same way: bad input is a :class:`~fal_provider.exceptions.FalInputError` (a ``ValueError`` that
 Airflow does not retry) before any network call, fal's error answers become typed
@@ -11,61 +14,95 @@ configured fal origins (``_transport.request_headers``), never to a URL a reques
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
 import httpx
 from airflow.sdk import BaseHook
+from websockets.asyncio.client import connect as ws_connect_async
 from websockets.sync.client import connect as ws_connect
 
-from fal_provider._compat import AirflowNotFoundException
-from fal_provider.exceptions import FalAuthError, FalError
+from fal_provider._compat import AirflowNotFoundException, amask_secret, mask_secret
+from fal_provider.exceptions import FalAuthError, FalError, FalRealtimeError
 from fal_provider.headers import check_headers
 from fal_provider.hooks import _conn_cache, _upload
-from fal_provider.hooks._async import FalAsyncMixin
-from fal_provider.hooks._calls import CallBuilder, Options, Status
-from fal_provider.hooks._limited import read_limited
+from fal_provider.hooks._calls import (
+    CallBuilder,
+    Options,
+    Status,
+    build_options,
+    encode_arguments,
+    media_download,
+)
+from fal_provider.hooks._limited import aread_limited, read_limited
 from fal_provider.hooks._realtime import (
+    MAX_BUFFERING_RANGE,
     WS_OPEN_ERRORS,
     WS_OPTIONS,
     AsyncRealtimeSession,
-    FalRealtimeError,
     RealtimeOpening,
     RealtimeSession,
+    check_max_buffering,
     handshake_error,
     realtime_url,
+)
+from fal_provider.hooks._realtime_batch import (
+    Progress,
+    check_msgpack_inputs,
+    is_session_drop,
+    run_realtime_batch,
 )
 from fal_provider.hooks._retry import NO_RETRY
 from fal_provider.hooks._settings import DEFAULT_JWKS_URL, FalSettings, resolve_settings
 from fal_provider.hooks._sse import (
+    aiter_model_events,
+    aiter_status_events,
     iter_model_events,
     iter_status_events,
+    preview,
+    stream_error_from_event,
 )
 from fal_provider.hooks._transport import (
     Call,
+    asend,
+    close_shared_async_client,
     new_sync_client,
     send,
+    shared_async_client,
 )
-from fal_provider.models import FalRequestRef
+from fal_provider.models import AppId, FalRequestRef
 
+#: What the operators (and TaskFlow code) use of fal's protocols, from this public module.
 __all__ = [
     "DEFAULT_JWKS_URL",
+    "MAX_BUFFERING_RANGE",
     "AsyncRealtimeSession",
     "FalHook",
     "FalRealtimeError",
     "FalSettings",
+    "Progress",
     "RealtimeSession",
+    "check_max_buffering",
+    "check_msgpack_inputs",
+    "check_submit",
+    "fetch_media",
+    "is_session_drop",
+    "preview",
+    "run_realtime_batch",
+    "stream_error_from_event",
 ]
 
 
-class FalHook(FalAsyncMixin, BaseHook):
+class FalHook(BaseHook):
     """Talks to fal.ai (or the fal emulator) with the key of an Airflow connection of type ``fal``.
 
     Hook arguments override the connection's extras. Without a connection named ``fal_default``
@@ -135,7 +172,7 @@ class FalHook(FalAsyncMixin, BaseHook):
                 raise
             conn = None
         settings = self._resolve(conn, conn.extra_dejson if conn is not None else {})
-        _mask(settings.key)
+        mask_secret(settings.key)
         return settings
 
     async def aget_settings(self) -> FalSettings:
@@ -148,7 +185,7 @@ class FalHook(FalAsyncMixin, BaseHook):
             return self.__dict__["settings"]
         fields = await _conn_cache.lookup(self.fal_conn_id, _afetch_connection)
         settings = self._resolve(fields if fields.found else None, fields.extras)
-        await _amask(settings.key)
+        await amask_secret(settings.key)
         self.__dict__["settings"] = settings
         return settings
 
@@ -162,11 +199,29 @@ class FalHook(FalAsyncMixin, BaseHook):
     def _calls(self) -> CallBuilder:
         return CallBuilder(self.settings, self.log)
 
+    async def _acalls(self) -> CallBuilder:
+        return CallBuilder(await self.aget_settings(), self.log)
+
     def _send(self, call: Call, *, stream: bool = False) -> httpx.Response:
         return send(self._http, call, self.settings, self.log, stream=stream)
 
+    async def _asend(self, call: Call, *, stream: bool = False) -> httpx.Response:
+        settings = await self.aget_settings()
+        return await asend(shared_async_client(), call, settings, self.log, stream=stream)
+
     def _fetch(self, call: Call) -> Any:
         return call.decode(self._send(call))
+
+    async def _afetch(self, call: Call) -> Any:
+        return call.decode(await self._asend(call))
+
+    def _submitted(self, ref: FalRequestRef) -> FalRequestRef:
+        self.log.info("Submitted fal request %s to %s", ref.request_id, ref.app_id)
+        return ref
+
+    def _cancelled(self, call: Call, outcome: str) -> str:
+        self.log.info("fal %s: %s", call.label, outcome)
+        return outcome
 
     def close(self) -> None:
         """Close the hook's sync client. The async client is shared per loop and stays open."""
@@ -174,7 +229,12 @@ class FalHook(FalAsyncMixin, BaseHook):
             self._client.close()
             self._client = None
 
-    # -- queue (sync) ------------------------------------------------------------------------------
+    @staticmethod
+    async def aclose_shared_client() -> None:
+        """Close the running loop's shared async client (before a task's own event loop ends)."""
+        await close_shared_async_client()
+
+    # -- queue ------------------------------------------------------------------------------------
     def submit(
         self,
         app_id: str,
@@ -198,11 +258,31 @@ class FalHook(FalAsyncMixin, BaseHook):
         )
         return self._submitted(self._fetch(call))
 
+    async def asubmit(
+        self,
+        app_id: str,
+        arguments: Mapping[str, Any],
+        *,
+        path: str = "",
+        options: Options = None,
+        headers: Mapping[str, str] | None = None,
+        webhook_url: str | None = None,
+    ) -> FalRequestRef:
+        """Async twin of :meth:`submit`."""
+        call = (await self._acalls()).submit(
+            app_id, arguments, path=path, options=options, headers=headers, webhook_url=webhook_url
+        )
+        return self._submitted(await self._afetch(call))
+
     def request_ref(self, app_id: str, request_id: str) -> FalRequestRef:
         return self._calls().request_ref(app_id, request_id)
 
     def get_status(self, request: FalRequestRef | Mapping[str, Any], *, logs: bool = False) -> Status:
         return self._fetch(self._calls().status(request, logs=logs))
+
+    async def aget_status(self, request: FalRequestRef | Mapping[str, Any], *, logs: bool = False) -> Status:
+        """Async twin of :meth:`get_status`."""
+        return await self._afetch((await self._acalls()).status(request, logs=logs))
 
     def iter_status(
         self, request: FalRequestRef | Mapping[str, Any], *, logs: bool = False
@@ -215,6 +295,18 @@ class FalHook(FalAsyncMixin, BaseHook):
         finally:
             response.close()
 
+    async def aiter_status(
+        self, request: FalRequestRef | Mapping[str, Any], *, logs: bool = False
+    ) -> AsyncIterator[Status]:
+        """Async twin of :meth:`iter_status`."""
+        call = (await self._acalls()).status_stream(request, logs=logs)
+        response = await self._asend(call, stream=True)
+        try:
+            async for status in aiter_status_events(response, call.label):
+                yield status
+        finally:
+            await response.aclose()
+
     def get_result(self, request: FalRequestRef | Mapping[str, Any], *, max_bytes: int | None = None) -> Any:
         """``max_bytes``: refuse (``ResponseTooLarge``) a larger body before it is read whole."""
         call = self._calls().result(request)
@@ -226,10 +318,28 @@ class FalHook(FalAsyncMixin, BaseHook):
         finally:
             response.close()
 
+    async def aget_result(
+        self, request: FalRequestRef | Mapping[str, Any], *, max_bytes: int | None = None
+    ) -> Any:
+        """Async twin of :meth:`get_result`."""
+        call = (await self._acalls()).result(request)
+        if not max_bytes:
+            return await self._afetch(call)
+        response = await self._asend(call, stream=True)
+        try:
+            return call.decode(await aread_limited(response, max_bytes, call.label))
+        finally:
+            await response.aclose()
+
     def cancel(self, request: FalRequestRef | Mapping[str, Any]) -> str:
         """``CANCELLATION_REQUESTED``, ``ALREADY_COMPLETED`` or ``NOT_FOUND``; raises on other errors."""
         call = self._calls().cancel(request)
         return self._cancelled(call, self._fetch(call))
+
+    async def acancel(self, request: FalRequestRef | Mapping[str, Any]) -> str:
+        """Async twin of :meth:`cancel`."""
+        call = (await self._acalls()).cancel(request)
+        return self._cancelled(call, await self._afetch(call))
 
     # -- direct calls ------------------------------------------------------------------------------
     def run(
@@ -248,6 +358,22 @@ class FalHook(FalAsyncMixin, BaseHook):
         )
         return self._fetch(call)
 
+    async def arun(
+        self,
+        app_id: str,
+        arguments: Mapping[str, Any],
+        *,
+        path: str = "",
+        options: Options = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Async twin of :meth:`run`."""
+        call = (await self._acalls()).run(
+            app_id, arguments, path=path, options=options, headers=headers, timeout=timeout
+        )
+        return await self._afetch(call)
+
     def stream(
         self,
         app_id: str,
@@ -264,6 +390,24 @@ class FalHook(FalAsyncMixin, BaseHook):
             yield from iter_model_events(response, call.label)
         finally:
             response.close()
+
+    async def astream(
+        self,
+        app_id: str,
+        arguments: Mapping[str, Any],
+        *,
+        path: str = "/stream",
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Any]:
+        """Async twin of :meth:`stream`."""
+        call = (await self._acalls()).stream(app_id, arguments, path=path, headers=headers, timeout=timeout)
+        response = await self._asend(call, stream=True)
+        try:
+            async for event in aiter_model_events(response, call.label):
+                yield event
+        finally:
+            await response.aclose()
 
     # -- realtime ----------------------------------------------------------------------------------
     @contextmanager
@@ -293,6 +437,63 @@ class FalHook(FalAsyncMixin, BaseHook):
         finally:
             session.close()
 
+    @asynccontextmanager
+    async def arealtime(
+        self,
+        app_id: str,
+        *,
+        path: str = "/realtime",
+        max_buffering: int | None = None,
+        token_expiration: int = 120,
+    ) -> AsyncIterator[AsyncRealtimeSession]:
+        """Async twin of :meth:`realtime`."""
+        opening = RealtimeOpening.plan(await self._acalls(), app_id, path, max_buffering, token_expiration)
+        token = await self._afetch(opening.token_call)
+        url = realtime_url(opening.run_url, opening.app, opening.path, token, opening.max_buffering)
+        try:
+            connection = await ws_connect_async(url, **WS_OPTIONS)
+        except WS_OPEN_ERRORS as exc:
+            raise handshake_error(exc, opening.app) from None
+        session = AsyncRealtimeSession(connection, opening.app)
+        try:
+            yield session
+        finally:
+            await session.close()
+
+    async def arealtime_batch(
+        self,
+        app_id: str,
+        inputs: Sequence[Mapping[str, Any]],
+        *,
+        path: str = "/realtime",
+        max_buffering: int | None = None,
+        token_expiration: int = 120,
+        max_in_flight: int = 1,
+        message_timeout: float | None = 60.0,
+        max_reconnects: int = 3,
+        progress: Progress | None = None,
+    ) -> list[Any]:
+        """One output per input, in input order, through :meth:`arealtime` sessions.
+
+        A dropped session (or fal's idle ``TIMEOUT``) is reopened with a fresh token, at most
+        ``max_reconnects`` times, and the inputs whose answers were lost are sent again; an
+        ``x-fal-error`` from the app ends the batch with the hook's typed error. Outputs are matched
+        to inputs by order (see :mod:`fal_provider.hooks._realtime_batch`), so keep
+        ``max_in_flight=1`` for an app that may skip or reorder answers. From TaskFlow code:
+        ``asyncio.run(FalHook().arealtime_batch(app_id, inputs))``.
+        """
+        return await run_realtime_batch(
+            lambda: self.arealtime(
+                app_id, path=path, max_buffering=max_buffering, token_expiration=token_expiration
+            ),
+            inputs,
+            app_id=app_id,
+            max_in_flight=max_in_flight,
+            message_timeout=message_timeout,
+            max_reconnects=max_reconnects,
+            progress=progress,
+        )
+
     # -- upload ------------------------------------------------------------------------------------
     def upload(
         self,
@@ -319,6 +520,29 @@ class FalHook(FalAsyncMixin, BaseHook):
             _upload.single_upload(self.settings, source, source.read(), content_type=kind, token=token)
         )
 
+    async def aupload(
+        self,
+        data: bytes | str | os.PathLike[str],
+        *,
+        content_type: str | None = None,
+        file_name: str | None = None,
+    ) -> str:
+        """Async twin of :meth:`upload` (local files are read in a thread)."""
+        source = await asyncio.to_thread(_upload.open_source, data, file_name)
+        kind = _upload.guess_content_type(content_type, source.name)
+        token = self._cdn_tokens.get() or self._cdn_tokens.remember(
+            await self._afetch((await self._acalls()).storage_token())
+        )
+        settings = await self.aget_settings()
+        if _upload.needs_multipart(source):
+            return await self._aupload_parts(
+                _upload.MultipartUpload(settings, source, content_type=kind, token=token)
+            )
+        payload = await asyncio.to_thread(source.read)
+        return await self._afetch(
+            _upload.single_upload(settings, source, payload, content_type=kind, token=token)
+        )
+
     def _upload_parts(self, upload: _upload.MultipartUpload) -> str:
         self._fetch(upload.create())
         with ThreadPoolExecutor(max_workers=upload.concurrency, thread_name_prefix="fal-upload") as pool:
@@ -333,6 +557,29 @@ class FalHook(FalAsyncMixin, BaseHook):
                     future.cancel()
                 raise
         return self._fetch(upload.complete())
+
+    async def _aupload_parts(self, upload: _upload.MultipartUpload) -> str:
+        await self._afetch(upload.create())
+        gate = asyncio.Semaphore(upload.concurrency)
+
+        async def put(number: int) -> None:
+            async with gate:
+                await self._afetch(await asyncio.to_thread(upload.part, number))  # reads from disk
+
+        tasks = [asyncio.ensure_future(put(number)) for number in upload.numbers]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:  # do not leave parts of an upload that already failed running
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        return await self._afetch(upload.complete())
+
+    # -- media -------------------------------------------------------------------------------------
+    def fetch_media(self, url: str, timeout: float = 120.0) -> tuple[bytes, str | None]:
+        """Download a file a result points at, with the hook's client and retries, never the key."""
+        return self._fetch(media_download(url, timeout))
 
     # -- connection test ---------------------------------------------------------------------------
     def test_connection(self) -> tuple[bool, str]:
@@ -351,6 +598,24 @@ class FalHook(FalAsyncMixin, BaseHook):
         except Exception as err:
             return False, f"Could not reach fal: {type(err).__name__}: {err}"
         return True, f"Connection {self.fal_conn_id!r} authenticated with fal at {settings.rest_url}"
+
+
+def check_submit(app_id: str, arguments: Any, options: Options = None) -> None:
+    """Run the checks a submit runs before its POST (app id, options, JSON body), with no I/O,
+    so a caller can fail on bad input before anything that could be paid for."""
+    app = AppId.parse(app_id)
+    build_options(options)
+    encode_arguments(arguments, app)
+
+
+def fetch_media(url: str, timeout: float = 120.0) -> tuple[bytes, str | None]:
+    """:meth:`FalHook.fetch_media` for code without a hook: same call, retries and errors, no key."""
+    call = media_download(url, timeout)
+    with new_sync_client() as client:
+        return call.decode(send(client, call, None, _MEDIA_LOG))
+
+
+_MEDIA_LOG = logging.getLogger(__name__)
 
 
 def _loads(extra: str | None) -> dict[str, Any]:
@@ -376,22 +641,4 @@ async def _afetch_connection(conn_id: str) -> _conn_cache.ConnFields:
 
 
 async def _aget_connection(conn_id: str) -> Any:
-    if hasattr(BaseHook, "aget_connection"):
-        return await BaseHook.aget_connection(conn_id)
-    from asgiref.sync import sync_to_async  # pragma: no cover - Airflow < 3.1
-
-    return await sync_to_async(BaseHook.get_connection)(conn_id)  # pragma: no cover
-
-
-def _mask(secret: str) -> None:
-    try:
-        from airflow.sdk.log import mask_secret
-    except ImportError:  # pragma: no cover
-        return
-    mask_secret(secret)
-
-
-async def _amask(secret: str) -> None:
-    from fal_provider._compat import amask_secret
-
-    await amask_secret(secret)
+    return await BaseHook.aget_connection(conn_id)

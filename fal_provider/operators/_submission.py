@@ -35,14 +35,11 @@ def check_submit_inputs(app_id: Any, arguments: Any, options: Any) -> None:
     Uses the hook's own parsers (app id, options, JSON body), so the two can never disagree;
     imported late because the hook modules are heavy for DAG parsing.
     """
-    from fal_provider.hooks._calls import build_options, encode_arguments
-    from fal_provider.models import AppId
+    from fal_provider.hooks.fal import check_submit
 
     check_option_numbers(options)
     with input_errors():
-        app = AppId.parse(app_id)
-        build_options(options)
-        encode_arguments(arguments, app)
+        check_submit(app_id, arguments, options)
 
 
 def merge_options(options: Any, overrides: Mapping[str, Any]) -> Any:

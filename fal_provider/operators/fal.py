@@ -25,7 +25,7 @@ from airflow.sdk import BaseOperator
 
 from fal_provider._compat import TaskDeferred
 from fal_provider.events import completed_event
-from fal_provider.exceptions import FalInputError
+from fal_provider.exceptions import FalInputError, ResponseTooLarge
 from fal_provider.inputs import check_headers, check_seconds, coerce_request, is_templated
 from fal_provider.models import CompletedStatus, FalRequestRef, RequestOptions
 from fal_provider.operators._checks import check_rendered_result_rules, check_result_rules
@@ -232,14 +232,13 @@ class FalWaitingOperator(FalBaseOperator):
             download_media=self.download_media,
             max_xcom_bytes=self.max_xcom_bytes,
             request_id=ref.request_id,
+            fetch=self.hook.fetch_media,
         )
         self.after_success(context, ref)
         return value
 
     def _fetch_result(self, ref: FalRequestRef) -> Any:
         """The result, refused before it is read whole when it can only go to XCom and is too big."""
-        from fal_provider.hooks._limited import ResponseTooLarge
-
         limit = fetch_limit(self.select, self.output_path, self.max_xcom_bytes)
         try:
             return self.hook.get_result(ref, max_bytes=limit)

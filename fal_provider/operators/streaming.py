@@ -18,34 +18,30 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from airflow.sdk import BaseOperator
 
-from fal_provider.exceptions import FalError, FalInputError, FalStreamError, FalTimeoutError
+from fal_provider.exceptions import (
+    FalError,
+    FalInputError,
+    FalStreamError,
+    FalTimeoutError,
+    ResultTooLargeError,
+)
+from fal_provider.hooks.fal import FalHook, preview, stream_error_from_event
 from fal_provider.inputs import TEMPLATE_HINT, check_headers, check_number, is_templated
 from fal_provider.operators._checks import check_rendered_result_rules, check_result_rules
-from fal_provider.operators._stream_utils import (
-    RateLimitedLog,
-    name_the_app,
-    output_name,
-    preview,
-    result_rules,
-    shape_items,
-    stream_error_from_event,
-)
+from fal_provider.operators._result_rules import output_name, result_rules, shape_items
 from fal_provider.operators._submission import check_submit_inputs
+from fal_provider.operators._task_log import RateLimitedLog, name_the_app
 from fal_provider.results import (
     DEFAULT_MAX_XCOM_BYTES,
-    ResultTooLargeError,
     fetch_limit,
     select_fields,
     shape_result,
     too_large_message,
 )
-
-if TYPE_CHECKING:
-    from fal_provider.hooks.fal import FalHook
 
 Collect = Literal["final", "all"]
 _COLLECT_MODES = ("final", "all")
@@ -54,7 +50,7 @@ _COLLECT_MODES = ("final", "all")
 class StreamCollector:
     """Turns a sequence of events into the task's result, failing on the first error event.
 
-    Separate from the operator so the same rules serve TaskFlow code and tests: every event is
+    Separate from the operator so the same rules serve TaskFlow code too: every event is
     checked for an app error, progress goes to a rate-limited log, and the end of the stream
     decides the result (``final``: the last event; ``all``: every event in order).
 
@@ -232,8 +228,6 @@ class FalStreamOperator(BaseOperator):
 
     @cached_property
     def hook(self) -> FalHook:
-        from fal_provider.hooks.fal import FalHook
-
         return FalHook(fal_conn_id=self.fal_conn_id)
 
     def execute(self, context: Any) -> Any:
@@ -288,10 +282,10 @@ class FalStreamOperator(BaseOperator):
     def _shape(self, value: Any, context: Any) -> Any:
         name = output_name(context, "stream")
         if self.collect == "all":
-            return shape_items(value, name=name, **result_rules(self))
+            return shape_items(value, name=name, fetch=self.hook.fetch_media, **result_rules(self))
         if self.select is not None and self.output_path is not None:
             select_fields(value, self.select)  # fail on a bad path before anything is written
-        return shape_result(value, request_id=name, **result_rules(self))
+        return shape_result(value, request_id=name, fetch=self.hook.fetch_media, **result_rules(self))
 
 
 def _arguments_error(app_id: Any, arguments: Any) -> str:

@@ -13,7 +13,7 @@ import pytest
 from websockets.sync.client import connect
 
 from fal_provider.emulator.testing import FalEmulator
-from fal_provider.hooks import _async, fal
+from fal_provider.hooks import fal
 from fal_provider.hooks.fal import FalHook
 
 
@@ -32,7 +32,7 @@ def opened_urls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         monkeypatch.setattr(module, name, connect_recording)
 
     recording(fal, "ws_connect")
-    recording(_async, "ws_connect_async")
+    recording(fal, "ws_connect_async")
     return urls
 
 

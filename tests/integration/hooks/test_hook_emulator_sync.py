@@ -148,8 +148,9 @@ def test_realtime_session_echo_and_errors(hook: FalHook, fal_emulator_conn: FalE
 
 
 def test_realtime_app_without_endpoint_names_the_app(hook: FalHook) -> None:
+    """The hook types fal's NOT_FOUND frame: a permanent error, not a broken stream to retry."""
     with (
-        pytest.raises(FalStreamError, match="fal-ai/flux/schnell"),
+        pytest.raises(FalNotFoundError, match=r"fal-ai/flux/schnell.*no realtime endpoint"),
         hook.realtime("fal-ai/flux/schnell") as rt,
     ):
         rt.send({"prompt": "x"})

@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 
-import fal_provider.hooks._async as async_hook
+import fal_provider.hooks.fal as hook_module
 from fal_provider._compat import AirflowFailException
 from fal_provider.emulator.testing import FalEmulator
-from fal_provider.exceptions import FalNotFoundError, FalStreamError
-from fal_provider.hooks._realtime import FalRealtimeError
+from fal_provider.exceptions import FalNotFoundError, FalRealtimeError, FalStreamError
 from fal_provider.operators.realtime import FalRealtimeOperator
 from tests.integration.streaming.conftest import task_context
 
@@ -35,12 +34,12 @@ def drop_after(monkeypatch: pytest.MonkeyPatch) -> Any:
     """
 
     def install(n: int) -> None:
-        original = async_hook.realtime_url
+        original = hook_module.realtime_url
 
         def with_drop(*args: Any, **kwargs: Any) -> str:
             return f"{original(*args, **kwargs)}&drop_after={n}"
 
-        monkeypatch.setattr(async_hook, "realtime_url", with_drop)
+        monkeypatch.setattr(hook_module, "realtime_url", with_drop)
 
     return install
 
@@ -109,7 +108,7 @@ def test_app_without_realtime_endpoint_is_a_clear_permanent_error(emu: FalEmulat
 
 
 def test_unencodable_input_fails_before_connecting(emu: FalEmulator) -> None:
-    with pytest.raises(ValueError, match=r"input #1 for emulator/realtime .* is a datetime\.datetime"):
+    with pytest.raises(ValueError, match=r"input #1 for emulator/realtime .* is of type datetime\.datetime"):
         run(inputs=[{"i": 0}, {"when": dt.datetime(2024, 5, 1)}])
     stats = emu.stats()
     assert stats["tokens"] == 0 and stats["realtime_sessions"] == 0

@@ -186,3 +186,16 @@ def test_clients_of_closed_loops_are_forgotten() -> None:
         asyncio.run(leave_client_open())
     assert len(_transport._async_clients) <= 1, "each new loop drops the clients of closed loops"
     _transport._async_clients.clear()
+
+
+def test_a_session_closed_with_4404_is_the_same_permanent_not_found_as_the_frame() -> None:
+    from websockets.exceptions import ConnectionClosedError
+    from websockets.frames import Close
+
+    from fal_provider.hooks._realtime import closed_error
+
+    app = AppId.parse("fal-ai/flux/schnell")
+    gone = closed_error(ConnectionClosedError(Close(4404, "No realtime endpoint"), None), app)
+    assert isinstance(gone, FalNotFoundError) and "fal-ai/flux/schnell has no realtime endpoint" in str(gone)
+    dropped = closed_error(ConnectionClosedError(Close(1006, ""), None), app)
+    assert type(dropped) is FalStreamError

@@ -13,9 +13,16 @@ from typing import Any
 import pytest
 
 from fal_provider._compat import AirflowFailException
-from fal_provider.exceptions import FalAuthError, FalNotFoundError, FalStreamError, FalTimeoutError
-from fal_provider.hooks._realtime import FalRealtimeError
-from fal_provider.operators._stream_utils import BatchLedger, check_msgpack_inputs
+from fal_provider.exceptions import (
+    FalAuthError,
+    FalNotFoundError,
+    FalRealtimeError,
+    FalStreamError,
+    FalTimeoutError,
+)
+from fal_provider.hooks._realtime import frame_error
+from fal_provider.hooks._realtime_batch import BatchLedger, check_msgpack_inputs
+from fal_provider.hooks.fal import FalHook
 from fal_provider.operators.realtime import FalRealtimeOperator, is_session_drop, run_realtime_batch
 from tests.unit.operators.fakes import checked_fake, install_hook
 
@@ -76,9 +83,7 @@ class FakeSession:
         message = self.pending.pop(0)
         if self.server.error_frame and message.get("i") == self.server.error_frame[0]:
             code = self.server.error_frame[1]
-            raise FalRealtimeError(
-                f"realtime session with {APP} failed: {code}: requested", error=code, reason="requested"
-            )
+            raise frame_error({"type": "x-fal-error", "error": code, "reason": "requested"}, APP)
         if self.server.silent_on is not None and message.get("i") == self.server.silent_on:
             await asyncio.sleep(30)
         self.answered += 1
@@ -137,7 +142,7 @@ def test_unencodable_input_names_index_location_and_type() -> None:
         check_msgpack_inputs(APP, bad)
     text = str(info.value)
     assert "Realtime input #1 for emulator/realtime cannot be msgpack-encoded" in text
-    assert "inputs[1]['meta']['when'] is a datetime.datetime" in text
+    assert "inputs[1]['meta']['when'] is of type datetime.datetime" in text
 
 
 def test_non_mapping_input_is_refused() -> None:
@@ -245,16 +250,19 @@ def test_session_drop_classification() -> None:
 # --------------------------------------------------------------------------- operator
 
 
-class FakeRealtimeHook:
+class FakeRealtimeHook(FalHook):
+    """The real hook (and so its batch loop), with sessions from the scripted server."""
+
     def __init__(self, server: FakeServer) -> None:
+        super().__init__()
         self.server = server
         self.calls: list[dict[str, Any]] = []
         self.client_closed = False
 
-    async def aclose_shared_client(self) -> None:
+    async def aclose_shared_client(self) -> None:  # type: ignore[override]
         self.client_closed = True
 
-    def arealtime(self, app_id: str, **kwargs: Any) -> Any:
+    def arealtime(self, app_id: str, **kwargs: Any) -> Any:  # type: ignore[override]
         self.calls.append({"app_id": app_id, **kwargs})
         return self.server.open()
 

@@ -20,7 +20,9 @@ from fal_provider.exceptions import (
     FalTimeoutError,
     FalTransientError,
 )
-from fal_provider.operators._stream_utils import RateLimitedLog, error_in_event, stream_error_from_event
+from fal_provider.hooks._sse import error_in_event, stream_error_from_event
+from fal_provider.hooks.fal import FalHook
+from fal_provider.operators._task_log import RateLimitedLog
 from fal_provider.operators.streaming import FalStreamOperator, StreamCollector, drain_stream
 from tests.unit.operators.fakes import checked_fake, install_hook
 
@@ -35,10 +37,11 @@ class FakeClock:
         return self.now
 
 
-class FakeStreamHook:
-    """Stands in for ``FalHook.astream``: yields scripted events, optionally failing part way."""
+class FakeStreamHook(FalHook):
+    """The real hook with ``astream`` replaced: yields scripted events, optionally failing part way."""
 
     def __init__(self, events: list[Any], *, fail_with: Exception | None = None, gap: float = 0.0) -> None:
+        super().__init__()
         self.events = events
         self.fail_with = fail_with
         self.gap = gap
@@ -46,11 +49,11 @@ class FakeStreamHook:
         self.closed = False
         self.client_closed = False
 
-    def astream(self, app_id: str, arguments: dict[str, Any], **kwargs: Any) -> AsyncIterator[Any]:
+    def astream(self, app_id: str, arguments: dict[str, Any], **kwargs: Any) -> AsyncIterator[Any]:  # type: ignore[override]
         self.calls.append({"app_id": app_id, "arguments": arguments, **kwargs})
         return self._gen()
 
-    async def aclose_shared_client(self) -> None:
+    async def aclose_shared_client(self) -> None:  # type: ignore[override]
         self.client_closed = True
 
     async def _gen(self) -> AsyncIterator[Any]:
