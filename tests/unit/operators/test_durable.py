@@ -237,11 +237,11 @@ def conn_json(key: str = KEY, host: str = "http://127.0.0.1:9/queue") -> str:
 
 @pytest.fixture
 def fresh_connection_cache() -> Iterator[None]:
-    from fal_provider.hooks import _conn_cache
+    from fal_provider.hooks._calls import clear_connections
 
-    _conn_cache.clear()
+    clear_connections()
     yield
-    _conn_cache.clear()
+    clear_connections()
 
 
 def test_connection_check_passes_when_the_trigger_sees_the_same_connection(
