@@ -19,8 +19,7 @@ from typing import Any
 
 from fal_provider.events import completed_event, error_event, timeout_event
 from fal_provider.exceptions import FalError, FalInputError
-from fal_provider.inputs import check_number
-from fal_provider.models import CompletedStatus, FalRequestRef, InProgressStatus, QueuedStatus
+from fal_provider.models import CompletedStatus, FalRequestRef, InProgressStatus, QueuedStatus, check_number
 
 Status = QueuedStatus | InProgressStatus | CompletedStatus
 

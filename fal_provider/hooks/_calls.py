@@ -30,7 +30,6 @@ from fal_provider.exceptions import (
     FalServerError,
     error_from_response,
 )
-from fal_provider.headers import check_headers, check_key
 from fal_provider.hooks._transport import (
     DEFAULT_RETRY_LIMIT,
     DEFAULT_RETRY_MAX_WAIT,
@@ -51,6 +50,8 @@ from fal_provider.models import (
     InProgressStatus,
     QueuedStatus,
     RequestOptions,
+    check_headers,
+    check_key,
     check_path,
     check_request_id,
     parse_status,

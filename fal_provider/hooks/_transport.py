@@ -41,7 +41,7 @@ from fal_provider.exceptions import (
     error_from_response,
     parse_retry_after,
 )
-from fal_provider.headers import check_headers
+from fal_provider.models import check_headers
 
 if TYPE_CHECKING:
     from fal_provider.hooks._calls import FalSettings  # a type only: _calls builds on this module

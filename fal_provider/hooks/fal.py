@@ -33,7 +33,6 @@ from websockets.sync.client import connect as ws_connect
 
 from fal_provider._compat import AirflowNotFoundException, amask_secret, mask_secret
 from fal_provider.exceptions import FalAuthError, FalError, FalRealtimeError
-from fal_provider.headers import check_headers
 from fal_provider.hooks import _upload
 from fal_provider.hooks._calls import (
     DEFAULT_JWKS_URL,
@@ -84,7 +83,7 @@ from fal_provider.hooks._transport import (
     send,
     shared_async_client,
 )
-from fal_provider.models import AppId, FalRequestRef
+from fal_provider.models import AppId, FalRequestRef, check_headers
 
 #: What the operators (and TaskFlow code) use of fal's protocols, from this public module.
 __all__ = [

@@ -1,7 +1,7 @@
 """The result rules of every model-output operator (``select``, ``output_path``, ``download_media``,
 ``max_xcom_bytes``), checked at parse time and again after rendering, before anything is paid for.
 
-Generic checks (numbers, headers, templating) live in :mod:`fal_provider.inputs`; the submit's own
+Generic checks (numbers, headers, templating) live in :mod:`fal_provider.models`; the submit's own
 inputs in :mod:`fal_provider.operators._submission`.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from fal_provider.exceptions import FalInputError
-from fal_provider.inputs import check_number, is_templated
+from fal_provider.models import check_number, is_templated
 from fal_provider.results import StagedOutput, check_select, target_file, unwritable
 
 # --------------------------------------------------------------------------- numbers

@@ -10,8 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fal_provider.exceptions import FalInputError
-from fal_provider.inputs import TEMPLATE_HINT, input_errors, is_templated
-from fal_provider.models import AppId, RequestOptions
+from fal_provider.models import TEMPLATE_HINT, AppId, RequestOptions, input_errors, is_templated
 
 #: Request options that are numbers: pydantic would read ``True`` as ``1``.
 NUMERIC_OPTIONS = ("start_timeout", "max_queue_length", "object_lifecycle")

@@ -26,8 +26,15 @@ from airflow.sdk import BaseOperator
 from fal_provider._compat import TaskDeferred
 from fal_provider.events import completed_event
 from fal_provider.exceptions import FalInputError, ResponseTooLarge
-from fal_provider.inputs import check_headers, check_seconds, coerce_request, is_templated
-from fal_provider.models import CompletedStatus, FalRequestRef, RequestOptions
+from fal_provider.models import (
+    CompletedStatus,
+    FalRequestRef,
+    RequestOptions,
+    check_seconds,
+    check_task_headers,
+    coerce_request,
+    is_templated,
+)
 from fal_provider.operators._checks import check_rendered_result_rules, check_result_rules
 from fal_provider.operators._reattach import RequestStore, reattach_status, submission_fingerprint
 from fal_provider.operators._submission import check_submit_params, merge_options, prepare_submit
@@ -108,7 +115,7 @@ class FalBaseOperator(BaseOperator):
         self.fal_conn_id = fal_conn_id
         self.headers = headers
         if not is_templated(headers):
-            check_headers(headers)
+            check_task_headers(headers)
 
     @cached_property
     def hook(self) -> FalHook:
@@ -121,7 +128,7 @@ class FalBaseOperator(BaseOperator):
 
         Called first in ``execute()``, before any call that could start paid work.
         """
-        check_headers(self.headers)
+        check_task_headers(self.headers)
 
     def push_request(self, context: Context, ref: FalRequestRef) -> None:
         publish_request(context, self.hook, ref, self.log)

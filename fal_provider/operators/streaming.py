@@ -30,7 +30,7 @@ from fal_provider.exceptions import (
     ResultTooLargeError,
 )
 from fal_provider.hooks.fal import FalHook, preview, stream_error_from_event
-from fal_provider.inputs import TEMPLATE_HINT, check_headers, check_number, is_templated
+from fal_provider.models import TEMPLATE_HINT, check_number, check_task_headers, is_templated
 from fal_provider.operators._checks import check_rendered_result_rules, check_result_rules
 from fal_provider.operators._result_rules import output_name, result_rules, shape_items
 from fal_provider.operators._submission import check_submit_inputs
@@ -222,7 +222,7 @@ class FalStreamOperator(BaseOperator):
         _check_settings(collect, timeout, idle_timeout, log_interval)
         self.max_xcom_bytes = check_result_rules(select, output_path, download_media, max_xcom_bytes)
         if not is_templated(headers):
-            check_headers(headers)
+            check_task_headers(headers)
         if not is_templated(self.arguments) and not isinstance(self.arguments, Mapping):
             raise FalInputError(_arguments_error(app_id, self.arguments))
 
@@ -233,7 +233,7 @@ class FalStreamOperator(BaseOperator):
     def execute(self, context: Any) -> Any:
         if not isinstance(self.arguments, Mapping):
             raise FalInputError(_arguments_error(self.app_id, self.arguments))
-        check_headers(self.headers)
+        check_task_headers(self.headers)
         check_rendered_result_rules(self.select, self.output_path)
         check_submit_inputs(self.app_id, self.arguments, None)  # before the paid POST
         collector = StreamCollector(
