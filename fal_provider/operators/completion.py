@@ -2,7 +2,7 @@
 
 The same handler serves a request that was already done before deferring, the non-deferrable
 wait, ``execute_complete`` of every operator and the sensor's poke. It reads the event through
-:func:`fal_provider.events.validate_event`, which accepts only the statuses it knows.
+:func:`fal_provider.waiting.validate_event`, which accepts only the statuses it knows.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fal_provider.events import error_from_event, validate_event
 from fal_provider.exceptions import (
     FalAuthError,
     FalConnectionError,
@@ -20,6 +19,7 @@ from fal_provider.exceptions import (
     error_from_completed,
 )
 from fal_provider.models import FalRequestRef
+from fal_provider.waiting import error_from_event, validate_event
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from fal_provider._compat import TaskDeferred
-from fal_provider.events import completed_event
 from fal_provider.exceptions import FalInputError, ResponseTooLarge
 from fal_provider.models import (
     CompletedStatus,
@@ -57,6 +56,7 @@ from fal_provider.waiting import (
     Status,
     SyncWaiter,
     WaitPolicy,
+    completed_event,
     default_deferrable,
     resolve_webhook_deferrable,
 )

@@ -17,7 +17,6 @@ from airflow.sdk import BaseSensorOperator
 from airflow.sdk.bases.sensor import PokeReturnValue
 
 from fal_provider._compat import AirflowSensorTimeout, TaskDeferred
-from fal_provider.events import completed_event, validate_event
 from fal_provider.exceptions import FalInputError
 from fal_provider.models import (
     CompletedStatus,
@@ -36,8 +35,10 @@ from fal_provider.waiting import (
     ErrorTolerance,
     StatusReporter,
     WaitPolicy,
+    completed_event,
     default_deferrable,
     resolve_webhook_deferrable,
+    validate_event,
 )
 
 if TYPE_CHECKING:
