@@ -34,7 +34,6 @@ from fal_provider.models import (
     coerce_request,
     is_templated,
 )
-from fal_provider.operators._checks import check_rendered_result_rules, check_result_rules
 from fal_provider.operators._reattach import RequestStore, reattach_status, submission_fingerprint
 from fal_provider.operators._submission import check_submit_params, merge_options, prepare_submit
 from fal_provider.operators.completion import cancel_quietly, raise_unless_success
@@ -45,6 +44,8 @@ from fal_provider.operators.streaming import FalStreamOperator
 from fal_provider.results import (
     DEFAULT_MAX_XCOM_BYTES,
     ResultTooLargeError,
+    check_rendered_result_rules,
+    check_result_rules,
     fetch_limit,
     shape_result,
     too_large_message,

@@ -31,14 +31,17 @@ from fal_provider.exceptions import (
 )
 from fal_provider.hooks.fal import FalHook, preview, stream_error_from_event
 from fal_provider.models import TEMPLATE_HINT, check_number, check_task_headers, is_templated
-from fal_provider.operators._checks import check_rendered_result_rules, check_result_rules
-from fal_provider.operators._result_rules import output_name, result_rules, shape_items
 from fal_provider.operators._submission import check_submit_inputs
 from fal_provider.operators._task_log import RateLimitedLog, name_the_app
 from fal_provider.results import (
     DEFAULT_MAX_XCOM_BYTES,
+    check_rendered_result_rules,
+    check_result_rules,
     fetch_limit,
+    output_name,
+    result_rules,
     select_fields,
+    shape_items,
     shape_result,
     too_large_message,
 )
