@@ -33,7 +33,7 @@ from fal_provider.hooks.fal import (
     run_realtime_batch,
 )
 from fal_provider.models import TEMPLATE_HINT, check_number, is_templated
-from fal_provider.operators._task_log import RateLimitedLog, name_the_app
+from fal_provider.operators.lifecycle import RateLimitedLog, name_the_app
 from fal_provider.results import (
     DEFAULT_MAX_XCOM_BYTES,
     check_rendered_result_rules,

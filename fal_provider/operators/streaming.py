@@ -29,10 +29,9 @@ from fal_provider.exceptions import (
     FalTimeoutError,
     ResultTooLargeError,
 )
-from fal_provider.hooks.fal import FalHook, preview, stream_error_from_event
-from fal_provider.models import TEMPLATE_HINT, check_number, check_task_headers, is_templated
-from fal_provider.operators._submission import check_submit_inputs
-from fal_provider.operators._task_log import RateLimitedLog, name_the_app
+from fal_provider.hooks.fal import FalHook, check_submit, preview, stream_error_from_event
+from fal_provider.models import TEMPLATE_HINT, check_number, check_task_headers, input_errors, is_templated
+from fal_provider.operators.lifecycle import RateLimitedLog, name_the_app
 from fal_provider.results import (
     DEFAULT_MAX_XCOM_BYTES,
     check_rendered_result_rules,
@@ -238,7 +237,8 @@ class FalStreamOperator(BaseOperator):
             raise FalInputError(_arguments_error(self.app_id, self.arguments))
         check_task_headers(self.headers)
         check_rendered_result_rules(self.select, self.output_path)
-        check_submit_inputs(self.app_id, self.arguments, None)  # before the paid POST
+        with input_errors():  # the hook's own parsers, before the paid POST
+            check_submit(self.app_id, self.arguments, None)
         collector = StreamCollector(
             self.app_id,
             collect=self.collect,

@@ -25,9 +25,13 @@ from fal_provider.models import (
     coerce_request,
     is_templated,
 )
-from fal_provider.operators.completion import cancel_quietly, raise_unless_success
-from fal_provider.operators.links import FalRequestLink, publish_request
-from fal_provider.operators.shutdown import run_guarded
+from fal_provider.operators.lifecycle import (
+    FalRequestLink,
+    cancel_quietly,
+    publish_request,
+    raise_unless_success,
+    run_guarded,
+)
 from fal_provider.triggers.fal import FalRequestTrigger
 from fal_provider.waiting import (
     DEFAULT_BACKSTOP_INTERVAL,
@@ -138,7 +142,7 @@ class FalRequestSensor(BaseSensorOperator):
 
     def _guarded(self, context: Context, work: Callable[[], Any]) -> Any:
         """SIGTERM from a worker shutdown keeps the request; a user's kill cancels it (see
-        :mod:`fal_provider.operators.shutdown`)."""
+        :mod:`~fal_provider.operators.lifecycle`)."""
         try:
             return run_guarded(
                 context,
