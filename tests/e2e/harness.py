@@ -234,11 +234,14 @@ class AirflowEnv:
                 )
 
     def component_logs(self, tail: int = 4000) -> str:
+        """The tails of the component logs and of every task try's log, for a failure message."""
         parts = []
         for name in self.processes:
             path = self.home / f"{name}.log"
             if path.exists():
                 parts.append(f"\n--- {name} log (tail) ---\n{path.read_text(errors='replace')[-tail:]}")
+        for path in sorted(self.home.glob("logs/dag_id=*/run_id=*/task_id=*/attempt=*.log")):
+            parts.append(f"\n--- {path.relative_to(self.home)} (tail) ---\n{path.read_text(errors='replace')[-tail:]}")
         return "".join(parts)
 
     def stop(self) -> None:
