@@ -316,3 +316,27 @@ def test_billable_units_header_parsing() -> None:
     assert _platform.billable_units(httpx.Response(200, headers={"x-fal-billable-units": "lots"})) is None
     assert _platform.billable_units(httpx.Response(200, headers={"x-fal-billable-units": "-1"})) is None
     assert _platform.billable_units(httpx.Response(200)) is None
+
+
+def test_the_admin_key_is_masked_in_task_logs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fal_provider.hooks import fal as fal_module
+
+    masked: list[str] = []
+    monkeypatch.setattr(fal_module, "mask_secret", masked.append)
+    assert fal_module.FalHook().settings.admin_key == ADMIN
+    assert ADMIN in masked
+
+
+async def test_the_admin_key_is_masked_in_async_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fal_provider.hooks import _conn_cache
+    from fal_provider.hooks import fal as fal_module
+
+    _conn_cache.clear()
+    masked: list[str] = []
+
+    async def record(secret: str) -> None:
+        masked.append(secret)
+
+    monkeypatch.setattr(fal_module, "amask_secret", record)
+    assert (await fal_module.FalHook().aget_settings()).admin_key == ADMIN
+    assert ADMIN in masked
