@@ -71,7 +71,7 @@ def get_provider_info() -> dict[str, Any]:
                         ),
                         "schema": _URL_FIELD,
                     },
-                    "admin_key": {
+                    "admin_api_key": {
                         "label": "Admin key (optional)",
                         "description": (
                             "An ADMIN-scoped fal key for billing events; sent only to the Platform API."

@@ -22,7 +22,7 @@ from fal_provider.emulator.faults import FaultConfig
 from fal_provider.emulator.webhooks import DEFAULT_USER_ID
 
 DEFAULT_TEST_KEY = "emulator-key-id:emulator-key-secret"
-#: The emulator's ADMIN-scoped Platform API key (billing events), in the connection's ``admin_key``.
+#: The emulator's ADMIN-scoped Platform API key (billing events): connection extra ``admin_api_key``.
 DEFAULT_TEST_ADMIN_KEY = "emulator-admin-id:emulator-admin-secret"
 FAL_CLIENT_GLOBALS = ("QUEUE_URL_FORMAT", "RUN_URL_FORMAT", "REALTIME_URL_FORMAT", "REST_URL", "CDN_URL")
 _CACHED_CLIENT_ATTRS = ("_auth", "_client", "_token_manager")
@@ -163,7 +163,7 @@ class FalEmulator:
             "cdn_url": self.cdn_url,
             "jwks_url": self.jwks_url,
             "platform_url": self.platform_url,
-            **({"admin_key": self.admin_key} if self.admin_key else {}),
+            **({"admin_api_key": self.admin_key} if self.admin_key else {}),
             **emulator_webhook_extra(self.user_id, self.webhook_secret),
         }
 

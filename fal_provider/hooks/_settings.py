@@ -220,7 +220,7 @@ def resolve_settings(
     min_wait = _number(merged.get("retry_min_wait", DEFAULT_RETRY_MIN_WAIT), "retry_min_wait", conn_id)
     max_wait = _number(merged.get("retry_max_wait", DEFAULT_RETRY_MAX_WAIT), "retry_max_wait", conn_id)
     queue_url = normalize_url(host, DEFAULT_QUEUE_URL)
-    admin_key = str(merged.get("admin_key") or "").strip() or None
+    admin_key = str(merged.get("admin_api_key") or "").strip() or None
     return FalSettings(
         key=key,
         queue_url=queue_url,

@@ -176,7 +176,7 @@ def _admin_headers(call: Call, settings: FalSettings, origin: Any) -> dict[str, 
     if not settings.admin_key:
         raise FalMissingCredentialsError(
             f"{call.label} needs an ADMIN-scoped fal key: set the 'Admin key' field (extra "
-            f"'admin_key') of connection {settings.conn_id!r}; fal's dashboard creates admin keys."
+            f"'admin_api_key') of connection {settings.conn_id!r}; fal's dashboard creates admin keys."
         )
     if origin is None or origin != settings.platform_origin:
         raise FalInputError(

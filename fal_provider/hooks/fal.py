@@ -755,7 +755,7 @@ class FalHook(BaseHook):
         start: datetime | str | None = None,
         end: datetime | str | None = None,
     ) -> list[BillingEvent]:
-        """What fal charged for these requests (ADMIN key: the connection's ``admin_key``), every
+        """What fal charged for these requests (ADMIN key: the connection extra ``admin_api_key``), every
         page; a request fal did not charge for (a server error) has no event."""
         platform = self._platform()
         events: list[BillingEvent] = []

@@ -74,7 +74,7 @@ def test_connection_helpers(emu: FalEmulator):
         "cdn_url": emu.cdn_url,
         "jwks_url": emu.jwks_url,
         "platform_url": emu.platform_url,
-        "admin_key": emu.admin_key,
+        "admin_api_key": emu.admin_key,
         "webhook_allowed_user_ids": emu.user_id,
         "webhook_secret": emu.webhook_secret,
     }

@@ -136,10 +136,10 @@ def test_billing_events_with_tags_need_the_admin_key(hook: FalHook, fal_emulator
     assert event.tags == {"airflow.dag": "nightly", "airflow.task": "t2i"}
     assert fal_emulator_conn.billed_total(**{"airflow.dag": "nightly"}) == pytest.approx(0.003)
     api_only = json.loads(fal_emulator_conn.connection_json())
-    del api_only["extra"]["admin_key"]
+    del api_only["extra"]["admin_api_key"]
     with pytest.raises(FalMissingCredentialsError, match="admin"):
         hook_without_admin(api_only).get_billing_events([tagged.request_id])
-    api_only["extra"]["admin_key"] = fal_emulator_conn.key  # the API key in the admin field
+    api_only["extra"]["admin_api_key"] = fal_emulator_conn.key  # the API key in the admin field
     with pytest.raises(FalAuthError) as refused:
         hook_without_admin(api_only).get_billing_events([tagged.request_id])
     assert refused.value.http_status == 403 and refused.value.error_type == "authorization_error"

@@ -147,3 +147,14 @@ def test_a_redirect_off_the_platform_origin_drops_the_admin_key(
             hook.get_billing_events(["r-1"])
         assert redirector.seen[0][2] == f"Key {fal_emulator_conn.admin_key}"
     assert recorder.seen and all(auth is None for _, _, auth in recorder.seen)
+
+
+def test_the_admin_key_field_is_redacted_by_airflow_by_name() -> None:
+    """Airflow hides extras by name in the UI, the API and logs; the admin key's name must be one."""
+    from airflow.sdk._shared.secrets_masker import should_hide_value_for_key
+
+    from fal_provider import get_provider_info
+
+    fields = get_provider_info()["connection-types"][0]["conn-fields"]
+    assert fields["admin_api_key"]["schema"]["format"] == "password"
+    assert should_hide_value_for_key("admin_api_key")

@@ -35,7 +35,7 @@ def platform_conn(monkeypatch: pytest.MonkeyPatch) -> None:
     import json
 
     data = json.loads(conn)
-    data["extra"].update({"platform_url": PLATFORM, "admin_key": ADMIN})
+    data["extra"].update({"platform_url": PLATFORM, "admin_api_key": ADMIN})
     monkeypatch.setenv("AIRFLOW_CONN_FAL_DEFAULT", json.dumps(data))
 
 
@@ -165,7 +165,7 @@ def test_default_platform_url_only_for_fals_own_queue() -> None:
         conn_id="c",
         password="a:b",
         host="http://proxy:1/q",
-        extras={"platform_url": "proxy:2/v1", "admin_key": "x:y"},
+        extras={"platform_url": "proxy:2/v1", "admin_api_key": "x:y"},
         overrides={},
     )
     assert named.platform_url == "https://proxy:2/v1" and named.admin_key == "x:y"
