@@ -25,10 +25,8 @@ from urllib.parse import urlencode
 import httpx
 
 from fal_provider.exceptions import FalInputError, FalNotFoundError, FalServerError
-from fal_provider.hooks._calls import CallBuilder, join_url, json_body
-from fal_provider.hooks._retry import IDEMPOTENT, NO_RETRY
-from fal_provider.hooks._settings import FalSettings
-from fal_provider.hooks._transport import Call, default_timeout
+from fal_provider.hooks._calls import CallBuilder, FalSettings, join_url, json_body
+from fal_provider.hooks._transport import IDEMPOTENT, NO_RETRY, Call, default_timeout
 from fal_provider.models import AppId, check_request_id
 from fal_provider.platform import (
     MAX_IDS_PER_CALL,

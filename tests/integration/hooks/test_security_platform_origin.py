@@ -18,9 +18,8 @@ import pytest
 
 from fal_provider.emulator.testing import FalEmulator
 from fal_provider.exceptions import FalInputError, FalServerError
-from fal_provider.hooks._retry import IDEMPOTENT
-from fal_provider.hooks._settings import FalSettings
-from fal_provider.hooks._transport import Call, default_timeout, request_headers, send
+from fal_provider.hooks._calls import FalSettings
+from fal_provider.hooks._transport import IDEMPOTENT, Call, default_timeout, request_headers, send
 from fal_provider.hooks.fal import FalHook
 from fal_provider.models import CompletedStatus
 from fal_provider.platform import clear_caches

@@ -19,7 +19,7 @@ from fal_provider.exceptions import (
     error_from_response,
 )
 from fal_provider.hooks import _platform
-from fal_provider.hooks._settings import DEFAULT_PLATFORM_URL, resolve_settings
+from fal_provider.hooks._calls import DEFAULT_PLATFORM_URL, resolve_settings
 from fal_provider.platform import ModelInfo, TtlCache, check_arguments, clear_caches
 from tests.unit.hooks.hook_fakes import Script, connection_json, mock_hook, ok
 
@@ -328,10 +328,10 @@ def test_the_admin_key_is_masked_in_task_logs(monkeypatch: pytest.MonkeyPatch) -
 
 
 async def test_the_admin_key_is_masked_in_async_code(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fal_provider.hooks import _conn_cache
+    from fal_provider.hooks import _calls
     from fal_provider.hooks import fal as fal_module
 
-    _conn_cache.clear()
+    _calls.clear_connections()
     masked: list[str] = []
 
     async def record(secret: str) -> None:
