@@ -32,6 +32,7 @@ from fal_provider.operators._checks import check_rendered_result_rules, check_re
 from fal_provider.operators._reattach import RequestStore, reattach_status, submission_fingerprint
 from fal_provider.operators._submission import check_submit_params, merge_options, prepare_submit
 from fal_provider.operators.completion import cancel_quietly, raise_unless_success
+from fal_provider.operators.costing import CostGuard, CostSettings, endpoint_of, record_cost
 from fal_provider.operators.links import FalRequestLink, publish_request
 from fal_provider.operators.realtime import FalRealtimeOperator
 from fal_provider.operators.shutdown import run_guarded
@@ -57,6 +58,8 @@ from fal_provider.webhooks.urls import TaskIdentity, WebhookUrlError, build_webh
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+    from fal_provider.platform import FetchedResult
 
     from fal_provider.hooks.fal import FalHook
 
@@ -224,9 +227,9 @@ class FalWaitingOperator(FalBaseOperator):
         """The single completion handler (allow-list in :func:`raise_unless_success`)."""
         ref = raise_unless_success(event, self.hook)
         self._request = ref
-        result = self._fetch_result(ref)
+        fetched = self._fetch_result(ref)
         value = shape_result(
-            result,
+            fetched.data,
             select=self.select,
             output_path=self.output_path,
             download_media=self.download_media,
@@ -234,14 +237,19 @@ class FalWaitingOperator(FalBaseOperator):
             request_id=ref.request_id,
             fetch=self.hook.fetch_media,
         )
+        metrics = event.get("metrics") if isinstance(event, dict) else None
+        record_cost(
+            self, context, app_id=ref.app_id, request_id=ref.request_id, units=fetched.billable_units, metrics=metrics
+        )
         self.after_success(context, ref)
         return value
 
-    def _fetch_result(self, ref: FalRequestRef) -> Any:
-        """The result, refused before it is read whole when it can only go to XCom and is too big."""
+    def _fetch_result(self, ref: FalRequestRef) -> FetchedResult:
+        """The result and its billed units, refused before it is read whole when it can only go to
+        XCom and is too big."""
         limit = fetch_limit(self.select, self.output_path, self.max_xcom_bytes)
         try:
-            return self.hook.get_result(ref, max_bytes=limit)
+            return self.hook.fetch_result(ref, max_bytes=limit)
         except ResponseTooLarge as err:
             message = too_large_message(err.size, err.limit, at_least=not err.declared)
             raise ResultTooLargeError(message, request_id=ref.request_id) from None
@@ -311,6 +319,19 @@ class _SubmittingOperator(FalBaseOperator):
     ``object_lifecycle=``, ``disable_fallback=``, ``max_queue_length=``). They are validated when the
     DAG is parsed if nothing is templated, and again after rendering, before anything is paid for.
 
+    Money (see :mod:`fal_provider.operators.costing`):
+
+    :param tags: request tags (``X-Fal-Tags``) besides ``airflow.dag`` / ``airflow.task``, which every
+        request carries; fal's usage reports split by them. fal's rules are checked here.
+    :param max_cost: the most this task may spend, across all its tries (USD); a submit whose
+        estimate would pass it fails with ``FalBudgetExceeded``.
+    :param budget: a named budget shared by every task that names it (limit from ``budget_limit`` or
+        ``[fal] budgets``; running total in ``[fal] budget_database_url``).
+    :param budget_limit: the named budget's limit (USD), overriding ``[fal] budgets``.
+    :param budget_scope: ``global`` (one total for the name) or ``dag_run`` (one total per DAG run).
+    :param strict_budget: refuse a limited submit whose cost cannot be estimated (default: let it
+        through, counted as 0 until its result is priced).
+
     A ``BaseOperator`` subclass (not a plain mixin) so Airflow's ``partial()`` / ``expand()`` checks
     see these parameters: they only look at ``__init__`` methods the operator metaclass wrapped.
     """
@@ -330,9 +351,23 @@ class _SubmittingOperator(FalBaseOperator):
         object_lifecycle: int | str | None = None,
         disable_fallback: bool | None = None,
         max_queue_length: int | None = None,
+        tags: Mapping[str, str] | None = None,
+        max_cost: float | None = None,
+        budget: str | None = None,
+        budget_limit: float | None = None,
+        budget_scope: str = "global",
+        strict_budget: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.cost_settings = CostSettings.build(
+            tags=tags,
+            max_cost=max_cost,
+            budget=budget,
+            budget_limit=budget_limit,
+            budget_scope=budget_scope,
+            strict_budget=strict_budget,
+        )
         self.app_id = app_id
         self.arguments = arguments
         self.path = path
@@ -349,10 +384,24 @@ class _SubmittingOperator(FalBaseOperator):
         self.options = merge_options(options, option_kwargs)
         check_submit_params(app_id, arguments)
 
-    def _submit(self, webhook_url: str | None = None) -> FalRequestRef:
+    def _submit(self, context: Context, webhook_url: str | None = None, *, settle: bool = False) -> FalRequestRef:
+        """The paid POST, tagged, after the spending limits let it through.
+
+        ``settle``: count the estimate as spent at once (a task that never fetches the result).
+        """
         arguments, options = prepare_submit(self.app_id, self.arguments, self.options)
+        guard = CostGuard(self.cost_settings, self.hook, context)
+        reservation = guard.before_submit(endpoint_of(str(self.app_id), self.path or ""))
         extra: dict[str, Any] = {"webhook_url": webhook_url} if webhook_url else {}
-        return self.hook.submit(str(self.app_id), arguments, path=self.path or "", options=options, **extra)
+        try:
+            ref = self.hook.submit(
+                str(self.app_id), arguments, path=self.path or "", options=options, headers=guard.headers(), **extra
+            )
+        except BaseException as err:
+            guard.not_submitted(reservation, err)
+            raise
+        guard.submitted(ref.request_id, reservation, settle=settle)
+        return ref
 
     def _fingerprint(self) -> str:
         """What the submit would pay for, after rendering (a stored request is reused only for it)."""
@@ -386,7 +435,7 @@ class FalSubmitOperator(_SubmittingOperator):
         url = None
         if self.webhook_wake_task_id:
             url = task_webhook_url(self.hook, context, self.webhook_wake_task_id)
-        ref = self._submit(url)
+        ref = self._submit(context, url, settle=True)
         self.push_request(context, ref)
         return ref.to_xcom()
 
@@ -428,7 +477,7 @@ class FalInferenceOperator(_SubmittingOperator, FalWaitingOperator):
         if self.deferrable:
             check_trigger_connection(self.hook, self.fal_conn_id)
         url = task_webhook_url(self.hook, context) if self.wait_policy.wait_mode == "webhook" else None
-        ref = self._submit(url)
+        ref = self._submit(context, url)
         # Saved before any wait: a worker lost from here on leaves a request a retry can find.
         self._request = ref
         if self.reattach_on_retry:
