@@ -319,6 +319,11 @@ class _SubmittingOperator(FalBaseOperator):
     ``object_lifecycle=``, ``disable_fallback=``, ``max_queue_length=``). They are validated when the
     DAG is parsed if nothing is templated, and again after rendering, before anything is paid for.
 
+    ``validate_arguments`` (default on): before submitting, check the rendered arguments against
+    the model's input schema from fal's Platform API (cached per process), so a missing required
+    field or a wrong type fails as ``FalInputError`` without paying for a 422; a deprecated model
+    logs fal's replacement. Without a schema (no Platform API, a private app) nothing is checked.
+
     Money (see :mod:`fal_provider.operators.costing`):
 
     :param tags: request tags (``X-Fal-Tags``) besides ``airflow.dag`` / ``airflow.task``, which every
@@ -357,9 +362,11 @@ class _SubmittingOperator(FalBaseOperator):
         budget_limit: float | None = None,
         budget_scope: str = "global",
         strict_budget: bool = False,
+        validate_arguments: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.validate_arguments = validate_arguments
         self.cost_settings = CostSettings.build(
             tags=tags,
             max_cost=max_cost,
@@ -390,7 +397,9 @@ class _SubmittingOperator(FalBaseOperator):
         ``settle``: count the estimate as spent at once (a task that never fetches the result).
         """
         arguments, options = prepare_submit(self.app_id, self.arguments, self.options)
-        guard = CostGuard(self.cost_settings, self.hook, context)
+        guard = CostGuard(self.cost_settings, self.hook, context)  # checks the tags: no network yet
+        if self.validate_arguments:  # against the model's input schema, where fal serves one
+            self.hook.validate_arguments(str(self.app_id), arguments, path=self.path or "")
         reservation = guard.before_submit(endpoint_of(str(self.app_id), self.path or ""))
         extra: dict[str, Any] = {"webhook_url": webhook_url} if webhook_url else {}
         try:
