@@ -99,7 +99,12 @@ class BudgetLedger:
             sa.Column("reserved", sa.Float, nullable=False, default=0.0),
             sa.Column("limit_amount", sa.Float, nullable=True),
         )
-        metadata.create_all(self._engine, checkfirst=True)
+        try:
+            metadata.create_all(self._engine, checkfirst=True)
+        except sa.exc.DBAPIError:
+            # Another task created the table between the check and the CREATE (PostgreSQL reports
+            # the duplicate type as IntegrityError/ProgrammingError): it exists now, which is all we need.
+            metadata.create_all(self._engine, checkfirst=True)
 
     def _ensure_row(self, conn: Any, name: str) -> None:
         import sqlalchemy as sa
@@ -126,7 +131,9 @@ class BudgetLedger:
             )
             state = self._state(conn, name)
         if done.rowcount != 1:
-            raise budget_exceeded(f"budget {name!r}", state.spent, state.reserved, amount, limit, _raise_hint(name))
+            raise budget_exceeded(
+                f"budget {name!r}", state.spent, state.reserved, amount, limit, _raise_hint(name)
+            )
         return state
 
     def settle(self, name: str, reserved: float, actual: float) -> BudgetState:
@@ -149,7 +156,9 @@ class BudgetLedger:
         import sqlalchemy as sa
 
         t = self._table
-        row = conn.execute(sa.select(t.c.spent, t.c.reserved, t.c.limit_amount).where(t.c.name == name)).first()
+        row = conn.execute(
+            sa.select(t.c.spent, t.c.reserved, t.c.limit_amount).where(t.c.name == name)
+        ).first()
         if row is None:
             return BudgetState(name, 0.0, 0.0, None)
         return BudgetState(name, float(row[0]), max(0.0, float(row[1])), row[2])

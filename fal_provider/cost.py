@@ -77,11 +77,13 @@ class CostRecord:
     def describe(self) -> str:
         """One log line: ``fal-ai/flux/schnell 1 megapixels x 0.003 USD = 0.003 USD (estimate)``."""
         if self.cost is None:
-            return f"{self.app_id} request {self.request_id}: cost unknown ({self.reason or 'no reason given'})"
+            return (
+                f"{self.app_id} request {self.request_id}: cost unknown ({self.reason or 'no reason given'})"
+            )
         quantity = f"{_num(self.units)} {self.unit}" if self.units is not None else "billed"
         how = "billed" if self.exact else "estimate: units x list price"
         return (
-            f"{self.app_id} {quantity} × {_num(self.unit_price)} {self.currency} = "
+            f"{self.app_id} {quantity} × {_num(self.unit_price)} {self.currency} = "  # noqa: RUF001
             f"{_num(self.cost)} {self.currency} ({how}; request {self.request_id})"
         )
 
@@ -114,10 +116,10 @@ def cost_record(
     unit = getattr(price, "unit", None)
     unit_price = getattr(price, "unit_price", None)
     currency = getattr(price, "currency", None)
-    if units is None or price is None:
+    if units is None or price is None or unit_price is None:
         why = reason or ("fal sent no billable units" if units is None else "no unit price for this app")
         return CostRecord(app_id, request_id, units, unit, unit_price, currency, None, reason=why)
-    return CostRecord(app_id, request_id, units, unit, unit_price, currency, units * unit_price)
+    return CostRecord(app_id, request_id, units, unit, unit_price, currency, units * float(unit_price))
 
 
 @dataclass(frozen=True)
@@ -173,8 +175,14 @@ def check_tags(tags: Any, *, where: str = "tags") -> dict[str, str]:
         raise FalInputError(f"{where} must be a dict of tag names to values, got {type(tags).__name__}")
     checked: dict[str, str] = {}
     for raw_key, raw_value in tags.items():
-        if not isinstance(raw_key, str) or not isinstance(raw_value, str | int | float) or isinstance(raw_value, bool):
-            raise FalInputError(f"{where}: tag keys and values must be strings, got {raw_key!r}: {raw_value!r}")
+        if (
+            not isinstance(raw_key, str)
+            or not isinstance(raw_value, str | int | float)
+            or isinstance(raw_value, bool)
+        ):
+            raise FalInputError(
+                f"{where}: tag keys and values must be strings, got {raw_key!r}: {raw_value!r}"
+            )
         key, value = raw_key.strip().lower(), str(raw_value).strip()
         _check_tag(key, value, where)
         if key in (DAG_TAG, TASK_TAG):
@@ -194,7 +202,9 @@ def _check_tag(key: str, value: str, where: str) -> None:
     if len(key) > MAX_TAG_KEY_LENGTH:
         raise FalInputError(f"{where}: tag key {key[:20]!r}... is over {MAX_TAG_KEY_LENGTH} characters")
     if key.startswith(RESERVED_TAG_PREFIX):
-        raise FalInputError(f"{where}: tag keys starting with {RESERVED_TAG_PREFIX!r} are reserved by fal ({key!r})")
+        raise FalInputError(
+            f"{where}: tag keys starting with {RESERVED_TAG_PREFIX!r} are reserved by fal ({key!r})"
+        )
     if not all(c.isascii() and c.isprintable() and c != "," for c in value):
         raise FalInputError(
             f"{where}: the value of tag {key!r} must be printable ASCII without ',' (fal separates tags with commas)"

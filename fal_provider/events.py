@@ -32,7 +32,9 @@ def completed_event(status: CompletedStatus, ref: FalRequestRef) -> dict[str, An
             "error_type": status.error_type,
         }
     # fal's timings (inference_time) ride along for the cost metrics; numbers only, JSON-safe.
-    metrics = {k: v for k, v in status.metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    metrics = {
+        k: v for k, v in status.metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
     return {"status": "success", "request": ref.to_xcom(), **({"metrics": metrics} if metrics else {})}
 
 

@@ -192,7 +192,9 @@ class CostGuard:
     def estimate(self, endpoint: str) -> float | None:
         """fal's historical cost of one call, else the last cost seen here, else ``None``."""
         try:
-            return float(self.hook.estimate_cost({endpoint: 1}, estimate_type="historical_api_price").total_cost)
+            return float(
+                self.hook.estimate_cost({endpoint: 1}, estimate_type="historical_api_price").total_cost
+            )
         except Exception as err:
             _warn_once(f"estimate:{endpoint}", "No fal cost estimate for %s (%s)", endpoint, err)
         return _LAST_COST.get(endpoint)
@@ -209,13 +211,20 @@ class CostGuard:
                     "estimate and none observed in this process), so it is not submitted. Pass "
                     "strict_budget=False to let unpriced requests through."
                 )
-            log.warning("The cost of %s cannot be estimated; budget checks count it as 0 until its result", endpoint)
+            log.warning(
+                "The cost of %s cannot be estimated; budget checks count it as 0 until its result", endpoint
+            )
             needed = 0.0
         if self.settings.max_cost is not None:
             spent = spent_of(SpendStore(self.context).load())
             if spent + needed > self.settings.max_cost + budgets.EPSILON:
                 raise budgets.budget_exceeded(
-                    "max_cost of this task", spent, 0.0, needed, self.settings.max_cost, "raise max_cost on the task"
+                    "max_cost of this task",
+                    spent,
+                    0.0,
+                    needed,
+                    self.settings.max_cost,
+                    "raise max_cost on the task",
                 )
         if self.budget_key is not None:
             limit = budgets.budget_limit(self.settings.budget or "", self.settings.budget_limit)
@@ -246,7 +255,9 @@ def price_of(hook: Any, endpoint: str) -> tuple[Any, str | None]:
     try:
         price = hook.get_pricing([endpoint]).get(endpoint)
     except Exception as err:
-        _warn_once(f"price:{endpoint}", "No fal price for %s (%s); its cost is reported as unknown", endpoint, err)
+        _warn_once(
+            f"price:{endpoint}", "No fal price for %s (%s); its cost is reported as unknown", endpoint, err
+        )
         return None, f"pricing unavailable ({type(err).__name__})"
     return price, None if price is not None else "fal lists no price for this endpoint"
 

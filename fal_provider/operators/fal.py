@@ -59,9 +59,8 @@ from fal_provider.webhooks.urls import TaskIdentity, WebhookUrlError, build_webh
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from fal_provider.platform import FetchedResult
-
     from fal_provider.hooks.fal import FalHook
+    from fal_provider.platform import FetchedResult
 
 __all__ = [
     "FalCancelOperator",
@@ -239,7 +238,12 @@ class FalWaitingOperator(FalBaseOperator):
         )
         metrics = event.get("metrics") if isinstance(event, dict) else None
         record_cost(
-            self, context, app_id=ref.app_id, request_id=ref.request_id, units=fetched.billable_units, metrics=metrics
+            self,
+            context,
+            app_id=ref.app_id,
+            request_id=ref.request_id,
+            units=fetched.billable_units,
+            metrics=metrics,
         )
         self.after_success(context, ref)
         return value
@@ -391,7 +395,9 @@ class _SubmittingOperator(FalBaseOperator):
         self.options = merge_options(options, option_kwargs)
         check_submit_params(app_id, arguments)
 
-    def _submit(self, context: Context, webhook_url: str | None = None, *, settle: bool = False) -> FalRequestRef:
+    def _submit(
+        self, context: Context, webhook_url: str | None = None, *, settle: bool = False
+    ) -> FalRequestRef:
         """The paid POST, tagged, after the spending limits let it through.
 
         ``settle``: count the estimate as spent at once (a task that never fetches the result).
@@ -404,7 +410,12 @@ class _SubmittingOperator(FalBaseOperator):
         extra: dict[str, Any] = {"webhook_url": webhook_url} if webhook_url else {}
         try:
             ref = self.hook.submit(
-                str(self.app_id), arguments, path=self.path or "", options=options, headers=guard.headers(), **extra
+                str(self.app_id),
+                arguments,
+                path=self.path or "",
+                options=options,
+                headers=guard.headers(),
+                **extra,
             )
         except BaseException as err:
             guard.not_submitted(reservation, err)
