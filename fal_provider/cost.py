@@ -213,12 +213,16 @@ def _check_tag(key: str, value: str, where: str) -> None:
         raise FalInputError(f"{where}: the value of tag {key!r} is over {MAX_TAG_VALUE_LENGTH} characters")
 
 
-def request_tags(dag_id: str, task_id: str, tags: Mapping[str, str] | None = None) -> dict[str, str]:
+def request_tags(
+    dag_id: str | None, task_id: str | None, tags: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """The tags every request of a task carries: ``airflow.dag``, ``airflow.task`` and the user's.
 
-    Dag and task ids are Airflow keys (letters, digits, '.', '_', '-'), always valid tag values.
+    Dag and task ids are Airflow keys (letters, digits, '.', '_', '-'), always valid tag values;
+    outside a task (no ids) only the user's tags are sent.
     """
-    pairs = {DAG_TAG: str(dag_id), TASK_TAG: str(task_id), **check_tags(tags)}
+    own = {DAG_TAG: dag_id, TASK_TAG: task_id}
+    pairs = {**{k: str(v) for k, v in own.items() if v}, **check_tags(tags)}
     for key, value in pairs.items():
         _check_tag(key, value, "tags")
     size = sum(len(k) + len(v) for k, v in pairs.items())
