@@ -33,4 +33,4 @@ with DAG(
         budget="fanout",
         budget_limit=BUDGET_LIMIT,
         budget_scope="dag_run",
-    ).expand(arguments=[{"index": i, "duration_s": 2, "marker": "{{ run_id }}"} for i in range(BUDGET_TASKS)])
+    ).expand(arguments=[{"index": i, "duration_s": 1, "marker": "{{ run_id }}"} for i in range(BUDGET_TASKS)])
