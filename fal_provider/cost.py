@@ -38,6 +38,7 @@ __all__ = [
     "check_max_cost",
     "check_tags",
     "cost_record",
+    "reconciled",
     "request_tags",
     "tags_header",
     "total_of",
@@ -120,6 +121,25 @@ def cost_record(
         why = reason or ("fal sent no billable units" if units is None else "no unit price for this app")
         return CostRecord(app_id, request_id, units, unit, unit_price, currency, None, reason=why)
     return CostRecord(app_id, request_id, units, unit, unit_price, currency, units * float(unit_price))
+
+
+def reconciled(record: CostRecord, event: Any) -> CostRecord:
+    """``record`` with fal's charged figure from a billing event (``output_units``, ``unit_price``,
+    ``cost_total``, ``currency``): exact, after any account discount."""
+    if getattr(event, "cost_total", None) is None:
+        return record
+    units = event.output_units if event.output_units is not None else record.units
+    price = event.unit_price if event.unit_price is not None else record.unit_price
+    return CostRecord(
+        record.app_id,
+        record.request_id,
+        units,
+        record.unit,
+        price,
+        event.currency,
+        float(event.cost_total),
+        exact=True,
+    )
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from fal_provider.cost import (
     check_max_cost,
     check_tags,
     cost_record,
+    reconciled,
     request_tags,
     tags_header,
     total_of,
@@ -350,25 +351,54 @@ class FalCostReportOperator(BaseOperator):
     ``trigger_rule="all_done"`` to report failed runs too).
 
     :param task_ids: the tasks to sum (default: every task of the DAG).
+    :param exact: replace the estimates by what fal charged, from its billing events (needs the
+        connection's ``admin_key``; fal may report recent events late). Requests without an event
+        keep their estimate; a failing lookup keeps them all, with a warning.
+    :param fal_conn_id: the connection used with ``exact``.
     """
 
     template_fields = ("task_ids",)
 
-    def __init__(self, *, task_ids: list[str] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        task_ids: list[str] | None = None,
+        exact: bool = False,
+        fal_conn_id: str = "fal_default",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.task_ids = task_ids
+        self.exact = exact
+        self.fal_conn_id = fal_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
         ti = context["ti"]
         ids = list(self.task_ids or [t for t in context["dag"].task_ids if t != self.task_id])
-        records: list[Mapping[str, Any]] = []
+        records: list[CostRecord] = []
         for task_id in ids:
-            records.extend(_records(ti.xcom_pull(task_ids=task_id, key=XCOM_KEY)))
+            records.extend(
+                CostRecord.from_xcom(r) for r in _records(ti.xcom_pull(task_ids=task_id, key=XCOM_KEY))
+            )
+        if self.exact and records:
+            records = _reconciled(self, records)
         total = total_of(records)
         for record in records:
-            self.log.info("  %s", CostRecord.from_xcom(record).describe())
+            self.log.info("  %s", record.describe())
         self.log.info("This DAG run's %s", total.describe())
         return total.to_xcom()
+
+
+def _reconciled(op: FalCostReportOperator, records: list[CostRecord]) -> list[CostRecord]:
+    from fal_provider.hooks.fal import FalHook
+
+    try:
+        events = FalHook(op.fal_conn_id).get_billing_events([r.request_id for r in records])
+    except Exception as err:
+        op.log.warning("Could not read fal's billing events (%s); the total is an estimate", err)
+        return records
+    by_id = {e.request_id: e for e in events}
+    return [reconciled(r, by_id[r.request_id]) if r.request_id in by_id else r for r in records]
 
 
 def _records(value: Any) -> list[Mapping[str, Any]]:

@@ -12,6 +12,7 @@ import pytest
 from fal_provider._compat import AIRFLOW_V_3_3_PLUS
 from fal_provider.emulator.testing import FalEmulator
 from fal_provider.exceptions import FalBudgetExceeded
+from fal_provider.operators.costing import FalCostReportOperator
 from fal_provider.operators.fal import FalInferenceOperator
 from fal_provider.platform import clear_caches
 
@@ -97,3 +98,15 @@ def test_max_cost_continues_across_tries_of_the_task(fal_emulator_conn: FalEmula
             max_cost=0.01,
         ).execute(context("t", store))
     assert len(fal_emulator_conn.billing()["events"]) == 1
+
+
+def test_the_run_report_can_replace_estimates_by_fals_billing_events(fal_emulator_conn: FalEmulator) -> None:
+    ctx = context("t2i")
+    flux("t2i").execute(ctx)
+    record = pushed(ctx, "fal_cost")
+    report_ti = MagicMock(name="ti", task_id="cost")
+    report_ti.xcom_pull.side_effect = lambda task_ids, key: record if task_ids == "t2i" else None
+    dag = MagicMock(task_ids=["t2i", "cost"])
+    total = FalCostReportOperator(task_id="cost", exact=True).execute({"ti": report_ti, "dag": dag})
+    assert total["exact"] is True and total["requests"] == 1
+    assert total["total"] == pytest.approx(fal_emulator_conn.billed_total())
