@@ -183,7 +183,11 @@ class CostGuard:
         ti = context["ti"]
         self.tags = request_tags(ti.dag_id, ti.task_id, settings.tags)
         self.budget_key = None
+        self.limit = 0.0
         if settings.budget is not None:
+            # Configuration mistakes fail here, before the estimate or anything else goes out.
+            self.limit = budgets.budget_limit(settings.budget, settings.budget_limit)
+            budgets.database_url()
             scope = "" if settings.budget_scope == "global" else f"@{ti.dag_id}/{ti.run_id}"
             self.budget_key = settings.budget + scope
 
@@ -228,8 +232,7 @@ class CostGuard:
                     "raise max_cost on the task",
                 )
         if self.budget_key is not None:
-            limit = budgets.budget_limit(self.settings.budget or "", self.settings.budget_limit)
-            budgets.ledger().reserve(self.budget_key, needed, limit)
+            budgets.ledger().reserve(self.budget_key, needed, self.limit)
         return Reservation(self.budget_key, needed)
 
     def submitted(self, request_id: str, reservation: Reservation, *, settle: bool = False) -> None:

@@ -213,3 +213,17 @@ def test_the_cost_report_sums_the_runs_records_mapped_tasks_included() -> None:
     total = FalCostReportOperator(task_id="report").execute({"ti": ti, "dag": dag})
     assert total["total"] == pytest.approx(0.006)
     assert (total["requests"], total["unknown"], total["currency"]) == (4, 0, "USD")
+
+
+def test_a_named_budget_without_limit_or_database_fails_before_any_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("AIRFLOW__FAL__BUDGETS", raising=False)
+    monkeypatch.setenv("AIRFLOW__FAL__BUDGET_DATABASE_URL", "sqlite://")
+    hook = priced_hook()
+    with pytest.raises(FalInputError, match="Budget 'nightly' has no limit"):
+        inference(hook, budget="nightly").execute(make_context())
+    monkeypatch.delenv("AIRFLOW__FAL__BUDGET_DATABASE_URL")
+    with pytest.raises(FalInputError, match="budget_database_url"):
+        inference(hook, budget="nightly", budget_limit=1.0).execute(make_context())
+    assert hook.estimate_cost.call_count == hook.submit.call_count == hook.validate_arguments.call_count == 0
