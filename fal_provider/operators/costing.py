@@ -235,17 +235,22 @@ class CostGuard:
             budgets.ledger().reserve(self.budget_key, needed, self.limit)
         return Reservation(self.budget_key, needed)
 
-    def submitted(self, request_id: str, reservation: Reservation, *, settle: bool = False) -> None:
-        """Remember the request with its reservation, so whichever try fetches the result settles it.
+    def submitted(self, request_id: str, reservation: Reservation, *, settle: bool = False) -> dict[str, Any]:
+        """Remember the request with its reservation, so whichever try fetches the result settles it;
+        returns the entry (the caller keeps it for a result fetched in this same process).
 
         ``settle``: the task never sees the result (submit only), so the estimate is what it spent.
+        Tasks without limits store nothing (no extra calls).
         """
         fields: dict[str, Any] = {"estimate": reservation.amount, "budget": reservation.budget}
+        fields["submitted_at"] = time.time()
         if settle:
             fields["cost"] = reservation.amount
             if reservation.budget is not None:
                 budgets.ledger().settle(reservation.budget, reservation.amount, reservation.amount)
-        SpendStore(self.context).update(request_id, submitted_at=time.time(), **fields)
+        if self.settings.limited:
+            SpendStore(self.context).update(request_id, **fields)
+        return {request_id: fields}
 
     def not_submitted(self, reservation: Reservation, err: BaseException) -> None:
         """Release the reservation of a submit fal refused; keep it when fal may have accepted it."""
@@ -285,9 +290,9 @@ def record_cost(
     if record.cost is not None:
         _LAST_COST[endpoint] = record.cost
     _push(context, record)
-    entry = SpendStore(context).load().get(request_id)
+    entry = _spend_entry(op, context, request_id)
     if entry is not None and entry.get("cost") is None:
-        _settle(context, request_id, entry, record)
+        _settle(context, request_id, entry, record, stored=_limited(op))
     emit_metrics(record, "success", metrics, entry)
     return record
 
@@ -300,9 +305,26 @@ def _push(context: Any, record: CostRecord) -> None:
         log.warning("Could not push the fal cost record to XCom: %s", err)
 
 
-def _settle(context: Any, request_id: str, entry: Mapping[str, Any], record: CostRecord) -> None:
+def _limited(op: Any) -> bool:
+    settings = getattr(op, "cost_settings", None)
+    return bool(settings is not None and settings.limited)
+
+
+def _spend_entry(op: Any, context: Any, request_id: str) -> dict[str, Any] | None:
+    """The submit's entry: kept on the operator when this process submitted, else (a resumed or
+    later try) from the task's spend store."""
+    entry = (getattr(op, "fal_spend", None) or {}).get(request_id)
+    if entry is None and _limited(op):
+        entry = SpendStore(context).load().get(request_id)
+    return entry
+
+
+def _settle(
+    context: Any, request_id: str, entry: Mapping[str, Any], record: CostRecord, *, stored: bool
+) -> None:
     actual = record.cost if record.cost is not None else float(entry.get("estimate") or 0.0)
-    SpendStore(context).update(request_id, cost=actual)
+    if stored:
+        SpendStore(context).update(request_id, cost=actual)
     name = entry.get("budget")
     if name:
         state = budgets.ledger().settle(str(name), float(entry.get("estimate") or 0.0), actual)

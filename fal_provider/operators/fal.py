@@ -420,7 +420,7 @@ class _SubmittingOperator(FalBaseOperator):
         except BaseException as err:
             guard.not_submitted(reservation, err)
             raise
-        guard.submitted(ref.request_id, reservation, settle=settle)
+        self.fal_spend = guard.submitted(ref.request_id, reservation, settle=settle)
         return ref
 
     def _fingerprint(self) -> str:
