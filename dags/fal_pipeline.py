@@ -7,6 +7,9 @@ else ``output/`` in the repository.
 Two ways of passing one model's output to the next are shown: Jinja templating
 (``text_to_image`` -> ``upscale``) and a TaskFlow step returning the next argument dict
 (``upscale`` -> ``caption``).
+
+Every fal task pushes what its request cost (XCom ``fal_cost``); ``cost`` adds them up and returns
+the run's total, also after a failure (``trigger_rule="all_done"``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 from airflow.sdk import DAG, Param, task
 
+from fal_provider.operators.costing import FalCostReportOperator
 from fal_provider.operators.fal import FalInferenceOperator
 
 DEFAULT_OUTPUT_DIR = os.environ.get(
@@ -115,4 +119,5 @@ with DAG(
 
     # The Jinja reference above does not create a dependency by itself.
     text_to_image >> upscale
-    write_report(text_to_image.output, upscale.output, caption.output)
+    report = write_report(text_to_image.output, upscale.output, caption.output)
+    report >> FalCostReportOperator(task_id="cost", trigger_rule="all_done")

@@ -30,6 +30,7 @@ The tree (every public fal error lives in this module)::
         ├── FalPermanentRequestFailed            a queued request finished with a permanent error
         ├── FalRequestCancelled                  cancelled by a user, ``on_kill`` or a timeout
         ├── FalMissingCredentialsError           no key anywhere
+        ├── FalBudgetExceeded                    a submit would pass ``max_cost`` or a named budget
         └── FalInputError (also ValueError)      local validation, before anything is sent
             ├── ResponseTooLarge                 an answer over the caller's ``max_bytes``
             └── ResultShapeError                 the result rules (select, output_path) cannot apply
@@ -200,6 +201,21 @@ class FalRequestCancelled(FalPermanentError):
 
 class FalMissingCredentialsError(FalPermanentError):
     """No key in the connection and none in the environment."""
+
+
+class FalBudgetExceeded(FalPermanentError):
+    """Submitting would pass a spending limit (``max_cost`` or a named budget); nothing was submitted.
+
+    Permanent: a retry would meet the same limit. ``spent``, ``reserved`` and ``limit`` are in the
+    price currency; the message says how to raise the limit.
+    """
+
+    def __init__(self, message: str, *, spent: float, reserved: float, limit: float, budget: str) -> None:
+        super().__init__(message)
+        self.spent = spent
+        self.reserved = reserved
+        self.limit = limit
+        self.budget = budget
 
 
 class FalInputError(FalPermanentError, ValueError):

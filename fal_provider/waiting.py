@@ -48,7 +48,11 @@ def completed_event(status: CompletedStatus, ref: FalRequestRef) -> dict[str, An
             "error": status.error,
             "error_type": status.error_type,
         }
-    return {"status": "success", "request": ref.to_xcom()}
+    # fal's timings (inference_time) ride along for the cost metrics; numbers only, JSON-safe.
+    metrics = {
+        k: v for k, v in status.metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    return {"status": "success", "request": ref.to_xcom(), **({"metrics": metrics} if metrics else {})}
 
 
 def backstop_event(status: CompletedStatus, ref: FalRequestRef) -> dict[str, Any]:

@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
             env.migrate()
             print(f"Running `airflow dags test {args.dag_id}` ...", flush=True)
             env.dags_test(args.dag_id, conf={"output_dir": str(output_dir)}, timeout=600)
-            return report(env, args.dag_id, output_dir)
+            status = report(env, args.dag_id, output_dir)
+            print(f"The emulator billed {emulator.billed_total():.6f} USD")
+            return status
         except AirflowCommandError as err:
             print(f"FAILED: {err}", file=sys.stderr)
             return 1
@@ -71,6 +73,12 @@ def report(env: AirflowEnv, dag_id: str, output_dir: Path) -> int:
     for (task_id, map_index), value in sorted(env.xcoms(dag_id, run_id).items()):
         label = task_id if map_index < 0 else f"{task_id}[{map_index}]"
         print(f"  {label}: {json.dumps(value)[:400]}")
+    cost = env.xcoms(dag_id, run_id).get(("cost", -1))
+    if isinstance(cost, dict):
+        unknown = f", {cost['unknown']} of unknown cost" if cost.get("unknown") else ""
+        print(
+            f"\nThis run cost {cost['total']:.6f} {cost['currency']} ({cost['requests']} fal requests{unknown})"
+        )
     produced = sorted(p for p in output_dir.rglob("*") if p.is_file() and _run_dir_name(run_id) in str(p))
     print(f"\nOutputs under {output_dir}:")
     for path in produced:

@@ -37,6 +37,7 @@ from fal_provider.models import (
     is_templated,
     loads_if_json,
 )
+from fal_provider.operators.costing import CostGuard, CostSettings, endpoint_of, record_cost
 from fal_provider.operators.lifecycle import (
     FalRequestLink,
     RequestStore,
@@ -175,6 +176,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from fal_provider.hooks.fal import FalHook
+    from fal_provider.platform import FetchedResult
 
 __all__ = [
     "FalCancelOperator",
@@ -340,9 +342,9 @@ class FalWaitingOperator(FalBaseOperator):
         """The single completion handler (allow-list in :func:`raise_unless_success`)."""
         ref = raise_unless_success(event, self.hook)
         self._request = ref
-        result = self._fetch_result(ref)
+        fetched = self._fetch_result(ref)
         value = shape_result(
-            result,
+            fetched.data,
             select=self.select,
             output_path=self.output_path,
             download_media=self.download_media,
@@ -350,14 +352,24 @@ class FalWaitingOperator(FalBaseOperator):
             request_id=ref.request_id,
             fetch=self.hook.fetch_media,
         )
+        metrics = event.get("metrics") if isinstance(event, dict) else None
+        record_cost(
+            self,
+            context,
+            app_id=ref.app_id,
+            request_id=ref.request_id,
+            units=fetched.billable_units,
+            metrics=metrics,
+        )
         self.after_success(context, ref)
         return value
 
-    def _fetch_result(self, ref: FalRequestRef) -> Any:
-        """The result, refused before it is read whole when it can only go to XCom and is too big."""
+    def _fetch_result(self, ref: FalRequestRef) -> FetchedResult:
+        """The result and its billed units, refused before it is read whole when it can only go to
+        XCom and is too big."""
         limit = fetch_limit(self.select, self.output_path, self.max_xcom_bytes)
         try:
-            return self.hook.get_result(ref, max_bytes=limit)
+            return self.hook.fetch_result(ref, max_bytes=limit)
         except ResponseTooLarge as err:
             message = too_large_message(err.size, err.limit, at_least=not err.declared)
             raise ResultTooLargeError(message, request_id=ref.request_id) from None
@@ -413,6 +425,19 @@ class _SubmittingOperator(FalBaseOperator):
     field or a wrong type fails as ``FalInputError`` without paying for a 422; a deprecated model
     logs fal's replacement. Without a schema (no Platform API, a private app) nothing is checked.
 
+    Money (see :mod:`fal_provider.operators.costing`):
+
+    :param tags: request tags (``X-Fal-Tags``) besides ``airflow.dag`` / ``airflow.task``, which every
+        request carries; fal's usage reports split by them. fal's rules are checked here.
+    :param max_cost: the most this task may spend, across all its tries (USD); a submit whose
+        estimate would pass it fails with ``FalBudgetExceeded``.
+    :param budget: a named budget shared by every task that names it (limit from ``budget_limit`` or
+        ``[fal] budgets``; running total in ``[fal] budget_database_url``).
+    :param budget_limit: the named budget's limit (USD), overriding ``[fal] budgets``.
+    :param budget_scope: ``global`` (one total for the name) or ``dag_run`` (one total per DAG run).
+    :param strict_budget: refuse a limited submit whose cost cannot be estimated (default: let it
+        through, counted as 0 until its result is priced).
+
     A ``BaseOperator`` subclass (not a plain mixin) so Airflow's ``partial()`` / ``expand()`` checks
     see these parameters: they only look at ``__init__`` methods the operator metaclass wrapped.
     """
@@ -432,11 +457,25 @@ class _SubmittingOperator(FalBaseOperator):
         object_lifecycle: int | str | None = None,
         disable_fallback: bool | None = None,
         max_queue_length: int | None = None,
+        tags: Mapping[str, str] | None = None,
+        max_cost: float | None = None,
+        budget: str | None = None,
+        budget_limit: float | None = None,
+        budget_scope: str = "global",
+        strict_budget: bool = False,
         validate_arguments: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.validate_arguments = validate_arguments
+        self.cost_settings = CostSettings.build(
+            tags=tags,
+            max_cost=max_cost,
+            budget=budget,
+            budget_limit=budget_limit,
+            budget_scope=budget_scope,
+            strict_budget=strict_budget,
+        )
         self.app_id = app_id
         self.arguments = arguments
         self.path = path
@@ -453,12 +492,33 @@ class _SubmittingOperator(FalBaseOperator):
         self.options = merge_options(options, option_kwargs)
         check_submit_params(app_id, arguments)
 
-    def _submit(self, webhook_url: str | None = None) -> FalRequestRef:
+    def _submit(
+        self, context: Context, webhook_url: str | None = None, *, settle: bool = False
+    ) -> FalRequestRef:
+        """The paid POST, tagged, after the spending limits let it through.
+
+        ``settle``: count the estimate as spent at once (a task that never fetches the result).
+        """
         arguments, options = prepare_submit(self.app_id, self.arguments, self.options)
+        guard = CostGuard(self.cost_settings, self.hook, context)  # checks the tags: no network yet
         if self.validate_arguments:  # against the model's input schema, where fal serves one
             self.hook.validate_arguments(str(self.app_id), arguments, path=self.path or "")
+        reservation = guard.before_submit(endpoint_of(str(self.app_id), self.path or ""))
         extra: dict[str, Any] = {"webhook_url": webhook_url} if webhook_url else {}
-        return self.hook.submit(str(self.app_id), arguments, path=self.path or "", options=options, **extra)
+        try:
+            ref = self.hook.submit(
+                str(self.app_id),
+                arguments,
+                path=self.path or "",
+                options=options,
+                headers=guard.headers(),
+                **extra,
+            )
+        except BaseException as err:
+            guard.not_submitted(reservation, err)
+            raise
+        self.fal_spend = guard.submitted(ref.request_id, reservation, settle=settle)
+        return ref
 
     def _fingerprint(self) -> str:
         """What the submit would pay for, after rendering (a stored request is reused only for it)."""
@@ -492,7 +552,7 @@ class FalSubmitOperator(_SubmittingOperator):
         url = None
         if self.webhook_wake_task_id:
             url = task_webhook_url(self.hook, context, self.webhook_wake_task_id)
-        ref = self._submit(url)
+        ref = self._submit(context, url, settle=True)
         self.push_request(context, ref)
         return ref.to_xcom()
 
@@ -534,7 +594,7 @@ class FalInferenceOperator(_SubmittingOperator, FalWaitingOperator):
         if self.deferrable:
             check_trigger_connection(self.hook, self.fal_conn_id)
         url = task_webhook_url(self.hook, context) if self.wait_policy.wait_mode == "webhook" else None
-        ref = self._submit(url)
+        ref = self._submit(context, url)
         # Saved before any wait: a worker lost from here on leaves a request a retry can find.
         self._request = ref
         if self.reattach_on_retry:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from airflow.sdk import BaseOperator
 
+from fal_provider.cost import TAGS_HEADER, check_tags, request_tags, tags_header
 from fal_provider.exceptions import (
     FalError,
     FalInputError,
@@ -179,6 +180,8 @@ class FalStreamOperator(BaseOperator):
     :param log_interval: at most one progress line per this many seconds (``0``: every event).
     :param fal_conn_id: the fal connection.
     :param headers: extra HTTP headers for the stream request. Templated.
+    :param tags: request tags (``X-Fal-Tags``) besides ``airflow.dag`` / ``airflow.task``, which the
+        stream request always carries (fal's rules are checked when the task is built).
 
     A stream that breaks before the server closes it raises a retryable ``FalStreamError``; an
     error event from the app fails the task with the app's message, without retries when the app
@@ -205,9 +208,12 @@ class FalStreamOperator(BaseOperator):
         log_interval: float = 5.0,
         fal_conn_id: str = "fal_default",
         headers: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.tags = check_tags(tags)
+        self._tag_headers: dict[str, str] = {}
         self.app_id = app_id
         self.arguments = arguments if arguments is not None else {}
         self.path = path
@@ -239,6 +245,9 @@ class FalStreamOperator(BaseOperator):
         check_rendered_result_rules(self.select, self.output_path)
         with input_errors():  # the hook's own parsers, before the paid POST
             check_submit(self.app_id, self.arguments, None)
+        ti = context["ti"]
+        tags = request_tags(getattr(ti, "dag_id", None), getattr(ti, "task_id", None), self.tags)
+        self._tag_headers = {TAGS_HEADER: tags_header(tags)} if tags else {}
         collector = StreamCollector(
             self.app_id,
             collect=self.collect,
@@ -269,7 +278,7 @@ class FalStreamOperator(BaseOperator):
                 self.app_id,
                 dict(self.arguments),
                 path=self.path,
-                headers=dict(self.headers or {}) or None,
+                headers={**(self.headers or {}), **self._tag_headers} or None,
                 timeout=read_timeout,
             )
             await drain_stream(

@@ -241,7 +241,9 @@ class AirflowEnv:
             if path.exists():
                 parts.append(f"\n--- {name} log (tail) ---\n{path.read_text(errors='replace')[-tail:]}")
         for path in sorted(self.home.glob("logs/dag_id=*/run_id=*/task_id=*/attempt=*.log")):
-            parts.append(f"\n--- {path.relative_to(self.home)} (tail) ---\n{path.read_text(errors='replace')[-tail:]}")
+            parts.append(
+                f"\n--- {path.relative_to(self.home)} (tail) ---\n{path.read_text(errors='replace')[-tail:]}"
+            )
         return "".join(parts)
 
     def stop(self) -> None:

@@ -59,6 +59,7 @@ def local(uri: str) -> Path:
 
 
 def test_pipeline(airflow: AirflowEnv, emulator: FalEmulator, output_dir: Path) -> None:
+    emulator.reset()  # the billed total below is this run's alone
     run_id, xcoms = run_dag(airflow, "fal_pipeline", {"prompt": "a red barn", "output_dir": str(output_dir)})
     generated = xcoms[("text_to_image", -1)]
     assert generated["prompt"] == "a red barn" and generated["seed"] == 7
@@ -80,6 +81,17 @@ def test_pipeline(airflow: AirflowEnv, emulator: FalEmulator, output_dir: Path) 
     # the extra link was materialised for the deferred tasks (status URL, off fal.ai)
     links = airflow.xcoms("fal_pipeline", run_id, key="fal_request_url")
     assert links[("text_to_image", -1)].startswith(emulator.queue_url)
+    # What the run says it cost is what the emulator billed, request by request and in total.
+    cost = xcoms[("cost", -1)]
+    billing = emulator.billing()
+    assert cost["requests"] == billing["count"] == 3 and cost["unknown"] == 0
+    assert cost["total"] == pytest.approx(billing["total"], abs=1e-9) and cost["total"] > 0
+    records = airflow.xcoms("fal_pipeline", run_id, key="fal_cost")
+    billed = {e["request_id"]: e for e in billing["events"]}
+    for (task_id, _), record in records.items():
+        event = billed[record["request_id"]]
+        assert record["cost"] == pytest.approx(event["cost_total"], abs=1e-12), task_id
+        assert event["tags"] == {"airflow.dag": "fal_pipeline", "airflow.task": task_id}
 
 
 def test_fan_out(airflow: AirflowEnv, emulator: FalEmulator) -> None:

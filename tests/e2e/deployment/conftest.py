@@ -38,12 +38,16 @@ class Services:
     emulator: EmulatorProcess
 
     @contextmanager
-    def airflow(self, database: str, **topology: Any) -> Iterator[DeploymentCluster]:
+    def airflow(
+        self, database: str, env: dict[str, str] | None = None, **topology: Any
+    ) -> Iterator[DeploymentCluster]:
         """A running Airflow on a fresh copy of the migrated schema, and an emulator with no requests
-        or counters from an earlier module; stopped on exit."""
+        or counters from an earlier module; stopped on exit. ``env``: extra settings of every
+        component (e.g. ``AIRFLOW__FAL__...``)."""
         self.emulator.reset()
         self.pg.create_database(database, template=TEMPLATE_DATABASE)
         airflow = DeploymentCluster(self.pg, self.emulator, database=database, **topology)
+        airflow.extra_env.update(env or {})
         try:
             airflow.start_all()
             yield airflow

@@ -18,9 +18,13 @@ from unittest.mock import MagicMock, NonCallableMagicMock, create_autospec
 from airflow.triggers.base import BaseTrigger
 
 from fal_provider._compat import AIRFLOW_V_3_3_PLUS
+from fal_provider.exceptions import FalServerError
 from fal_provider.hooks.fal import FalHook
 from fal_provider.models import FalRequestRef, parse_status
+from fal_provider.operators.costing import SPEND_KEY
+from fal_provider.operators.costing import VARIABLE_PREFIX as SPEND_VARIABLE_PREFIX
 from fal_provider.operators.lifecycle import STATE_KEY, VARIABLE_PREFIX, RequestStore
+from fal_provider.platform import FetchedResult
 
 APP = "fal-ai/flux/schnell"
 BASE = "http://127.0.0.1:9/queue/fal-ai/flux/requests"
@@ -80,6 +84,13 @@ def make_hook(statuses: list[Any] | None = None, result: Any = None) -> Any:
     hook.get_status.side_effect = list(statuses or [done()])
     hook.get_result.return_value = result if result is not None else {"images": [{"url": "http://x/a.png"}]}
     hook.cancel.return_value = "CANCELLATION_REQUESTED"
+    # fetch_result is get_result plus the billed units: tests configure get_result (and units).
+    hook.billable_units = None
+    hook.fetch_result.side_effect = lambda ref, max_bytes=None: FetchedResult(
+        hook.get_result(ref, max_bytes=max_bytes), hook.billable_units
+    )
+    hook.get_pricing.return_value = {}
+    hook.estimate_cost.side_effect = FalServerError("no estimates in unit tests")
     return hook
 
 
@@ -146,18 +157,20 @@ class RequestVariables:
         self.stores[key] = store
 
     def get(self, key: str, default: Any = None, deserialize_json: bool = False) -> Any:
-        if not key.startswith(VARIABLE_PREFIX):
+        slot = _slot_of(key)
+        if slot is None:
             return self._real_get(key, default=default, deserialize_json=deserialize_json)
-        value = self.stores[key].data.get(STATE_KEY) if key in self.stores else None
+        value = self.stores[_store_key(key)].data.get(slot) if _store_key(key) in self.stores else None
         return default if value is None else json.dumps(value)
 
     def set(self, key: str, value: Any, description: str | None = None, serialize_json: bool = False) -> None:
-        if not key.startswith(VARIABLE_PREFIX):
+        slot = _slot_of(key)
+        if slot is None:
             self._real_set(key, value, description=description, serialize_json=serialize_json)
             return
         assert isinstance(value, str), "a Variable holds text: the fallback must encode the reference"
         self.raw_writes.append((key, value))
-        self.stores.setdefault(key, FakeStateStore()).data[STATE_KEY] = json.loads(value)
+        self.stores.setdefault(_store_key(key), FakeStateStore()).data[slot] = json.loads(value)
 
     def delete(self, key: str) -> None:
         if not key.startswith(VARIABLE_PREFIX):
@@ -165,6 +178,20 @@ class RequestVariables:
             return
         if key in self.stores:
             self.stores[key].data.pop(STATE_KEY, None)
+
+
+def _slot_of(key: str) -> str | None:
+    """The ``task_state_store`` key a fallback Variable stands for (request or spend), else ``None``."""
+    if key.startswith(VARIABLE_PREFIX):
+        return STATE_KEY
+    if key.startswith(SPEND_VARIABLE_PREFIX):
+        return SPEND_KEY
+    return None
+
+
+def _store_key(key: str) -> str:
+    """Both fallbacks of one task instance share its FakeStateStore (attached by the request key)."""
+    return VARIABLE_PREFIX + key.rsplit(".", 1)[-1]
 
 
 #: Set by the autouse fixture in ``tests/unit/conftest.py`` for the duration of each test.

@@ -274,7 +274,8 @@ def test_execute_returns_the_final_event_and_passes_arguments() -> None:
             "app_id": APP,
             "arguments": {"count": 2},
             "path": "/stream",
-            "headers": {"X-Trace": "1"},
+            # the user's headers, plus the request tags every fal request carries
+            "headers": {"X-Trace": "1", "X-Fal-Tags": "airflow.task=stream"},
             "timeout": None,
         }
     ]
