@@ -30,6 +30,7 @@ The tree (every public fal error lives in this module)::
         ├── FalPermanentRequestFailed            a queued request finished with a permanent error
         ├── FalRequestCancelled                  cancelled by a user, ``on_kill`` or a timeout
         ├── FalMissingCredentialsError           no key anywhere
+        ├── FalOrphanedRequestError              a lost submit answer that cannot be matched (``on_orphan="fail"``)
         └── FalInputError (also ValueError)      local validation, before anything is sent
             ├── ResponseTooLarge                 an answer over the caller's ``max_bytes``
             └── ResultShapeError                 the result rules (select, output_path) cannot apply
@@ -196,6 +197,11 @@ class FalRequestCancelled(FalPermanentError):
 
 class FalMissingCredentialsError(FalPermanentError):
     """No key in the connection and none in the environment."""
+
+
+class FalOrphanedRequestError(FalPermanentError):
+    """An earlier try sent a submit whose answer was lost, and fal's request history cannot tell
+    which request it became; with ``on_orphan="fail"`` the task stops rather than risk paying twice."""
 
 
 class FalInputError(FalPermanentError, ValueError):

@@ -52,10 +52,17 @@ def submission_fingerprint(app_id: str, path: str, arguments: Mapping[str, Any],
 
 @dataclass(frozen=True)
 class StoredRequest:
-    """What a try left for the next one: the request and the fingerprint of its inputs."""
+    """What a try left for the next one: the request and the fingerprint of its inputs.
 
-    ref: FalRequestRef
+    ``ref`` is ``None`` for an intent (written just before the POST) that no request id replaced:
+    the try died between sending the submit and saving fal's answer, so fal may be running (and
+    billing) a request nobody knows the id of; :mod:`~fal_provider.operators.orphans` looks for it.
+    """
+
+    ref: FalRequestRef | None
     fingerprint: str | None = None
+    intent_at: float | None = None
+    input_sha: str | None = None
 
 
 class RequestStore:
@@ -90,6 +97,10 @@ class RequestStore:
                 "The stored fal request belongs to DAG run %s, not this one; ignoring it", record["run_id"]
             )
             return None
+        if record["request"] is None and record.get("intent_at") is not None:
+            return StoredRequest(
+                None, record.get("fingerprint"), float(record["intent_at"]), record.get("input_sha")
+            )
         try:
             ref = FalRequestRef.coerce(record["request"])
         except ValueError:
@@ -124,6 +135,35 @@ class RequestStore:
             return False
         return True
 
+    def save_intent(self, fingerprint: str, input_sha: str, at: float) -> None:
+        """Record, before the POST, that this try is about to pay for a request with these inputs.
+
+        Best effort like :meth:`save`: a store that cannot be written loses the reattach anyway (the
+        request id cannot be saved either), and refusing to run inference over it would turn a
+        bookkeeping outage into failed pipelines. It is logged, and the try goes on.
+        """
+        record = {
+            "run_id": self._run_id,
+            "request": None,
+            "fingerprint": fingerprint,
+            "input_sha": input_sha,
+            "intent_at": at,
+        }
+        try:
+            if self._state is not None:
+                self._state.set(STATE_KEY, record)
+            else:
+                from airflow.sdk import Variable
+
+                Variable.set(self._variable_key, json.dumps(record))
+        except Exception as err:
+            log.warning(
+                "Could not record the intent to submit (%s: %s); if this try dies before fal answers, "
+                "a retry cannot look for the request it sent",
+                type(err).__name__,
+                err,
+            )
+
     def _variable_get(self) -> Any:
         from airflow.sdk import Variable
 
@@ -142,6 +182,8 @@ def reattach_status(hook: Any, stored: StoredRequest, fingerprint: str | None) -
     task's own retry will ask again.
     """
     ref = stored.ref
+    if ref is None:
+        return None
     if fingerprint and stored.fingerprint and stored.fingerprint != fingerprint:
         log.info(
             "Stored fal request %s was submitted with other inputs (app, path, arguments or options "

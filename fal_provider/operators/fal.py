@@ -24,12 +24,20 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from fal_provider._compat import TaskDeferred
+from fal_provider.cache import input_digest
 from fal_provider.events import completed_event
 from fal_provider.exceptions import FalInputError, ResponseTooLarge
 from fal_provider.inputs import check_headers, check_seconds, coerce_request, is_templated
 from fal_provider.models import CompletedStatus, FalRequestRef, RequestOptions
+from fal_provider.operators._caching import TaskCache, open_cache
 from fal_provider.operators._checks import check_rendered_result_rules, check_result_rules
-from fal_provider.operators._reattach import RequestStore, reattach_status, submission_fingerprint
+from fal_provider.operators._orphans import check_on_orphan, recover
+from fal_provider.operators._reattach import (
+    RequestStore,
+    StoredRequest,
+    reattach_status,
+    submission_fingerprint,
+)
 from fal_provider.operators._submission import check_submit_params, merge_options, prepare_submit
 from fal_provider.operators.completion import cancel_quietly, raise_unless_success
 from fal_provider.operators.links import FalRequestLink, publish_request
@@ -224,18 +232,29 @@ class FalWaitingOperator(FalBaseOperator):
         """The single completion handler (allow-list in :func:`raise_unless_success`)."""
         ref = raise_unless_success(event, self.hook)
         self._request = ref
-        result = self._fetch_result(ref)
-        value = shape_result(
+        result = self.received(context, ref, self._fetch_result(ref))
+        value = self.shape(result, ref.request_id)
+        self.after_success(context, ref)
+        return value
+
+    def shape(self, result: Any, request_id: str | None) -> Any:
+        return shape_result(
             result,
             select=self.select,
             output_path=self.output_path,
             download_media=self.download_media,
             max_xcom_bytes=self.max_xcom_bytes,
-            request_id=ref.request_id,
-            fetch=self.hook.fetch_media,
+            request_id=request_id,
+            fetch=self.media_fetch(),
         )
-        self.after_success(context, ref)
-        return value
+
+    def received(self, context: Context, ref: FalRequestRef, result: Any) -> Any:
+        """Hook for subclasses: the fetched result, before it is shaped (the cache stores it here)."""
+        return result
+
+    def media_fetch(self) -> Callable[[str, float], tuple[bytes, str | None]]:
+        """How ``download_media`` reads a media URL: the hook's download, without the key."""
+        return self.hook.fetch_media
 
     def _fetch_result(self, ref: FalRequestRef) -> Any:
         """The result, refused before it is read whole when it can only go to XCom and is too big."""
@@ -349,10 +368,27 @@ class _SubmittingOperator(FalBaseOperator):
         self.options = merge_options(options, option_kwargs)
         check_submit_params(app_id, arguments)
 
-    def _submit(self, webhook_url: str | None = None) -> FalRequestRef:
+    def _submit(
+        self,
+        webhook_url: str | None = None,
+        before_post: Callable[[dict[str, Any]], None] | None = None,
+    ) -> FalRequestRef:
+        """``before_post`` gets the exact body about to be sent (the intent record is written there)."""
         arguments, options = prepare_submit(self.app_id, self.arguments, self.options)
+        arguments = self._reachable_inputs(arguments)
+        if before_post is not None:
+            before_post(arguments)
         extra: dict[str, Any] = {"webhook_url": webhook_url} if webhook_url else {}
         return self.hook.submit(str(self.app_id), arguments, path=self.path or "", options=options, **extra)
+
+    def _reachable_inputs(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """Inputs that name copies in the result cache, uploaded to fal's CDN (fal cannot read them)."""
+        cache = open_cache(getattr(self, "cache_path", None), self.hook)
+        if cache is None:
+            return arguments
+        return cache.upload_inputs(
+            arguments, lambda data, kind, name: self.hook.upload(data, content_type=kind, file_name=name)
+        )
 
     def _fingerprint(self) -> str:
         """What the submit would pay for, after rendering (a stored request is reused only for it)."""
@@ -400,17 +436,53 @@ class FalInferenceOperator(_SubmittingOperator, FalWaitingOperator):
 
     :param reattach_on_retry: on a retry, wait for the request a previous try submitted when it is
         still queued, running or already succeeded, instead of paying for a new one.
+    :param on_orphan: what a retry does when the previous try died between sending the submit and
+        saving fal's answer and fal's request history cannot identify the request: ``"resubmit"``
+        (default; may pay once more) or ``"fail"`` (never pays twice; a human clears the task).
+        See :mod:`~fal_provider.operators._orphans`.
+    :param cache: return the stored result of an earlier request with the same app id, path,
+        arguments and ``cache_version`` instead of calling fal (:mod:`fal_provider.cache`); a miss
+        stores the result, with its media copied into the cache and its URLs pointing at the copies.
+    :param cache_version: part of the cache key: change it to stop reusing what was cached before.
+    :param refresh_cache: pay for a new request even when the cache has the result, and store it.
+    :param cache_path: where results are cached (folder, URI or ObjectStoragePath); default: the
+        connection's ``cache_path`` extra, else ``[fal] cache_path``.
 
     Submit parameters are documented on :class:`_SubmittingOperator`, waiting and result
     parameters on :class:`~FalWaitingOperator`.
     """
 
-    template_fields = ("app_id", "arguments", "path", "headers", "options", "select", "output_path")
+    template_fields = (
+        "app_id",
+        "arguments",
+        "path",
+        "headers",
+        "options",
+        "select",
+        "output_path",
+        "cache_path",
+        "cache_version",
+    )
     template_fields_renderers = {"arguments": "json", "headers": "json", "options": "json"}
 
-    def __init__(self, *, reattach_on_retry: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        reattach_on_retry: bool = True,
+        on_orphan: str = "resubmit",
+        cache: bool = False,
+        cache_version: str | int | None = None,
+        refresh_cache: bool = False,
+        cache_path: Any = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.reattach_on_retry = reattach_on_retry
+        self.on_orphan = check_on_orphan(on_orphan)
+        self.cache = bool(cache)
+        self.cache_version = cache_version
+        self.refresh_cache = bool(refresh_cache)
+        self.cache_path = cache_path
 
     def execute(self, context: Context) -> Any:
         return _guarded(self, context, lambda: self._execute(context))
@@ -421,19 +493,78 @@ class FalInferenceOperator(_SubmittingOperator, FalWaitingOperator):
     def _execute(self, context: Context) -> Any:
         self.check_rendered(context)
         fingerprint = self._fingerprint()
+        cache = self._task_cache(context)
+        if cache is not None and not self.refresh_cache:
+            entry = cache.lookup()
+            if entry is not None:
+                cache.log_hit(entry, context)
+                return self.shape(entry.result, entry.request_id)
         if self.reattach_on_retry:
             previous = self._previous_request(context, fingerprint)
             if previous is not None:
                 return self.wait_for(context, *previous)
+        if cache is not None and not self.refresh_cache:
+            waiting = cache.claim_or_wait(self.hook)
+            if waiting is not None and waiting.entry is not None:
+                cache.log_hit(waiting.entry, context)
+                return self.shape(waiting.entry.result, waiting.entry.request_id)
+            if waiting is not None and waiting.ref is not None:
+                RequestStore(context).save(waiting.ref, fingerprint)
+                return self.wait_for(context, waiting.ref)
+        elif cache is not None:
+            cache.cache.claim(cache.key, cache.owner)
         if self.deferrable:
             check_trigger_connection(self.hook, self.fal_conn_id)
         url = task_webhook_url(self.hook, context) if self.wait_policy.wait_mode == "webhook" else None
-        ref = self._submit(url)
+        ref = self._submit(url, self._intent_writer(context, fingerprint))
         # Saved before any wait: a worker lost from here on leaves a request a retry can find.
         self._request = ref
         if self.reattach_on_retry:
             RequestStore(context).save(ref, fingerprint)
+        if cache is not None:
+            cache.record_request(ref)
         return self.wait_for(context, ref)
+
+    def _intent_writer(self, context: Context, fingerprint: str) -> Callable[[dict[str, Any]], None] | None:
+        """Writes the intent record just before the POST (see :mod:`~fal_provider.operators._orphans`)."""
+        if not self.reattach_on_retry:
+            return None
+        return lambda body: RequestStore(context).save_intent(fingerprint, input_digest(body), time.time())
+
+    def _task_cache(self, context: Context) -> TaskCache | None:
+        if not self.cache:
+            return None
+        arguments, _ = prepare_submit(self.app_id, self.arguments, self.options)
+        return TaskCache.open(
+            self.hook,
+            context,
+            app_id=str(self.app_id),
+            path=self.path or "",
+            arguments=arguments,
+            cache_path=self.cache_path,
+            cache_version=self.cache_version,
+        )
+
+    def received(self, context: Context, ref: FalRequestRef, result: Any) -> Any:
+        """With ``cache=True``: store the result; what goes on has its URLs on the cached copies.
+
+        The result is paid for by now, so a cache that fails here is logged, not raised.
+        """
+        if not self.cache:
+            return result
+        try:
+            cache = self._task_cache(context)
+            assert cache is not None
+            return cache.store(self.hook, context, ref, result, getattr(self, "billable_units", None))
+        except Exception as err:
+            self.log.warning("Could not cache the result of fal request %s: %s", ref.request_id, err)
+            return result
+
+    def media_fetch(self) -> Callable[[str, float], tuple[bytes, str | None]]:
+        cache = open_cache(self.cache_path, self.hook)
+        if cache is None:
+            return self.hook.fetch_media
+        return lambda url, timeout: cache.read(url, self.hook.fetch_media, timeout)
 
     def _previous_request(self, context: Context, fingerprint: str) -> tuple[FalRequestRef, Status] | None:
         """A request an earlier try submitted that is still worth waiting for, with its status.
@@ -445,8 +576,23 @@ class FalInferenceOperator(_SubmittingOperator, FalWaitingOperator):
         stored = RequestStore(context).load()
         if stored is None:
             return None
+        if stored.ref is None:  # an intent: the try died between the POST and saving its answer
+            if stored.fingerprint != fingerprint or stored.intent_at is None:
+                return None
+            ref = recover(
+                self.hook,
+                str(self.app_id),
+                self.path or "",
+                stored.intent_at,
+                stored.input_sha or "",
+                self.on_orphan,
+            )
+            if ref is None:
+                return None
+            RequestStore(context).save(ref, fingerprint)
+            stored = StoredRequest(ref, fingerprint)
         status = reattach_status(self.hook, stored, fingerprint)
-        return None if status is None else (stored.ref, status)
+        return None if status is None or stored.ref is None else (stored.ref, status)
 
 
 class FalResultOperator(FalWaitingOperator):
