@@ -240,12 +240,22 @@ class ResultCache:
         except (OSError, ValueError, TypeError) as err:
             log.warning("Ignoring an unreadable fal cache entry %s: %s", path, err)
             return None
-        missing = [url for _, media in iter_media(entry.result) if self.owns(url := str(media["url"]))]
-        for url in missing:
+        for url in self._copies(entry.result):
             if not _as_path(url).exists():
                 log.warning("fal cache entry %s points at %s, which is gone; treating it as a miss", key, url)
                 return None
         return entry
+
+    def _copies(self, value: Any) -> Iterator[str]:
+        """The URLs in a stored result that name copies in this cache."""
+        if isinstance(value, Mapping):
+            for item in value.values():
+                yield from self._copies(item)
+        elif isinstance(value, list):
+            for item in value:
+                yield from self._copies(item)
+        elif isinstance(value, str) and self.owns(value):
+            yield value
 
     def put(
         self,

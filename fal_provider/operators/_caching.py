@@ -28,7 +28,8 @@ CLAIM_POLL = 0.5
 
 def open_cache(explicit: Any, hook: Any) -> ResultCache | None:
     """The cache the connection or config points at (``None`` when nowhere is configured)."""
-    root = configured_root(explicit, getattr(hook.settings, "cache_path", None))
+    connection_path = getattr(hook.settings, "cache_path", None)
+    root = configured_root(explicit, connection_path if isinstance(connection_path, str) else None)
     return None if root is None else ResultCache(root)
 
 
