@@ -130,7 +130,7 @@ def test_a_failed_media_copy_stores_nothing(tmp_path: Path) -> None:
         return PNG, "image/png"
 
     result = {"images": [{"url": "https://cdn/a.png"}, {"url": "https://cdn/b.png"}]}
-    with pytest.raises(FalCacheError, match="b.png"):
+    with pytest.raises(FalCacheError, match=r"b\.png"):
         cache.put("k" * 64, result, app_id="a/b", fetch=broken)
     assert cache.get("k" * 64) is None
     assert not any((tmp_path / "media").glob("*.png")) if (tmp_path / "media").exists() else True
