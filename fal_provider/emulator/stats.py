@@ -38,6 +38,7 @@ class Stats:
             "realtime_messages",
             "uploads",
             "tokens",
+            "platform_calls",
         )
         data: dict[str, Any] = {name: self.counters.get(name, 0) for name in names}
         data["submits"] = dict(self.submits)
