@@ -69,6 +69,59 @@ CONFIG_SECTION = "fal"
 CONFIG_KEY = "cache_path"
 
 
+def priced(hook: Any, app_id: str, units: float | None) -> tuple[float | None, str | None]:
+    """Billable units times the endpoint's list price (``hook.price_or_none``, which never raises);
+    ``(None, None)`` when either is unknown."""
+    price = hook.price_or_none(app_id) if units is not None and hasattr(hook, "price_or_none") else None
+    if price is None or units is None:
+        return None, None
+    return float(price.cost(float(units))), price.currency
+
+
+def cached_run(
+    hook: Any,
+    app_id: str,
+    arguments: Mapping[str, Any],
+    *,
+    cache: ResultCache | Any,
+    path: str = "",
+    cache_version: str | int | None = None,
+    refresh_cache: bool = False,
+    timeout: float | None = None,
+) -> Any:
+    """``hook.run`` (fal's synchronous call) through the result cache, for TaskFlow code and scripts.
+
+    ``cache``: a :class:`ResultCache` or its location. A hit returns the stored result (URLs on the
+    cached copies) without calling fal and logs "cache hit, saved ~X"; a miss runs the model, copies
+    its media into the cache and returns the stored result. Inputs naming cached copies are
+    uploaded to fal's CDN first. There is no claim: a synchronous run is short, and two callers
+    racing on one key each pay (use the operator, which claims, for long requests).
+    """
+    store = cache if isinstance(cache, ResultCache) else ResultCache(cache)
+    store.check_writable()
+    key = cache_key(app_id, arguments, path=path, cache_version=cache_version)
+    entry = None if refresh_cache else store.get(key)
+    if entry is not None:
+        log.info("%s: cache hit, saved ~%s (result of fal request %s)", app_id, entry.saved, entry.request_id)
+        return entry.result
+    sent = store.upload_inputs(
+        dict(arguments), lambda data, kind, name: hook.upload(data, content_type=kind, file_name=name)
+    )
+    fetched = hook.run_with_usage(app_id, sent, path=path, timeout=timeout)
+    cost, currency = priced(hook, app_id, fetched.billable_units)
+    stored = store.put(
+        key,
+        fetched.data,
+        app_id=app_id,
+        path=path,
+        request_id=fetched.request_id,
+        cost=cost,
+        currency=currency,
+        fetch=hook.fetch_media,
+    )
+    return stored.result
+
+
 class FalCacheError(FalInputError):
     """The cache location is not usable (missing, unwritable, not a URI): fix the configuration."""
 

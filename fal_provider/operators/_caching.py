@@ -13,7 +13,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fal_provider.cache import CLAIM_WAIT, CacheEntry, ResultCache, cache_key, configured_root, format_cost
+from fal_provider.cache import (
+    CLAIM_WAIT,
+    CacheEntry,
+    ResultCache,
+    cache_key,
+    configured_root,
+    format_cost,
+    priced,
+)
 from fal_provider.exceptions import FalInputError
 from fal_provider.models import FalRequestRef
 from fal_provider.operators._reattach import StoredRequest, reattach_status
@@ -95,11 +103,17 @@ class TaskCache:
             self.key[:16],
             self.cache.uri,
         )
+        # The cost record's fields (fal_provider.cost.CostRecord): nothing was billed, exactly.
         record = {
             "app_id": self.app_id,
-            "request_id": None,
-            "cost": 0.0,
+            "request_id": f"cache:{self.key[:32]}",
+            "units": 0.0,
+            "unit": None,
+            "unit_price": None,
             "currency": entry.currency or "USD",
+            "cost": 0.0,
+            "exact": True,
+            "reason": f"cache hit, saved ~{entry.saved}",
             "cache_hit": True,
             "saved": entry.cost,
             "cached_request_id": entry.request_id,
@@ -188,13 +202,4 @@ def known_cost(hook: Any, context: Any, app_id: str, units: float | None) -> tup
         record = None
     if isinstance(record, Mapping) and isinstance(record.get("cost"), int | float):
         return float(record["cost"]), record.get("currency")
-    if units is None or not hasattr(hook, "get_pricing"):
-        return None, None
-    try:
-        price = hook.get_pricing([app_id]).get(app_id)
-    except Exception as err:
-        log.info("No price for %s (%s); the cached result's cost is unknown", app_id, err)
-        return None, None
-    if price is None:
-        return None, None
-    return float(units) * float(price.unit_price), price.currency
+    return priced(hook, app_id, units)

@@ -232,7 +232,7 @@ class FalWaitingOperator(FalBaseOperator):
         """The single completion handler (allow-list in :func:`raise_unless_success`)."""
         ref = raise_unless_success(event, self.hook)
         self._request = ref
-        result = self.received(context, ref, self._fetch_result(ref))
+        result = self.received(context, ref, self._fetch_result(ref), None)
         value = self.shape(result, ref.request_id)
         self.after_success(context, ref)
         return value
@@ -248,8 +248,9 @@ class FalWaitingOperator(FalBaseOperator):
             fetch=self.media_fetch(),
         )
 
-    def received(self, context: Context, ref: FalRequestRef, result: Any) -> Any:
-        """Hook for subclasses: the fetched result, before it is shaped (the cache stores it here)."""
+    def received(self, context: Context, ref: FalRequestRef, result: Any, units: float | None) -> Any:
+        """Hook for subclasses: the fetched result (and the units fal billed for it, when known),
+        before it is shaped; the cache stores it here."""
         return result
 
     def media_fetch(self) -> Callable[[str, float], tuple[bytes, str | None]]:
@@ -554,7 +555,7 @@ class FalInferenceOperator(_SubmittingOperator, FalWaitingOperator):
             cache_version=self.cache_version,
         )
 
-    def received(self, context: Context, ref: FalRequestRef, result: Any) -> Any:
+    def received(self, context: Context, ref: FalRequestRef, result: Any, units: float | None) -> Any:
         """With ``cache=True``: store the result; what goes on has its URLs on the cached copies.
 
         The result is paid for by now, so a cache that fails here is logged, not raised.
@@ -564,7 +565,7 @@ class FalInferenceOperator(_SubmittingOperator, FalWaitingOperator):
         try:
             cache = self._task_cache(context)
             assert cache is not None
-            return cache.store(self.hook, context, ref, result, getattr(self, "billable_units", None))
+            return cache.store(self.hook, context, ref, result, units)
         except Exception as err:
             self.log.warning("Could not cache the result of fal request %s: %s", ref.request_id, err)
             return result

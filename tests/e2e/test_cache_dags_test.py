@@ -75,8 +75,11 @@ def test_a_rerun_pays_nothing_and_clearing_one_entry_pays_for_that_task_only(
     assert first[("text_to_image", -1)]["images"][0]["url"].startswith(f"file://{cache_dir}/media/")
     assert first[("upscale", -1)]["url"].startswith(f"file://{cache_dir}/media/")
 
+    billed = emulator.billed_total()
+    assert billed > 0
     paid, second, run_id, output = run(airflow, emulator)
     assert paid == 0, "the rerun submitted requests for inputs already in the cache"
+    assert emulator.billed_total() == billed, "the rerun was billed"
     for task in MODEL_TASKS:
         assert second[(task, -1)] == first[(task, -1)]
     hits = max(output.count("cache hit, saved ~"), _logs_say(airflow, run_id, "cache hit, saved ~"))
@@ -92,6 +95,7 @@ def test_a_rerun_pays_nothing_and_clearing_one_entry_pays_for_that_task_only(
     assert cache.delete(entry.key)
     paid, third, _, _ = run(airflow, emulator)
     assert paid == 1, "only the task whose entry was dropped should pay"
+    assert emulator.billed_total() > billed
     assert third[("caption", -1)] == first[("caption", -1)]
 
 

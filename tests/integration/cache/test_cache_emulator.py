@@ -162,3 +162,25 @@ def test_with_no_history_on_orphan_fail_stops_and_resubmit_pays_again(
     assert submits(emu) == 1
     assert op().execute(context(store=store))["marker"] == "orphan-policy"
     assert submits(emu) == 2
+
+
+def test_cached_run_for_taskflow_code(
+    fal_emulator_conn: FalEmulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from fal_provider.cache import ResultCache, cached_run
+    from fal_provider.hooks.fal import FalHook
+
+    emu = fal_emulator_conn
+    emu.configure(latency_scale=0)
+    args = {"prompt": "a boat", "seed": 3}
+    first = cached_run(FalHook(), "fal-ai/flux/schnell", args, cache=tmp_path)
+    assert emu.stats()["runs"] == 1
+    assert first["images"][0]["url"].startswith(f"file://{tmp_path}/media/")
+    [entry] = list(ResultCache(tmp_path).entries())
+    assert entry.cost is not None and entry.cost > 0  # units x list price, known at caching time
+    with caplog.at_level("INFO"):
+        assert cached_run(FalHook(), "fal-ai/flux/schnell", args, cache=tmp_path) == first
+    assert emu.stats()["runs"] == 1
+    assert f"cache hit, saved ~{entry.saved}" in caplog.text
+    cached_run(FalHook(), "fal-ai/flux/schnell", args, cache=tmp_path, refresh_cache=True)
+    assert emu.stats()["runs"] == 2
