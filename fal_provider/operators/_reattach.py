@@ -117,25 +117,13 @@ class RequestStore:
         and only a later failure of this try loses the reattach (logged).
         """
         record = {"run_id": self._run_id, "request": ref.to_xcom(), "fingerprint": fingerprint}
-        try:
-            if self._state is not None:
-                self._state.set(STATE_KEY, record)
-            else:
-                from airflow.sdk import Variable
+        return self._write(
+            record,
+            f"Could not store fal request {ref.request_id.replace('%', '%%')} for reattach on retry (%s: %s); waiting for "
+            "it anyway. If this try fails, a retry submits a new request.",
+        )
 
-                Variable.set(self._variable_key, json.dumps(record))
-        except Exception as err:
-            log.warning(
-                "Could not store fal request %s for reattach on retry (%s: %s); waiting for it anyway. "
-                "If this try fails, a retry submits a new request.",
-                ref.request_id,
-                type(err).__name__,
-                err,
-            )
-            return False
-        return True
-
-    def save_intent(self, fingerprint: str, input_sha: str, at: float) -> None:
+    def save_intent(self, fingerprint: str, input_sha: str, at: float) -> bool:
         """Record, before the POST, that this try is about to pay for a request with these inputs.
 
         Best effort like :meth:`save`: a store that cannot be written loses the reattach anyway (the
@@ -149,6 +137,13 @@ class RequestStore:
             "input_sha": input_sha,
             "intent_at": at,
         }
+        return self._write(
+            record,
+            "Could not record the intent to submit (%s: %s); if this try dies before fal answers, "
+            "a retry cannot look for the request it sent",
+        )
+
+    def _write(self, record: dict[str, Any], failure: str) -> bool:
         try:
             if self._state is not None:
                 self._state.set(STATE_KEY, record)
@@ -157,12 +152,9 @@ class RequestStore:
 
                 Variable.set(self._variable_key, json.dumps(record))
         except Exception as err:
-            log.warning(
-                "Could not record the intent to submit (%s: %s); if this try dies before fal answers, "
-                "a retry cannot look for the request it sent",
-                type(err).__name__,
-                err,
-            )
+            log.warning(failure, type(err).__name__, err)
+            return False
+        return True
 
     def _variable_get(self) -> Any:
         from airflow.sdk import Variable

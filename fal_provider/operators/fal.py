@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from fal_provider._compat import TaskDeferred
-from fal_provider.cache import input_digest
+from fal_provider.cache import CacheEntry, input_digest
 from fal_provider.events import completed_event
 from fal_provider.exceptions import FalInputError, ResponseTooLarge
 from fal_provider.inputs import check_headers, check_seconds, coerce_request, is_templated
@@ -437,6 +437,10 @@ class FalSubmitOperator(_SubmittingOperator):
         return ref.to_xcom()
 
 
+#: ``_shared``'s answer when no other task's claim covers the input: this task submits.
+_PAY = object()
+
+
 class FalInferenceOperator(_SubmittingOperator, FalWaitingOperator):
     """Run a fal model as one task: submit, wait, return the (shaped) result.
 
@@ -504,25 +508,17 @@ class FalInferenceOperator(_SubmittingOperator, FalWaitingOperator):
         self.check_rendered(context)
         fingerprint = self._fingerprint()
         cache = self._task_cache(context)
-        if cache is not None and not self.refresh_cache:
-            entry = cache.lookup()
-            if entry is not None:
-                cache.log_hit(entry, context)
-                return self.shape(entry.result, entry.request_id)
+        entry = cache.lookup() if cache is not None and not self.refresh_cache else None
+        if cache is not None and entry is not None:
+            return self._cache_hit(context, cache, entry)
         if self.reattach_on_retry:
             previous = self._previous_request(context, fingerprint)
             if previous is not None:
                 return self.wait_for(context, *previous)
-        if cache is not None and not self.refresh_cache:
-            waiting = cache.claim_or_wait(self.hook)
-            if waiting is not None and waiting.entry is not None:
-                cache.log_hit(waiting.entry, context)
-                return self.shape(waiting.entry.result, waiting.entry.request_id)
-            if waiting is not None and waiting.ref is not None:
-                RequestStore(context).save(waiting.ref, fingerprint)
-                return self.wait_for(context, waiting.ref)
-        elif cache is not None:
-            cache.cache.claim(cache.key, cache.owner)
+        if cache is not None:
+            shared = self._shared(context, cache, fingerprint)
+            if shared is not _PAY:
+                return shared
         if self.deferrable:
             check_trigger_connection(self.hook, self.fal_conn_id)
         url = task_webhook_url(self.hook, context) if self.wait_policy.wait_mode == "webhook" else None
@@ -535,11 +531,36 @@ class FalInferenceOperator(_SubmittingOperator, FalWaitingOperator):
             cache.record_request(ref)
         return self.wait_for(context, ref)
 
+    def _cache_hit(self, context: Context, cache: TaskCache, entry: CacheEntry) -> Any:
+        cache.log_hit(entry, context)
+        return self.shape(entry.result, entry.request_id)
+
+    def _shared(self, context: Context, cache: TaskCache, fingerprint: str) -> Any:
+        """Claim the key before paying (``refresh_cache`` pays regardless; the claim still tells
+        other tasks to wait for this one), or take what another task's claim led to: its stored
+        result, or its request to wait for. ``_PAY`` when this task is the one to pay."""
+        if self.refresh_cache:
+            cache.cache.claim(cache.key, cache.owner)
+            return _PAY
+        waiting = cache.claim_or_wait(self.hook)
+        if waiting is None:
+            return _PAY
+        if waiting.entry is not None:
+            return self._cache_hit(context, cache, waiting.entry)
+        assert waiting.ref is not None
+        RequestStore(context).save(waiting.ref, fingerprint)
+        return self.wait_for(context, waiting.ref)
+
     def _intent_writer(self, context: Context, fingerprint: str) -> Callable[[dict[str, Any]], None] | None:
         """Writes the intent record just before the POST (see :mod:`~fal_provider.operators._orphans`)."""
         if not self.reattach_on_retry:
             return None
-        return lambda body: RequestStore(context).save_intent(fingerprint, input_digest(body), time.time())
+        store = RequestStore(context)
+
+        def write(body: dict[str, Any]) -> None:
+            store.save_intent(fingerprint, input_digest(body), time.time())
+
+        return write
 
     def _task_cache(self, context: Context) -> TaskCache | None:
         if not self.cache:
