@@ -182,7 +182,7 @@ def check_arguments(info: ModelInfo, arguments: Mapping[str, Any]) -> None:
 
     try:
         validator = Draft202012Validator(info.input_schema)
-        error = best_match(validator.iter_errors(dict(arguments)))
+        error = best_match(e for e in validator.iter_errors(dict(arguments)) if not _nullable_null(e))
     except (SchemaError, ValueError, KeyError, LookupError):
         return  # a schema fal serves that jsonschema cannot use is not the user's mistake
     if error is None:
@@ -191,6 +191,13 @@ def check_arguments(info: ModelInfo, arguments: Mapping[str, Any]) -> None:
         f"Arguments for fal app {info.endpoint_id!r} do not match its input schema: "
         f"{_field_of(error)}: {_short(error.message)}. Fix the argument (see the model's API page), "
         "or pass validate_arguments=False if the schema is wrong; nothing was submitted."
+    )
+
+
+def _nullable_null(error: Any) -> bool:
+    """OpenAPI 3.0 writes "or null" as ``nullable: true``, which JSON Schema does not know."""
+    return (
+        error.instance is None and isinstance(error.schema, Mapping) and error.schema.get("nullable") is True
     )
 
 

@@ -247,47 +247,44 @@ class PlatformCalls:
         decode = partial(parse_page, label=label, key="billing_events", item=parse_billing_event, again=again)
         return self._call("models/billing-events", query, label, decode, admin=True)
 
-    def history(
-        self,
-        endpoint_id: str,
-        *,
-        start: _Time,
-        end: _Time,
-        with_payloads: bool,
-        status: str | None,
-        request_id: str | None,
-        limit: int | None,
-        cursor: str | None = None,
-    ) -> Call:
+    def history(self, endpoint_id: str, query: HistoryQuery, cursor: str | None = None) -> Call:
         """Decodes to a :class:`Page` of :class:`HistoryEntry`."""
-        query = [("endpoint_id", endpoint_ids(endpoint_id, "endpoint_id")[0]), *_window(start, end)]
-        if status is not None:
-            if status not in HISTORY_STATUSES:
-                raise FalInputError(f"status must be one of {HISTORY_STATUSES}, got {status!r}")
-            query.append(("status", status))
-        if request_id is not None:
-            query.append(("request_id", check_request_id(request_id)))
-        if limit is not None:
+        pairs = [("endpoint_id", endpoint_ids(endpoint_id, "endpoint_id")[0]), *query.pairs()]
+        if cursor:
+            pairs.append(("cursor", cursor))
+        label = f"fal request history of {endpoint_id}"
+        again = partial(self.history, endpoint_id, query)
+        decode = partial(parse_page, label=label, key="items", item=parse_history_entry, again=again)
+        return self._call("models/requests/by-endpoint", pairs, label, decode)
+
+
+@dataclass(frozen=True)
+class HistoryQuery:
+    """The filters of a request-history listing, checked before any call."""
+
+    start: _Time = None
+    end: _Time = None
+    with_payloads: bool = True
+    status: str | None = None
+    request_id: str | None = None
+    limit: int | None = None
+
+    def pairs(self) -> list[tuple[str, str]]:
+        pairs = _window(self.start, self.end)
+        if self.status is not None:
+            if self.status not in HISTORY_STATUSES:
+                raise FalInputError(f"status must be one of {HISTORY_STATUSES}, got {self.status!r}")
+            pairs.append(("status", self.status))
+        if self.request_id is not None:
+            pairs.append(("request_id", check_request_id(self.request_id)))
+        if self.limit is not None:
+            limit = self.limit
             if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100:
                 raise FalInputError(f"limit must be an integer from 1 to 100, got {limit!r}")
-            query.append(("limit", str(limit)))
-        if with_payloads:
-            query.append(("expand", "payloads"))
-        if cursor:
-            query.append(("cursor", cursor))
-        label = f"fal request history of {endpoint_id}"
-        again = partial(
-            self.history,
-            endpoint_id,
-            start=start,
-            end=end,
-            with_payloads=with_payloads,
-            status=status,
-            request_id=request_id,
-            limit=limit,
-        )
-        decode = partial(parse_page, label=label, key="items", item=parse_history_entry, again=again)
-        return self._call("models/requests/by-endpoint", query, label, decode)
+            pairs.append(("limit", str(limit)))
+        if self.with_payloads:
+            pairs.append(("expand", "payloads"))
+        return pairs
 
 
 def _window(start: _Time, end: _Time) -> list[tuple[str, str]]:

@@ -48,6 +48,7 @@ from fal_provider.hooks._calls import (
 from fal_provider.hooks._limited import aread_limited, read_limited
 from fal_provider.hooks._platform import (
     MAX_PAGES,
+    HistoryQuery,
     Page,
     PlatformCalls,
     batches,
@@ -756,16 +757,12 @@ class FalHook(BaseHook):
     ) -> list[BillingEvent]:
         """What fal charged for these requests (ADMIN key: the connection's ``admin_key``), every
         page; a request fal did not charge for (a server error) has no event."""
-        events: list[BillingEvent] = []
         platform = self._platform()
+        events: list[BillingEvent] = []
         for batch in batches(list(request_ids)):
-            call: Call | None = platform.billing_events(batch, endpoint_id=endpoint_id, start=start, end=end)
-            for _ in range(MAX_PAGES):
-                if call is None:
-                    break
-                page: Page = self._fetch(call)
-                events.extend(page.items)
-                call = page.next_call
+            events += self._pages(
+                platform.billing_events(batch, endpoint_id=endpoint_id, start=start, end=end)
+            )
         return events
 
     async def aget_billing_events(
@@ -777,16 +774,11 @@ class FalHook(BaseHook):
         end: datetime | str | None = None,
     ) -> list[BillingEvent]:
         """Async twin of :meth:`get_billing_events`."""
-        events: list[BillingEvent] = []
         platform = await self._aplatform()
+        events: list[BillingEvent] = []
         for batch in batches(list(request_ids)):
-            call: Call | None = platform.billing_events(batch, endpoint_id=endpoint_id, start=start, end=end)
-            for _ in range(MAX_PAGES):
-                if call is None:
-                    break
-                page: Page = await self._afetch(call)
-                events.extend(page.items)
-                call = page.next_call
+            call = platform.billing_events(batch, endpoint_id=endpoint_id, start=start, end=end)
+            events += await self._apages(call)
         return events
 
     def get_request_history(
@@ -802,23 +794,8 @@ class FalHook(BaseHook):
     ) -> list[HistoryEntry]:
         """fal's request history of an endpoint (default window: fal's last 24 hours), every page;
         ``with_payloads`` adds each request's JSON input and output where fal stored them."""
-        call: Call | None = self._platform().history(
-            endpoint_id,
-            start=start,
-            end=end,
-            with_payloads=with_payloads,
-            status=status,
-            request_id=request_id,
-            limit=limit,
-        )
-        entries: list[HistoryEntry] = []
-        for _ in range(MAX_PAGES):
-            if call is None:
-                break
-            page: Page = self._fetch(call)
-            entries.extend(page.items)
-            call = page.next_call
-        return entries
+        query = HistoryQuery(start, end, with_payloads, status, request_id, limit)
+        return self._pages(self._platform().history(endpoint_id, query))
 
     async def aget_request_history(
         self,
@@ -832,23 +809,29 @@ class FalHook(BaseHook):
         limit: int | None = None,
     ) -> list[HistoryEntry]:
         """Async twin of :meth:`get_request_history`."""
-        call: Call | None = (await self._aplatform()).history(
-            endpoint_id,
-            start=start,
-            end=end,
-            with_payloads=with_payloads,
-            status=status,
-            request_id=request_id,
-            limit=limit,
-        )
-        entries: list[HistoryEntry] = []
+        query = HistoryQuery(start, end, with_payloads, status, request_id, limit)
+        return await self._apages((await self._aplatform()).history(endpoint_id, query))
+
+    def _pages(self, call: Call | None) -> list[Any]:
+        """The items of every page of a listing, following its cursor (at most MAX_PAGES pages)."""
+        items: list[Any] = []
+        for _ in range(MAX_PAGES):
+            if call is None:
+                break
+            page: Page = self._fetch(call)
+            items += page.items
+            call = page.next_call
+        return items
+
+    async def _apages(self, call: Call | None) -> list[Any]:
+        items: list[Any] = []
         for _ in range(MAX_PAGES):
             if call is None:
                 break
             page: Page = await self._afetch(call)
-            entries.extend(page.items)
+            items += page.items
             call = page.next_call
-        return entries
+        return items
 
     def validate_arguments(self, app_id: str, arguments: Mapping[str, Any], *, path: str = "") -> None:
         """Check ``arguments`` against the model's input schema before anything is paid for.

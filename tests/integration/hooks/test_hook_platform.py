@@ -216,3 +216,28 @@ def test_no_platform_without_platform_url(
         hook.get_pricing(["fal-ai/flux/dev"])
     assert hook.price_or_none("fal-ai/flux/dev") is None
     hook.validate_arguments("fal-ai/flux/dev", {})  # no schema available: not checked
+
+
+def test_validate_arguments_against_the_emulators_schemas(
+    hook: FalHook, fal_emulator_conn: FalEmulator
+) -> None:
+    with pytest.raises(FalInputError, match="missing required field prompt"):
+        hook.validate_arguments("fal-ai/flux/schnell", {"num_images": 1})
+    with pytest.raises(FalInputError, match="field num_images"):
+        hook.validate_arguments("fal-ai/flux/schnell", {"prompt": "x", "num_images": "2"})
+    hook.validate_arguments("fal-ai/flux/schnell", {"prompt": "x", "seed": None})
+    hook.validate_arguments("emulator/realtime", {"anything": 1})  # no schema served: not checked
+    assert fal_emulator_conn.stats()["submits_total"] == 0
+    fal_emulator_conn.deprecate("fal-ai/flux/dev", "fal-ai/flux/schnell")
+    messages: list[str] = []
+    hook.log.warning = lambda msg, *args: messages.append(msg % args)  # type: ignore[method-assign]
+    hook.validate_arguments("fal-ai/flux/dev", {"prompt": "x"})
+    assert messages == ["fal model fal-ai/flux/dev is deprecated; fal recommends fal-ai/flux/schnell"]
+
+
+async def test_avalidate_arguments(ahook: FalHook, fal_emulator_conn: FalEmulator) -> None:
+    with pytest.raises(FalInputError, match="missing required field image_url"):
+        await ahook.avalidate_arguments("fal-ai/esrgan", {"scale": 2})
+    with pytest.raises(FalInputError, match="field scale"):
+        await ahook.avalidate_arguments("fal-ai/esrgan", {"image_url": "u", "scale": 9})
+    await ahook.avalidate_arguments("fal-ai/esrgan", {"image_url": "u"})
