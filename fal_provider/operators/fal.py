@@ -549,6 +549,8 @@ class FalInferenceOperator(_SubmittingOperator, FalWaitingOperator):
             return self._cache_hit(context, cache, waiting.entry)
         assert waiting.ref is not None
         RequestStore(context).save(waiting.ref, fingerprint)
+        # Killing this task must not cancel a request another task paid for and waits on.
+        self.cancel_on_kill = False
         return self.wait_for(context, waiting.ref)
 
     def _intent_writer(self, context: Context, fingerprint: str) -> Callable[[dict[str, Any]], None] | None:

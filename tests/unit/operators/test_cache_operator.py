@@ -131,8 +131,10 @@ def test_a_task_waits_for_the_request_another_task_is_paying_for(tmp_path: Path)
     assert cache.claim(key, "other-dag/run/t2i/-1") is None
     cache.record_request(key, "other-dag/run/t2i/-1", make_ref("theirs").to_xcom())
     hook = hook_with_media(statuses=[done(), done()])
-    value = op(hook, tmp_path).execute(make_context())
+    waiter = op(hook, tmp_path)
+    value = waiter.execute(make_context())
     hook.submit.assert_not_called()
+    assert waiter.cancel_on_kill is False  # its kill must not cancel the other task's request
     waited = [c.args[0].request_id for c in hook.get_status.call_args_list]
     assert waited == ["theirs", "theirs"]
     assert value["images"][0]["url"].startswith("file://")
