@@ -10,6 +10,10 @@ Two ways of passing one model's output to the next are shown: Jinja templating
 
 Every fal task pushes what its request cost (XCom ``fal_cost``); ``cost`` adds them up and returns
 the run's total, also after a failure (``trigger_rule="all_done"``).
+
+With ``$FAL_EXAMPLE_CACHE_PATH`` set (a folder or an object-storage URI) every model step runs with
+the result cache (``cache=True``): a rerun with the same prompt pays for nothing, and the steps pass
+each other the cached copies of the images (their URLs point into the cache).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from fal_provider.operators.fal import FalInferenceOperator
 DEFAULT_OUTPUT_DIR = os.environ.get(
     "FAL_EXAMPLE_OUTPUT_DIR", str(Path(__file__).resolve().parent.parent / "output")
 )
+CACHE_PATH = os.environ.get("FAL_EXAMPLE_CACHE_PATH")
+CACHE: dict[str, Any] = {"cache": True, "cache_path": CACHE_PATH} if CACHE_PATH else {}
 
 with DAG(
     dag_id="fal_pipeline",
@@ -52,6 +58,7 @@ with DAG(
         deferrable=True,
         timeout=600,
         log_fal_logs=True,
+        **CACHE,
     )
 
     upscale = FalInferenceOperator(
@@ -65,6 +72,7 @@ with DAG(
         deferrable=True,
         wait_mode="stream",
         timeout=600,
+        **CACHE,
     )
 
     @task
@@ -78,6 +86,7 @@ with DAG(
         select="results",
         deferrable=True,
         timeout=600,
+        **CACHE,
     )
 
     @task
@@ -89,6 +98,14 @@ with DAG(
         import re
 
         import httpx
+        from airflow.sdk import ObjectStoragePath
+
+        def read(url: str) -> bytes:
+            if not url.startswith(("http://", "https://")):  # a copy in the result cache
+                return ObjectStoragePath(url).read_bytes()
+            response = httpx.get(url, timeout=60, follow_redirects=True)
+            response.raise_for_status()
+            return response.content
 
         run_id = re.sub(r"[^A-Za-z0-9._-]+", "_", context["run_id"])
         folder = Path(context["params"]["output_dir"]).expanduser() / "fal_pipeline" / run_id
@@ -98,9 +115,7 @@ with DAG(
             ("generated.png", generated["images"][0]["url"]),
             ("upscaled.png", upscaled["url"]),
         ):
-            response = httpx.get(url, timeout=60, follow_redirects=True)
-            response.raise_for_status()
-            (folder / name).write_bytes(response.content)
+            (folder / name).write_bytes(read(url))
             files[name] = str(folder / name)
         report = {
             "prompt": generated.get("prompt"),

@@ -83,6 +83,14 @@ def get_provider_info() -> dict[str, Any]:
                         "description": "How long a process reuses prices and model metadata (default 3600).",
                         "schema": {"type": ["number", "null"], "minimum": 0},
                     },
+                    "cache_path": {
+                        "label": "Result cache location",
+                        "description": (
+                            "Folder or object-storage URI (e.g. s3://aws_default@bucket/fal-cache) where "
+                            "cache=True stores results and media copies; default [fal] cache_path."
+                        ),
+                        "schema": {"type": ["string", "null"]},
+                    },
                     "jwks_url": {
                         "label": "Webhook JWKS URL",
                         "description": "Public keys that verify fal's webhook signatures.",

@@ -31,6 +31,7 @@ The tree (every public fal error lives in this module)::
         ├── FalRequestCancelled                  cancelled by a user, ``on_kill`` or a timeout
         ├── FalMissingCredentialsError           no key anywhere
         ├── FalBudgetExceeded                    a submit would pass ``max_cost`` or a named budget
+        ├── FalOrphanedRequestError              a lost submit answer that cannot be matched (``on_orphan="fail"``)
         └── FalInputError (also ValueError)      local validation, before anything is sent
             ├── ResponseTooLarge                 an answer over the caller's ``max_bytes``
             └── ResultShapeError                 the result rules (select, output_path) cannot apply
@@ -216,6 +217,11 @@ class FalBudgetExceeded(FalPermanentError):
         self.reserved = reserved
         self.limit = limit
         self.budget = budget
+
+
+class FalOrphanedRequestError(FalPermanentError):
+    """An earlier try sent a submit whose answer was lost, and fal's request history cannot tell
+    which request it became; with ``on_orphan="fail"`` the task stops rather than risk paying twice."""
 
 
 class FalInputError(FalPermanentError, ValueError):

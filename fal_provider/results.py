@@ -179,6 +179,13 @@ def _fetch(url: str, timeout: float, fetch: MediaFetch | None) -> tuple[bytes, s
     return fetch_media(url, timeout)
 
 
+def fetch_media_bytes(
+    url: str, timeout: float = 120.0, fetch: MediaFetch | None = None
+) -> tuple[bytes, str | None]:
+    """The bytes and content type of a media URL (a ``data:`` URI or a download without the key)."""
+    return _fetch(url, timeout, fetch)
+
+
 def _media_name(index: int, media: dict[str, Any], content_type: str | None) -> str:
     name = media.get("file_name")
     if not name and not str(media["url"]).startswith("data:"):

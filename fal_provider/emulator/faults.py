@@ -34,8 +34,9 @@ EndpointKind = Literal[
 HttpKind = Literal["429", "500", "502", "503", "slow", "drop", "drop_mid", "after_accept"]
 WebhookKind = Literal["webhook_drop", "webhook_duplicate"]
 FaultKind = Literal[HttpKind, WebhookKind]
-#: How the answer of an accepted call is lost: a reset connection, or a gateway error page.
-LostAnswer = Literal["drop", "502", "504"]
+#: How the answer of an accepted call is lost: a reset connection, or a gateway error page; or
+#: ``late``: not lost, only held back ``delay_s`` (the window in which a client may die unanswered).
+LostAnswer = Literal["drop", "502", "504", "late"]
 
 ENDPOINT_KINDS: tuple[str, ...] = get_args(EndpointKind)
 HTTP_KINDS: tuple[str, ...] = get_args(HttpKind)

@@ -33,12 +33,17 @@ class AnswerSlot:
 
     def __init__(self) -> None:
         self.lose_with: str | None = None
+        #: Seconds the answer is held back before it is sent (or lost).
+        self.hold_s = 0.0
 
     def wrap(self, scope: Scope, send: Send) -> Send:
         replaced = False
 
         async def send_or_lose(message: Message) -> None:
             nonlocal replaced
+            if message["type"] == "http.response.start" and self.hold_s > 0:
+                hold, self.hold_s = self.hold_s, 0.0
+                await asyncio.sleep(hold)
             if self.lose_with is None:
                 await send(message)
             elif not replaced and message["type"] == "http.response.start":

@@ -80,7 +80,10 @@ class EmulatorState:
             slot = answer_slot(conn.scope)
             if slot is None:
                 raise RuntimeError("after_accept faults need the emulator's outer ASGI wrapper")
-            slot.lose_with = rule.answer
+            # An explicit ``delay_s`` holds the answer back first: the call is accepted and counted,
+            # and the client waits that long for an answer that comes late or never.
+            slot.hold_s = rule.delay_s if "delay_s" in rule.model_fields_set else 0.0
+            slot.lose_with = None if rule.answer == "late" else rule.answer
             return None
         return await fault_response(rule)
 

@@ -102,6 +102,8 @@ class FalSettings:
     retry_max_wait: float = DEFAULT_RETRY_MAX_WAIT
     timeout: float = DEFAULT_TIMEOUT
     conn_id: str = "fal_default"
+    #: Where ``cache=True`` stores results (``fal_provider.cache``); ``None``: ``[fal] cache_path``.
+    cache_path: str | None = None
 
     def __post_init__(self) -> None:
         """A key or header that cannot be sent as given fails here, before any call (see ``_headers``)."""
@@ -258,6 +260,7 @@ def resolve_settings(
         retry_max_wait=max(max_wait, min_wait),
         timeout=_number(merged.get("timeout", DEFAULT_TIMEOUT), "timeout", conn_id, minimum=0.001),
         conn_id=conn_id,
+        cache_path=str(merged["cache_path"]).strip() or None if merged.get("cache_path") else None,
     )
 
 

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from fal_provider.cache import CacheEntry, input_digest
 from fal_provider.exceptions import FalInputError, ResponseTooLarge
 from fal_provider.models import (
     TEMPLATE_HINT,
@@ -37,10 +38,13 @@ from fal_provider.models import (
     is_templated,
     loads_if_json,
 )
+from fal_provider.operators._caching import TaskCache, open_cache
+from fal_provider.operators._orphans import check_on_orphan, recover
 from fal_provider.operators.costing import CostGuard, CostSettings, endpoint_of, record_cost
 from fal_provider.operators.lifecycle import (
     FalRequestLink,
     RequestStore,
+    StoredRequest,
     cancel_quietly,
     guard,
     publish_request,
@@ -343,15 +347,8 @@ class FalWaitingOperator(FalBaseOperator):
         ref = raise_unless_success(event, self.hook)
         self._request = ref
         fetched = self._fetch_result(ref)
-        value = shape_result(
-            fetched.data,
-            select=self.select,
-            output_path=self.output_path,
-            download_media=self.download_media,
-            max_xcom_bytes=self.max_xcom_bytes,
-            request_id=ref.request_id,
-            fetch=self.hook.fetch_media,
-        )
+        result = self.received(context, ref, fetched.data, fetched.billable_units)
+        value = self.shape(result, ref.request_id)
         metrics = event.get("metrics") if isinstance(event, dict) else None
         record_cost(
             self,
@@ -363,6 +360,26 @@ class FalWaitingOperator(FalBaseOperator):
         )
         self.after_success(context, ref)
         return value
+
+    def shape(self, result: Any, request_id: str | None) -> Any:
+        return shape_result(
+            result,
+            select=self.select,
+            output_path=self.output_path,
+            download_media=self.download_media,
+            max_xcom_bytes=self.max_xcom_bytes,
+            request_id=request_id,
+            fetch=self.media_fetch(),
+        )
+
+    def received(self, context: Context, ref: FalRequestRef, result: Any, units: float | None) -> Any:
+        """Hook for subclasses: the fetched result (and the units fal billed for it, when known),
+        before it is shaped; the cache stores it here."""
+        return result
+
+    def media_fetch(self) -> Callable[[str, float], tuple[bytes, str | None]]:
+        """How ``download_media`` reads a media URL: the hook's download, without the key."""
+        return self.hook.fetch_media
 
     def _fetch_result(self, ref: FalRequestRef) -> FetchedResult:
         """The result and its billed units, refused before it is read whole when it can only go to
@@ -493,17 +510,26 @@ class _SubmittingOperator(FalBaseOperator):
         check_submit_params(app_id, arguments)
 
     def _submit(
-        self, context: Context, webhook_url: str | None = None, *, settle: bool = False
+        self,
+        context: Context,
+        webhook_url: str | None = None,
+        *,
+        settle: bool = False,
+        before_post: Callable[[dict[str, Any]], None] | None = None,
     ) -> FalRequestRef:
         """The paid POST, tagged, after the spending limits let it through.
 
         ``settle``: count the estimate as spent at once (a task that never fetches the result).
+        ``before_post`` gets the exact body about to be sent (the intent record is written there).
         """
         arguments, options = prepare_submit(self.app_id, self.arguments, self.options)
         guard = CostGuard(self.cost_settings, self.hook, context)  # checks the tags: no network yet
         if self.validate_arguments:  # against the model's input schema, where fal serves one
             self.hook.validate_arguments(str(self.app_id), arguments, path=self.path or "")
         reservation = guard.before_submit(endpoint_of(str(self.app_id), self.path or ""))
+        arguments = self._reachable_inputs(arguments)
+        if before_post is not None:
+            before_post(arguments)
         extra: dict[str, Any] = {"webhook_url": webhook_url} if webhook_url else {}
         try:
             ref = self.hook.submit(
@@ -519,6 +545,15 @@ class _SubmittingOperator(FalBaseOperator):
             raise
         self.fal_spend = guard.submitted(ref.request_id, reservation, settle=settle)
         return ref
+
+    def _reachable_inputs(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """Inputs that name copies in the result cache, uploaded to fal's CDN (fal cannot read them)."""
+        cache = open_cache(getattr(self, "cache_path", None), self.hook)
+        if cache is None:
+            return arguments
+        return cache.upload_inputs(
+            arguments, lambda data, kind, name: self.hook.upload(data, content_type=kind, file_name=name)
+        )
 
     def _fingerprint(self) -> str:
         """What the submit would pay for, after rendering (a stored request is reused only for it)."""
@@ -557,6 +592,10 @@ class FalSubmitOperator(_SubmittingOperator):
         return ref.to_xcom()
 
 
+#: ``_shared``'s answer when no other task's claim covers the input: this task submits.
+_PAY = object()
+
+
 class FalInferenceOperator(_SubmittingOperator, FalWaitingOperator):
     """Run a fal model as one task: submit, wait, return the (shaped) result.
 
@@ -566,17 +605,53 @@ class FalInferenceOperator(_SubmittingOperator, FalWaitingOperator):
 
     :param reattach_on_retry: on a retry, wait for the request a previous try submitted when it is
         still queued, running or already succeeded, instead of paying for a new one.
+    :param on_orphan: what a retry does when the previous try died between sending the submit and
+        saving fal's answer and fal's request history cannot identify the request: ``"resubmit"``
+        (default; may pay once more) or ``"fail"`` (never pays twice; a human clears the task).
+        See :mod:`~fal_provider.operators._orphans`.
+    :param cache: return the stored result of an earlier request with the same app id, path,
+        arguments and ``cache_version`` instead of calling fal (:mod:`fal_provider.cache`); a miss
+        stores the result, with its media copied into the cache and its URLs pointing at the copies.
+    :param cache_version: part of the cache key: change it to stop reusing what was cached before.
+    :param refresh_cache: pay for a new request even when the cache has the result, and store it.
+    :param cache_path: where results are cached (folder, URI or ObjectStoragePath); default: the
+        connection's ``cache_path`` extra, else ``[fal] cache_path``.
 
     Submit parameters are documented on :class:`_SubmittingOperator`, waiting and result
     parameters on :class:`~FalWaitingOperator`.
     """
 
-    template_fields = ("app_id", "arguments", "path", "headers", "options", "select", "output_path")
+    template_fields = (
+        "app_id",
+        "arguments",
+        "path",
+        "headers",
+        "options",
+        "select",
+        "output_path",
+        "cache_path",
+        "cache_version",
+    )
     template_fields_renderers = {"arguments": "json", "headers": "json", "options": "json"}
 
-    def __init__(self, *, reattach_on_retry: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        reattach_on_retry: bool = True,
+        on_orphan: str = "resubmit",
+        cache: bool = False,
+        cache_version: str | int | None = None,
+        refresh_cache: bool = False,
+        cache_path: Any = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.reattach_on_retry = reattach_on_retry
+        self.on_orphan = check_on_orphan(on_orphan)
+        self.cache = bool(cache)
+        self.cache_version = cache_version
+        self.refresh_cache = bool(refresh_cache)
+        self.cache_path = cache_path
 
     def execute(self, context: Context) -> Any:
         return guard(self, context, lambda: self._execute(context), request_attr="_request")
@@ -587,19 +662,97 @@ class FalInferenceOperator(_SubmittingOperator, FalWaitingOperator):
     def _execute(self, context: Context) -> Any:
         self.check_rendered(context)
         fingerprint = self._fingerprint()
+        cache = self._task_cache(context)
+        entry = cache.lookup() if cache is not None and not self.refresh_cache else None
+        if cache is not None and entry is not None:
+            return self._cache_hit(context, cache, entry)
         if self.reattach_on_retry:
             previous = self._previous_request(context, fingerprint)
             if previous is not None:
                 return self.wait_for(context, *previous)
+        if cache is not None:
+            shared = self._shared(context, cache, fingerprint)
+            if shared is not _PAY:
+                return shared
         if self.deferrable:
             check_trigger_connection(self.hook, self.fal_conn_id)
         url = task_webhook_url(self.hook, context) if self.wait_policy.wait_mode == "webhook" else None
-        ref = self._submit(context, url)
+        ref = self._submit(context, url, before_post=self._intent_writer(context, fingerprint))
         # Saved before any wait: a worker lost from here on leaves a request a retry can find.
         self._request = ref
         if self.reattach_on_retry:
             RequestStore(context).save(ref, fingerprint)
+        if cache is not None:
+            cache.record_request(ref)
         return self.wait_for(context, ref)
+
+    def _cache_hit(self, context: Context, cache: TaskCache, entry: CacheEntry) -> Any:
+        cache.log_hit(entry, context)
+        return self.shape(entry.result, entry.request_id)
+
+    def _shared(self, context: Context, cache: TaskCache, fingerprint: str) -> Any:
+        """Claim the key before paying (``refresh_cache`` pays regardless; the claim still tells
+        other tasks to wait for this one), or take what another task's claim led to: its stored
+        result, or its request to wait for. ``_PAY`` when this task is the one to pay."""
+        if self.refresh_cache:
+            cache.cache.claim(cache.key, cache.owner)
+            return _PAY
+        waiting = cache.claim_or_wait(self.hook)
+        if waiting is None:
+            return _PAY
+        if waiting.entry is not None:
+            return self._cache_hit(context, cache, waiting.entry)
+        assert waiting.ref is not None
+        RequestStore(context).save(waiting.ref, fingerprint)
+        # Killing this task must not cancel a request another task paid for and waits on.
+        self.cancel_on_kill = False
+        return self.wait_for(context, waiting.ref)
+
+    def _intent_writer(self, context: Context, fingerprint: str) -> Callable[[dict[str, Any]], None] | None:
+        """Writes the intent record just before the POST (see :mod:`~fal_provider.operators._orphans`)."""
+        if not self.reattach_on_retry:
+            return None
+        store = RequestStore(context)
+
+        def write(body: dict[str, Any]) -> None:
+            store.save_intent(fingerprint, input_digest(body), time.time())
+
+        return write
+
+    def _task_cache(self, context: Context) -> TaskCache | None:
+        if not self.cache:
+            return None
+        arguments, _ = prepare_submit(self.app_id, self.arguments, self.options)
+        return TaskCache.open(
+            self.hook,
+            context,
+            app_id=str(self.app_id),
+            path=self.path or "",
+            arguments=arguments,
+            cache_path=self.cache_path,
+            cache_version=self.cache_version,
+        )
+
+    def received(self, context: Context, ref: FalRequestRef, result: Any, units: float | None) -> Any:
+        """With ``cache=True``: store the result; what goes on has its URLs on the cached copies.
+
+        The result is paid for by now, so a cache that fails here is logged, not raised.
+        """
+        if not self.cache:
+            return result
+        try:
+            cache = self._task_cache(context)
+            assert cache is not None
+            return cache.store(self.hook, context, ref, result, units)
+        except Exception as err:
+            self.log.warning("Could not cache the result of fal request %s: %s", ref.request_id, err)
+            return result
+
+    def media_fetch(self) -> Callable[[str, float], tuple[bytes, str | None]]:
+        cache = open_cache(self.cache_path, self.hook)
+        if cache is None:
+            return self.hook.fetch_media
+        return lambda url, timeout: cache.read(url, self.hook.fetch_media, timeout)
 
     def _previous_request(self, context: Context, fingerprint: str) -> tuple[FalRequestRef, Status] | None:
         """A request an earlier try submitted that is still worth waiting for, with its status.
@@ -611,8 +764,23 @@ class FalInferenceOperator(_SubmittingOperator, FalWaitingOperator):
         stored = RequestStore(context).load()
         if stored is None:
             return None
+        if stored.ref is None:  # an intent: the try died between the POST and saving its answer
+            if stored.fingerprint != fingerprint or stored.intent_at is None:
+                return None
+            ref = recover(
+                self.hook,
+                str(self.app_id),
+                self.path or "",
+                stored.intent_at,
+                stored.input_sha or "",
+                self.on_orphan,
+            )
+            if ref is None:
+                return None
+            RequestStore(context).save(ref, fingerprint)
+            stored = StoredRequest(ref, fingerprint)
         status = reattach_status(self.hook, stored, fingerprint)
-        return None if status is None else (stored.ref, status)
+        return None if status is None or stored.ref is None else (stored.ref, status)
 
 
 class FalResultOperator(FalWaitingOperator):

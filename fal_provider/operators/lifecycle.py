@@ -378,10 +378,17 @@ def submission_fingerprint(app_id: str, path: str, arguments: Mapping[str, Any],
 
 @dataclass(frozen=True)
 class StoredRequest:
-    """What a try left for the next one: the request and the fingerprint of its inputs."""
+    """What a try left for the next one: the request and the fingerprint of its inputs.
 
-    ref: FalRequestRef
+    ``ref`` is ``None`` for an intent (written just before the POST) that no request id replaced:
+    the try died between sending the submit and saving fal's answer, so fal may be running (and
+    billing) a request nobody knows the id of; :mod:`~fal_provider.operators._orphans` looks for it.
+    """
+
+    ref: FalRequestRef | None
     fingerprint: str | None = None
+    intent_at: float | None = None
+    input_sha: str | None = None
 
 
 class RequestStore:
@@ -412,6 +419,10 @@ class RequestStore:
                 "The stored fal request belongs to DAG run %s, not this one; ignoring it", record["run_id"]
             )
             return None
+        if record["request"] is None and record.get("intent_at") is not None:
+            return StoredRequest(
+                None, record.get("fingerprint"), float(record["intent_at"]), record.get("input_sha")
+            )
         try:
             ref = FalRequestRef.coerce(record["request"])
         except ValueError:
@@ -428,6 +439,33 @@ class RequestStore:
         and only a later failure of this try loses the reattach (logged).
         """
         record = {"run_id": self._run_id, "request": ref.to_xcom(), "fingerprint": fingerprint}
+        return self._write(
+            record,
+            f"Could not store fal request {ref.request_id.replace('%', '%%')} for reattach on retry (%s: %s); waiting for "
+            "it anyway. If this try fails, a retry submits a new request.",
+        )
+
+    def save_intent(self, fingerprint: str, input_sha: str, at: float) -> bool:
+        """Record, before the POST, that this try is about to pay for a request with these inputs.
+
+        Best effort like :meth:`save`: a store that cannot be written loses the reattach anyway (the
+        request id cannot be saved either), and refusing to run inference over it would turn a
+        bookkeeping outage into failed pipelines. It is logged, and the try goes on.
+        """
+        record = {
+            "run_id": self._run_id,
+            "request": None,
+            "fingerprint": fingerprint,
+            "input_sha": input_sha,
+            "intent_at": at,
+        }
+        return self._write(
+            record,
+            "Could not record the intent to submit (%s: %s); if this try dies before fal answers, "
+            "a retry cannot look for the request it sent",
+        )
+
+    def _write(self, record: dict[str, Any], failure: str) -> bool:
         try:
             if self._state is not None:
                 self._state.set(STATE_KEY, record)
@@ -436,13 +474,7 @@ class RequestStore:
 
                 Variable.set(self._variable_key, json.dumps(record))
         except Exception as err:
-            log.warning(
-                "Could not store fal request %s for reattach on retry (%s: %s); waiting for it anyway. "
-                "If this try fails, a retry submits a new request.",
-                ref.request_id,
-                type(err).__name__,
-                err,
-            )
+            log.warning(failure, type(err).__name__, err)
             return False
         return True
 
@@ -464,6 +496,8 @@ def reattach_status(hook: Any, stored: StoredRequest, fingerprint: str | None) -
     task's own retry will ask again.
     """
     ref = stored.ref
+    if ref is None:
+        return None
     if fingerprint and stored.fingerprint and stored.fingerprint != fingerprint:
         log.info(
             "Stored fal request %s was submitted with other inputs (app, path, arguments or options "

@@ -62,7 +62,9 @@ def test_variable_fallback_carries_the_request_to_the_next_try(request_variables
     with pytest.raises(TaskDeferred):
         inference(first).execute(make_context(store, state_store=False))
     first.submit.assert_called_once()
-    [(key, raw)] = request_variables.raw_writes
+    # The intent (written before the POST), then the request id over it (right after).
+    (intent_key, intent), (key, raw) = request_variables.raw_writes
+    assert intent_key == key and json.loads(intent)["request"] is None and json.loads(intent)["intent_at"]
     assert key.startswith(VARIABLE_PREFIX) and json.loads(raw)["request"]["request_id"] == "req-1"
 
     # Try 2 gets a fresh context (and fresh XComs); only the Variable remembers the request.
@@ -109,7 +111,7 @@ def test_below_3_3_a_stray_task_state_store_is_ignored(
     with pytest.raises(TaskDeferred):
         inference(make_hook([queued()])).execute(context)
     assert context["task_state_store"].data == {}
-    assert len(request_variables.raw_writes) == 1
+    assert len(request_variables.raw_writes) == 2  # the intent, then the request
 
 
 # ----------------------------------------------------------------------------- trigger on_kill

@@ -85,3 +85,23 @@ def test_answer_is_only_for_after_accept(emu: FalEmulator):
     shown = emu.set_faults(kind="after_accept", answer="504", count=2)
     assert (shown["rules"][0]["answer"], shown["rules"][0]["count"]) == ("504", 2)
     assert "answer" not in emu.set_faults(kind="drop", count=1)["rules"][0]
+
+
+def test_a_held_submit_answer_is_queued_and_counted_before_it_arrives(client: httpx.Client, emu: FalEmulator):
+    """``answer="late"`` with ``delay_s``: the window in which a client dies between POST and answer."""
+    import threading
+    import time
+
+    emu.set_faults(kind="after_accept", answer="late", delay_s=1.5, count=1, endpoints=["submit"])
+    answers: list[httpx.Response] = []
+    sender = threading.Thread(
+        target=lambda: answers.append(client.post("/queue/emulator/echo", json={"v": 1}))
+    )
+    started = time.monotonic()
+    sender.start()
+    wait_for(lambda: emu.stats()["submits_total"] == 1)
+    assert not answers, "the answer should still be held back"
+    sender.join(timeout=30)
+    assert time.monotonic() - started >= 1.5
+    (response,) = answers
+    assert response.status_code == 200 and response.json()["request_id"] == _only_request(emu)["request_id"]
