@@ -38,6 +38,7 @@ class Stats:
             "realtime_messages",
             "uploads",
             "tokens",
+            "expired_results",
         )
         data: dict[str, Any] = {name: self.counters.get(name, 0) for name in names}
         data["submits"] = dict(self.submits)
