@@ -4,9 +4,9 @@ Layout of one batch (one task of one DAG run; a retry or a clear of that task fi
 a new DAG run gets a new one)::
 
     <output_path>/<run_id>/<task_id>[.<map_index>]/
-        journal/journal-<try>[-<seq>].jsonl    intent / submitted / outcome records
-        parts/results-<try>[-<seq>].jsonl      one line per finished item, as soon as it finished
-        parts/failed-<try>[-<seq>].jsonl       the input of every item that ended without a result
+        journal/journal-<try>-<writer>[-<seq>].jsonl   intent / submitted / outcome records
+        parts/results-<try>-<writer>[-<seq>].jsonl     one line per item, as soon as it finished
+        parts/failed-<try>-<writer>[-<seq>].jsonl      the input of every item without a result
         results.jsonl, failed_inputs.jsonl     assembled at the end, one line per input index
         manifest.json                          what the task returned to XCom
 
@@ -14,14 +14,19 @@ Local filesystems are appended to (each record is on disk, in the page cache, be
 is made, so a SIGKILL loses nothing). Object stores cannot append: records are buffered and written
 as a new small part on each :meth:`Part.sync`, which the engine calls before every POST it is about
 to make (intents) and after each answer it must not lose (request ids, results).
-Readers skip a torn last line, the only damage a kill mid-write can do.
+Every process writes its own files (``<writer>`` is its start time and a random tag), so a try that
+follows a killed one, even with the same try number (``airflow dags test`` recreates the run),
+never writes into a file the dead one left. Readers skip a torn last line, the only damage a kill
+mid-write can do.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import secrets
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -49,11 +54,12 @@ def dumps(record: Any) -> bytes:
 
 
 class Part:
-    """One append-only JSONL stream of this try, named ``<prefix>-<try>``."""
+    """One append-only JSONL stream of this try and process, named ``<prefix>-<try>-<writer>``."""
 
     def __init__(self, folder: Any, prefix: str, try_number: int) -> None:
         self.folder = folder
-        self.name = f"{prefix}-{try_number:04d}"
+        writer = f"{time.time_ns() // 1_000_000:013d}{secrets.token_hex(2)}"
+        self.name = f"{prefix}-{try_number:04d}-{writer}"
         self.local = is_local(folder)
         self._buffer: list[bytes] = []
         self._seq = 0

@@ -82,6 +82,13 @@ def _coerce_inputs(inputs: Any) -> Any:
     return inputs
 
 
+def _known_later(inputs: Any) -> bool:
+    """An XComArg, a template, a storage path or the decorator's placeholder: checked in execute."""
+    from airflow.sdk.definitions._internal.types import SetDuringExecution
+
+    return is_templated(inputs) or hasattr(inputs, "open") or isinstance(inputs, SetDuringExecution)
+
+
 def _map_index(ti: Any) -> int:
     value = getattr(ti, "map_index", None)
     return -1 if value is None else int(value)
@@ -162,11 +169,7 @@ class FalBatchOperator(FalBaseOperator):
             raise FalInputError(f"on_orphan must be one of {', '.join(ORPHAN_POLICIES)}, got {on_orphan!r}")
         if output_path is None:
             raise FalInputError("FalBatchOperator needs output_path=... (results never go to XCom)")
-        if (
-            not is_templated(inputs)
-            and not hasattr(inputs, "open")
-            and not isinstance(inputs, list | tuple | str)
-        ):
+        if not _known_later(inputs) and not isinstance(inputs, list | tuple | str):
             raise BatchInputError(
                 "FalBatchOperator inputs must be a list of argument dicts, an XComArg or an "
                 f"ObjectStoragePath to a JSONL file; got {type(inputs).__name__}"
