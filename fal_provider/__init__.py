@@ -71,6 +71,26 @@ def get_provider_info() -> dict[str, Any]:
                         "description": "File uploads. Default https://v3.fal.media",
                         "schema": _URL_FIELD,
                     },
+                    "platform_url": {
+                        "label": "Platform API base URL",
+                        "description": (
+                            "Prices, model schemas, billing events, request history. Default "
+                            "https://api.fal.ai/v1 (none when the queue host is not fal's)."
+                        ),
+                        "schema": _URL_FIELD,
+                    },
+                    "admin_key": {
+                        "label": "Admin key (optional)",
+                        "description": (
+                            "An ADMIN-scoped fal key for billing events; sent only to the Platform API."
+                        ),
+                        "schema": {"type": ["string", "null"], "format": "password"},
+                    },
+                    "platform_cache_ttl": {
+                        "label": "Price and schema cache (seconds)",
+                        "description": "How long a process reuses prices and model metadata (default 3600).",
+                        "schema": {"type": ["number", "null"], "minimum": 0},
+                    },
                     "jwks_url": {
                         "label": "Webhook JWKS URL",
                         "description": "Public keys that verify fal's webhook signatures.",

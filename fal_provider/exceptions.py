@@ -37,6 +37,10 @@ The tree (every public fal error lives in this module)::
             └── ResultShapeError                 the result rules (select, output_path) cannot apply
                 └── ResultTooLargeError          a result over ``max_xcom_bytes``
 
+fal's Platform API (``api.fal.ai/v1``) answers errors in its own envelope,
+``{"error": {"type", "message", "docs_url", "request_id"}}``; its ``type`` picks the class
+(:data:`PLATFORM_ERROR_CLASSES`) the same way.
+
 An HTTP error answer becomes one of these in three steps: :meth:`ErrorAnswer.parse` reads it,
 :func:`classify` picks the class from one ordered table, :func:`error_message` words it.
 """
@@ -288,11 +292,19 @@ class ErrorAnswer:
     parsed: Any
     detail: Any
     error_type: str | None
+    #: The Platform API's envelope (``type``, ``message``, ``docs_url``, ``request_id``), if it used one.
+    platform: Mapping[str, Any] | None = None
 
     @classmethod
     def parse(cls, status_code: int, headers: Mapping[str, str], body: bytes | str | Any) -> ErrorAnswer:
         """``headers`` must be case-insensitive (``httpx.Headers``) or already lower-cased."""
         parsed = _parse_body(body)
+        envelope = platform_envelope(parsed)
+        if envelope is not None:
+            kind = envelope.get("type")
+            return cls(
+                status_code, headers, parsed, envelope.get("message"), str(kind or "") or None, envelope
+            )
         detail = parsed.get("detail", parsed) if isinstance(parsed, Mapping) else parsed
         error_type = (
             (parsed.get("error_type") if isinstance(parsed, Mapping) else None)
@@ -308,6 +320,14 @@ class ErrorAnswer:
     @property
     def user_timeout(self) -> bool:
         return self.headers.get("x-fal-request-timeout-type") == "user"
+
+
+def platform_envelope(parsed: Any) -> Mapping[str, Any] | None:
+    """The ``error`` object of a Platform API error answer, or ``None`` for any other body."""
+    error = parsed.get("error") if isinstance(parsed, Mapping) else None
+    if isinstance(error, Mapping) and ("type" in error or "message" in error):
+        return error
+    return None
 
 
 def _parse_body(body: bytes | str | Any) -> Any:
@@ -331,6 +351,21 @@ def _retryable_by_header(answer: ErrorAnswer) -> type[FalError]:
     return FalServerError if answer.status_code >= 500 else FalRequestFailed
 
 
+#: The Platform API's error ``type`` values and the class each one is.
+PLATFORM_ERROR_CLASSES: Mapping[str, type[FalError]] = {
+    "authorization_error": FalAuthError,
+    "validation_error": FalValidationError,
+    "not_found": FalNotFoundError,
+    "rate_limited": FalRateLimitError,
+    "server_error": FalServerError,
+    "not_implemented": FalBadRequestError,
+}
+
+
+def _platform_class(answer: ErrorAnswer) -> type[FalError]:
+    return PLATFORM_ERROR_CLASSES[answer.error_type or ""]
+
+
 _Rule = Callable[[ErrorAnswer], bool]
 _Pick = Callable[[ErrorAnswer], "type[FalError]"]
 
@@ -339,6 +374,7 @@ _Pick = Callable[[ErrorAnswer], "type[FalError]"]
 #: answers, which no retry can fix.
 _CLASSIFICATION: tuple[tuple[_Rule, _Pick], ...] = (
     (lambda a: a.retryable_header == "true" and a.status_code not in (401, 403, 404), _retryable_by_header),
+    (lambda a: a.platform is not None and a.error_type in PLATFORM_ERROR_CLASSES, _platform_class),
     (lambda a: a.status_code in (401, 403), lambda a: FalAuthError),
     (lambda a: a.status_code == 404, lambda a: FalNotFoundError),
     (lambda a: a.status_code == 429, lambda a: FalRateLimitError),
@@ -366,6 +402,10 @@ def error_message(answer: ErrorAnswer, context: str) -> str:
     parsed = answer.parsed
     if isinstance(parsed, Mapping) and parsed.get("status") in {"ALREADY_COMPLETED", "NOT_FOUND"}:
         return f"{head}: {parsed['status']}"
+    if answer.platform is not None:
+        docs = answer.platform.get("docs_url")
+        kind = f" ({answer.error_type})" if answer.error_type else ""
+        return f"{head}{kind}: {answer.detail or 'no message'}" + (f" (see {docs})" if docs else "")
     detail = answer.detail
     text = _detail_text(detail) if detail not in (None, "") else f"HTTP {answer.status_code}"
     return head + (f" ({answer.error_type})" if answer.error_type else "") + f": {text}"
@@ -384,12 +424,13 @@ def error_from_response(
     ``headers`` must be case-insensitive (``httpx.Headers``) or already lower-cased.
     """
     answer = ErrorAnswer.parse(status_code, headers, body)
+    platform_id = answer.platform.get("request_id") if answer.platform is not None else None
     return classify(answer)(
         error_message(answer, context),
         http_status=status_code,
         error_type=answer.error_type,
         detail=answer.detail,
-        request_id=request_id or headers.get("x-fal-request-id"),
+        request_id=request_id or headers.get("x-fal-request-id") or platform_id,
         retry_after=parse_retry_after(headers),
     )
 

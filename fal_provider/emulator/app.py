@@ -15,6 +15,7 @@ from fal_provider.emulator.faults import FaultConfig
 from fal_provider.emulator.netfaults import CaptureRawSend
 from fal_provider.emulator.realtime import realtime_routes
 from fal_provider.emulator.routes_admin import admin_routes
+from fal_provider.emulator.routes_platform import platform_routes
 from fal_provider.emulator.routes_queue import queue_routes
 from fal_provider.emulator.routes_rest import cdn_routes, rest_routes
 from fal_provider.emulator.routes_run import run_routes
@@ -39,6 +40,7 @@ class EmulatorApp(CaptureRawSend):
             *run_routes(state),
             *rest_routes(state),
             *cdn_routes(state),
+            *platform_routes(state),
         ]
         super().__init__(Starlette(routes=routes, lifespan=lifespan))
 

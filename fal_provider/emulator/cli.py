@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fal-emulator",
         description="Local stand-in for fal.ai: queue, run, stream, realtime, CDN, JWKS and webhooks "
-        "on one port (hosts under /queue, /run, /rest, /cdn; control under /_emulator).",
+        "on one port (hosts under /queue, /run, /rest, /cdn, /platform/v1; control under /_emulator).",
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="port; 0 picks a free one (default 8765)")
@@ -25,6 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--key",
         default=None,
         help="accepted fal key 'key_id:key_secret'; without it any well-formed key is accepted",
+    )
+    parser.add_argument(
+        "--admin-key",
+        default=None,
+        help="the ADMIN-scoped key of /platform/v1 (billing events); the --key is API-scoped only",
     )
     parser.add_argument(
         "--concurrency",
@@ -92,6 +97,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[EmulatorConfig, FaultCon
         app_concurrency[app] = int(count)
     config = EmulatorConfig(
         key=args.key,
+        admin_key=args.admin_key,
         concurrency=args.concurrency,
         app_concurrency=app_concurrency,
         latency_scale=args.latency_scale,

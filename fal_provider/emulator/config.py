@@ -36,6 +36,7 @@ class ConfigSchema(BaseModel):
 
     # key_id:key_secret, as fal issues them; the value is never quoted in an error.
     key: Annotated[str, StringConstraints(pattern=r"^[^:\s]+:[^:\s]+$")] | None
+    admin_key: Annotated[str, StringConstraints(pattern=r"^[^:\s]+:[^:\s]+$")] | None
     concurrency: _Slots
     app_concurrency: dict[Annotated[str, StringConstraints(min_length=1)], _Slots]
     account_concurrency: _Slots | None
@@ -59,6 +60,8 @@ class EmulatorConfig:
     """Knobs of one emulator instance; every field can be changed at runtime via ``/_emulator/config``."""
 
     key: str | None = None
+    #: The ADMIN-scoped key of the Platform API (billing events); it may call API-scoped ones too.
+    admin_key: str | None = None
     concurrency: int = DEFAULT_CONCURRENCY
     app_concurrency: dict[str, int] = field(default_factory=dict)
     #: Requests IN_PROGRESS at once across every app (fal's account limit); ``None``: no limit.
@@ -126,4 +129,5 @@ class EmulatorConfig:
         """Everything except the key, which never leaves the process."""
         view = asdict(self)
         view["key"] = "***" if self.key else None
+        view["admin_key"] = "***" if self.admin_key else None
         return view

@@ -29,6 +29,7 @@ EndpointKind = Literal[
     "token",
     "upload",
     "webhook",
+    "platform",
 ]
 HttpKind = Literal["429", "500", "502", "503", "slow", "drop", "drop_mid", "after_accept"]
 WebhookKind = Literal["webhook_drop", "webhook_duplicate"]

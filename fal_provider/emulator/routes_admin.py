@@ -91,7 +91,33 @@ def admin_routes(state: EmulatorState) -> list[Route]:
         ]
         return JSONResponse({"apps": items})
 
+    async def billing(request: Request) -> Response:
+        """The billed total (optionally of the events with tags ``?tag=key=value``) and the events."""
+        tags = dict(tag.partition("=")[::2] for tag in request.query_params.getlist("tag"))
+        events = [
+            e.to_json()
+            for e in state.ledger.events.values()
+            if all(e.tags.get(k) == v for k, v in tags.items())
+        ]
+        return JSONResponse(
+            {"total": state.ledger.total(tags), "currency": "USD", "count": len(events), "events": events}
+        )
+
+    async def deprecate(request: Request) -> Response:
+        """Mark a model deprecated in the catalogue (``{"endpoint_id", "replacement"}``)."""
+        try:
+            body = await _json_body(request)
+        except _BadBody as exc:
+            return _refused(exc)
+        if not isinstance(body, dict) or not isinstance(body.get("endpoint_id"), str):
+            return JSONResponse({"detail": "expected {endpoint_id, replacement}"}, status_code=400)
+        replacement = body.get("replacement")
+        state.ledger.deprecations[body["endpoint_id"]] = replacement if isinstance(replacement, str) else None
+        return JSONResponse({"deprecated": dict(state.ledger.deprecations)})
+
     return [
+        Route("/_emulator/billing", billing, methods=["GET"]),
+        Route("/_emulator/deprecations", deprecate, methods=["POST"]),
         Route("/_emulator/health", health, methods=["GET"]),
         Route("/_emulator/stats", stats, methods=["GET"]),
         Route("/_emulator/reset", reset, methods=["POST"]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,6 +14,7 @@ from starlette.routing import Route
 from starlette.types import Scope
 
 from fal_provider.emulator.apps import EmulatedApp, InputError, StreamAbort
+from fal_provider.emulator.billing import RunRecord
 from fal_provider.emulator.netfaults import abort_connection
 from fal_provider.emulator.state import EmulatorState
 
@@ -45,10 +47,15 @@ def run_routes(state: EmulatorState) -> list[Route]:
             return await _stream(state, app, arguments, request, request_id)
         state.stats.incr("runs")
         context = state.context(request_id, state.base_url(request))
+        started = time.time()
         try:
             result = await app.call(context, arguments, sub_path)
         except InputError as exc:
             result = exc.response()
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "authorization"}
+        record = RunRecord(request_id, app.app_id, arguments, headers, started, started, time.time(), result)
+        state.ledger.runs.append(record)
+        state.ledger.bill(request_id, app.app_id, arguments, result, time.time() - started, headers)
         headers = {**result.headers, "x-fal-request-id": request_id}
         return JSONResponse(result.body, status_code=result.status_code, headers=headers)
 

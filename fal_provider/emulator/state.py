@@ -15,6 +15,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from fal_provider.emulator.apps import AppRegistry, RunContext, default_registry
 from fal_provider.emulator.auth import check_key
+from fal_provider.emulator.billing import Ledger
 from fal_provider.emulator.cdn import FileStore
 from fal_provider.emulator.config import EmulatorConfig
 from fal_provider.emulator.faults import FaultConfig, FaultRule
@@ -41,6 +42,7 @@ class EmulatorState:
         self._initial_faults = self.faults.to_json()
         self.registry = registry or default_registry()
         self.stats = Stats()
+        self.ledger = Ledger()
         self.files = FileStore()
         self.signer = TokenSigner()
         self.signing_key = signing_key or generate_signing_key()
@@ -128,6 +130,16 @@ class EmulatorState:
         return self.context(request.request_id, request.base_url, request.add_log)
 
     def _on_complete(self, request: QueuedRequest) -> None:
+        if request.response is not None:
+            seconds = (request.completed_at or 0.0) - (request.started_at or request.completed_at or 0.0)
+            self.ledger.bill(
+                request.request_id,
+                request.app_id,
+                request.arguments,
+                request.response,
+                seconds,
+                request.headers,
+            )
         if not request.webhook_url or request.response is None:
             return
         rule = self.faults.pick("webhook", request.app_id)
@@ -165,6 +177,7 @@ class EmulatorState:
         await self.engine.clear()
         await self.webhooks.cancel_pending()
         self.files.clear()
+        self.ledger.clear()
         self.stats.reset()
         fresh = copy.deepcopy(self._initial_config)
         for name, value in vars(fresh).items():

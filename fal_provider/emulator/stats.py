@@ -39,6 +39,7 @@ class Stats:
             "uploads",
             "tokens",
             "expired_results",
+            "platform_calls",
         )
         data: dict[str, Any] = {name: self.counters.get(name, 0) for name in names}
         data["submits"] = dict(self.submits)

@@ -22,6 +22,8 @@ from fal_provider.emulator.faults import FaultConfig
 from fal_provider.emulator.webhooks import DEFAULT_USER_ID
 
 DEFAULT_TEST_KEY = "emulator-key-id:emulator-key-secret"
+#: The emulator's ADMIN-scoped Platform API key (billing events), in the connection's ``admin_key``.
+DEFAULT_TEST_ADMIN_KEY = "emulator-admin-id:emulator-admin-secret"
 FAL_CLIENT_GLOBALS = ("QUEUE_URL_FORMAT", "RUN_URL_FORMAT", "REALTIME_URL_FORMAT", "REST_URL", "CDN_URL")
 _CACHED_CLIENT_ATTRS = ("_auth", "_client", "_token_manager")
 
@@ -34,6 +36,7 @@ class FalEmulator:
         key: str | None = DEFAULT_TEST_KEY,
         faults: dict[str, Any] | list[Any] | None = None,
         signing_key_file: str | None = None,
+        admin_key: str | None = DEFAULT_TEST_ADMIN_KEY,
         **config: Any,
     ) -> None:
         from fal_provider.emulator.app import create_app
@@ -41,7 +44,8 @@ class FalEmulator:
 
         signing_key = load_or_create_signing_key(signing_key_file) if signing_key_file else None
         self.key = key
-        emulator_config = EmulatorConfig(key=key, **config)
+        self.admin_key = admin_key if key is not None else None
+        emulator_config = EmulatorConfig(key=key, admin_key=self.admin_key, **config)
         #: The fal user id the emulator signs callbacks with: the connection's allow-list.
         self.user_id = emulator_config.user_id
         #: A fresh channel-token secret per emulator, carried by the connection helpers below.
@@ -103,6 +107,11 @@ class FalEmulator:
         return f"{self.base_url}/cdn"
 
     @property
+    def platform_url(self) -> str:
+        """fal's Platform API (``https://api.fal.ai/v1``): prices, schemas, billing, history."""
+        return f"{self.base_url}/platform/v1"
+
+    @property
     def jwks_url(self) -> str:
         return f"{self.rest_url}/.well-known/jwks.json"
 
@@ -130,6 +139,18 @@ class FalEmulator:
     def configure(self, **changes: Any) -> dict[str, Any]:
         return dict(self._admin.post("/_emulator/config", json=changes).raise_for_status().json())
 
+    def billing(self, **tags: str) -> dict[str, Any]:
+        """The billed total and billing events (``billing(**{"airflow.dag": "x"})`` filters by tag)."""
+        params = {"tag": [f"{name}={value}" for name, value in tags.items()]}
+        return dict(self._admin.get("/_emulator/billing", params=params).raise_for_status().json())
+
+    def billed_total(self, **tags: str) -> float:
+        return float(self.billing(**tags)["total"])
+
+    def deprecate(self, endpoint_id: str, replacement: str | None = None) -> None:
+        body = {"endpoint_id": endpoint_id, "replacement": replacement}
+        self._admin.post("/_emulator/deprecations", json=body).raise_for_status()
+
     def request_info(self, request_id: str) -> dict[str, Any]:
         return dict(self._admin.get(f"/_emulator/requests/{request_id}").raise_for_status().json())
 
@@ -141,6 +162,8 @@ class FalEmulator:
             "rest_url": self.rest_url,
             "cdn_url": self.cdn_url,
             "jwks_url": self.jwks_url,
+            "platform_url": self.platform_url,
+            **({"admin_key": self.admin_key} if self.admin_key else {}),
             **emulator_webhook_extra(self.user_id, self.webhook_secret),
         }
 

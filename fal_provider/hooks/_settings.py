@@ -23,6 +23,9 @@ DEFAULT_RUN_URL = "https://fal.run"
 DEFAULT_REST_URL = "https://rest.fal.ai"
 DEFAULT_CDN_URL = "https://v3.fal.media"
 DEFAULT_JWKS_URL = "https://rest.fal.ai/.well-known/jwks.json"
+DEFAULT_PLATFORM_URL = "https://api.fal.ai/v1"
+#: Seconds prices and model metadata from the Platform API are reused within a process.
+DEFAULT_PLATFORM_CACHE_TTL = 3600.0
 DEFAULT_RETRY_LIMIT = 5
 DEFAULT_RETRY_MIN_WAIT = 0.5
 DEFAULT_RETRY_MAX_WAIT = 30.0
@@ -69,6 +72,13 @@ class FalSettings:
     cdn_url: str = DEFAULT_CDN_URL
     jwks_url: str = DEFAULT_JWKS_URL
     webhook_base_url: str | None = None
+    #: fal's Platform API (prices, model metadata, billing events, request history); ``None`` when
+    #: the connection points the queue at another host and names no ``platform_url`` (see
+    #: :func:`platform_url_for`).
+    platform_url: str | None = DEFAULT_PLATFORM_URL
+    #: An ADMIN-scoped key for billing events; sent only to ``platform_url``.
+    admin_key: str | None = field(default=None, repr=False)
+    platform_cache_ttl: float = DEFAULT_PLATFORM_CACHE_TTL
     #: May carry secrets of the user's own (e.g. a proxy token), so it stays out of ``repr`` too.
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     retry_limit: int = DEFAULT_RETRY_LIMIT
@@ -80,9 +90,12 @@ class FalSettings:
     def __post_init__(self) -> None:
         """A key or header that cannot be sent as given fails here, before any call (see ``_headers``)."""
         check_key(self.key, self.conn_id)
+        if self.admin_key is not None:
+            check_key(self.admin_key, self.conn_id)
         check_headers(self.headers, f"Connection {self.conn_id!r}, extra 'headers'")
-        for name in ("queue_url", "run_url", "rest_url", "cdn_url"):
-            if origin_of(getattr(self, name)) is None:
+        for name in ("queue_url", "run_url", "rest_url", "cdn_url", "platform_url"):
+            value = getattr(self, name)
+            if (value is not None or name != "platform_url") and origin_of(value) is None:
                 raise FalInputError(
                     f"Connection {self.conn_id!r}: {name} must be an absolute http(s) URL, "
                     f"got {getattr(self, name)!r}"
@@ -90,9 +103,16 @@ class FalSettings:
 
     @property
     def key_origins(self) -> frozenset[Origin]:
-        """The only origins the key is sent to: the configured queue, run, REST and CDN hosts."""
-        origins = (origin_of(url) for url in (self.queue_url, self.run_url, self.rest_url, self.cdn_url))
+        """The only origins the key is sent to: the configured queue, run, REST, CDN and Platform
+        API hosts."""
+        urls = (self.queue_url, self.run_url, self.rest_url, self.cdn_url, self.platform_url)
+        origins = (origin_of(url) for url in urls if url)
         return frozenset(origin for origin in origins if origin is not None)
+
+    @property
+    def platform_origin(self) -> Origin | None:
+        """The one origin the admin key is sent to."""
+        return origin_of(self.platform_url) if self.platform_url else None
 
     @property
     def queue_origin(self) -> Origin | None:
@@ -110,6 +130,18 @@ def normalize_url(value: str | None, default: str) -> str:
     if "://" not in text:
         text = f"https://{text}"
     return text.rstrip("/")
+
+
+def platform_url_for(value: str | None, queue_url: str) -> str | None:
+    """The Platform API base: the extra, else fal's ``https://api.fal.ai/v1`` when the queue is fal's.
+
+    A connection whose queue is another host (an emulator, a proxy) and that names no
+    ``platform_url`` has no Platform API: sending its key to api.fal.ai is then not what the user
+    configured, and offline set-ups would wait on an unreachable host before each cost lookup.
+    """
+    if value and str(value).strip():
+        return normalize_url(str(value), DEFAULT_PLATFORM_URL)
+    return DEFAULT_PLATFORM_URL if queue_url == DEFAULT_QUEUE_URL else None
 
 
 def key_from_env(env: Mapping[str, str]) -> str | None:
@@ -187,14 +219,21 @@ def resolve_settings(
     headers.update(parse_headers(overrides.get("headers"), conn_id))
     min_wait = _number(merged.get("retry_min_wait", DEFAULT_RETRY_MIN_WAIT), "retry_min_wait", conn_id)
     max_wait = _number(merged.get("retry_max_wait", DEFAULT_RETRY_MAX_WAIT), "retry_max_wait", conn_id)
+    queue_url = normalize_url(host, DEFAULT_QUEUE_URL)
+    admin_key = str(merged.get("admin_key") or "").strip() or None
     return FalSettings(
         key=key,
-        queue_url=normalize_url(host, DEFAULT_QUEUE_URL),
+        queue_url=queue_url,
         run_url=normalize_url(merged.get("run_url"), DEFAULT_RUN_URL),
         rest_url=normalize_url(merged.get("rest_url"), DEFAULT_REST_URL),
         cdn_url=normalize_url(merged.get("cdn_url"), DEFAULT_CDN_URL),
         jwks_url=normalize_url(merged.get("jwks_url"), DEFAULT_JWKS_URL),
         webhook_base_url=normalize_url(merged.get("webhook_base_url"), "") or None,
+        platform_url=platform_url_for(merged.get("platform_url"), queue_url),
+        admin_key=admin_key,
+        platform_cache_ttl=_number(
+            merged.get("platform_cache_ttl", DEFAULT_PLATFORM_CACHE_TTL), "platform_cache_ttl", conn_id
+        ),
         headers=headers,
         retry_limit=_number(
             merged.get("retry_limit", DEFAULT_RETRY_LIMIT), "retry_limit", conn_id, integer=True, minimum=1

@@ -30,6 +30,7 @@ from fal_provider.exceptions import (
     FalConnectionError,
     FalError,
     FalInputError,
+    FalMissingCredentialsError,
     FalTimeoutError,
     error_from_response,
 )
@@ -117,6 +118,8 @@ class Call:
     decode: Callable[[httpx.Response], Any] = field(default=keep_response, repr=False)
     #: Send ``Authorization: Key ...`` (only ever to a configured origin; see :func:`request_headers`).
     with_key: bool = True
+    #: Send the connection's ADMIN-scoped key instead, and only to the Platform API origin.
+    admin: bool = False
 
     def __post_init__(self) -> None:
         check_headers(self.headers, self.label)
@@ -153,16 +156,35 @@ def request_headers(call: Call, settings: FalSettings | None) -> dict[str, str]:
     if settings is None:
         raise FalInputError(f"{call.label}: a call that carries the key needs the connection's settings")
     origin = origin_of(call.url)
+    if call.admin:
+        return _admin_headers(call, settings, origin)
     if origin is None or origin not in settings.key_origins:
         allowed = ", ".join(sorted(show_origin(o) for o in settings.key_origins))
         raise FalInputError(
             f"{call.label}: refusing to send the fal API key to {show_origin(origin)}, which is not "
             f"one of connection {settings.conn_id!r}'s fal origins ({allowed}). Configure the host "
-            "(connection host, or extras run_url / rest_url / cdn_url) if it really is fal."
+            "(connection host, or extras run_url / rest_url / cdn_url / platform_url) if it really is fal."
         )
     # The key replaces any Authorization a caller put in the headers.
     headers = {name: value for name, value in call.headers.items() if name.lower() != "authorization"}
     headers["Authorization"] = f"Key {settings.key}"
+    return headers
+
+
+def _admin_headers(call: Call, settings: FalSettings, origin: Any) -> dict[str, str]:
+    """The admin key goes to the Platform API origin and nowhere else (not even the queue)."""
+    if not settings.admin_key:
+        raise FalMissingCredentialsError(
+            f"{call.label} needs an ADMIN-scoped fal key: set the 'Admin key' field (extra "
+            f"'admin_key') of connection {settings.conn_id!r}; fal's dashboard creates admin keys."
+        )
+    if origin is None or origin != settings.platform_origin:
+        raise FalInputError(
+            f"{call.label}: refusing to send the fal admin key to {show_origin(origin)}; connection "
+            f"{settings.conn_id!r} sends it only to its Platform API {show_origin(settings.platform_origin)}."
+        )
+    headers = {name: value for name, value in call.headers.items() if name.lower() != "authorization"}
+    headers["Authorization"] = f"Key {settings.admin_key}"
     return headers
 
 

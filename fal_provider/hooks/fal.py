@@ -22,6 +22,7 @@ import os
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import asynccontextmanager, contextmanager
+from datetime import datetime
 from functools import cached_property
 from types import MappingProxyType
 from typing import Any
@@ -32,7 +33,7 @@ from websockets.asyncio.client import connect as ws_connect_async
 from websockets.sync.client import connect as ws_connect
 
 from fal_provider._compat import AirflowNotFoundException, amask_secret, mask_secret
-from fal_provider.exceptions import FalAuthError, FalError, FalRealtimeError
+from fal_provider.exceptions import FalAuthError, FalError, FalInputError, FalRealtimeError
 from fal_provider.headers import check_headers
 from fal_provider.hooks import _conn_cache, _upload
 from fal_provider.hooks._calls import (
@@ -41,9 +42,24 @@ from fal_provider.hooks._calls import (
     Status,
     build_options,
     encode_arguments,
+    join_url,
     media_download,
 )
 from fal_provider.hooks._limited import aread_limited, read_limited
+from fal_provider.hooks._platform import (
+    MAX_PAGES,
+    Page,
+    PlatformCalls,
+    batches,
+    billable_units,
+    cache_key,
+    cached_prices,
+    endpoint_ids,
+    note_failure,
+    recent_failure,
+    remember_model,
+    remember_prices,
+)
 from fal_provider.hooks._realtime import (
     MAX_BUFFERING_RANGE,
     WS_OPEN_ERRORS,
@@ -79,7 +95,17 @@ from fal_provider.hooks._transport import (
     send,
     shared_async_client,
 )
-from fal_provider.models import AppId, FalRequestRef
+from fal_provider.models import AppId, FalRequestRef, check_path
+from fal_provider.platform import (
+    MODELS,
+    BillingEvent,
+    CostEstimate,
+    FetchedResult,
+    HistoryEntry,
+    ModelInfo,
+    Price,
+    check_arguments,
+)
 
 #: What the operators (and TaskFlow code) use of fal's protocols, from this public module.
 __all__ = [
@@ -89,6 +115,7 @@ __all__ = [
     "FalHook",
     "FalRealtimeError",
     "FalSettings",
+    "FetchedResult",
     "Progress",
     "RealtimeSession",
     "check_max_buffering",
@@ -173,6 +200,8 @@ class FalHook(BaseHook):
             conn = None
         settings = self._resolve(conn, conn.extra_dejson if conn is not None else {})
         mask_secret(settings.key)
+        if settings.admin_key:
+            mask_secret(settings.admin_key)
         return settings
 
     async def aget_settings(self) -> FalSettings:
@@ -186,6 +215,8 @@ class FalHook(BaseHook):
         fields = await _conn_cache.lookup(self.fal_conn_id, _afetch_connection)
         settings = self._resolve(fields if fields.found else None, fields.extras)
         await amask_secret(settings.key)
+        if settings.admin_key:
+            await amask_secret(settings.admin_key)
         self.__dict__["settings"] = settings
         return settings
 
@@ -309,25 +340,38 @@ class FalHook(BaseHook):
 
     def get_result(self, request: FalRequestRef | Mapping[str, Any], *, max_bytes: int | None = None) -> Any:
         """``max_bytes``: refuse (``ResponseTooLarge``) a larger body before it is read whole."""
-        call = self._calls().result(request)
-        if not max_bytes:
-            return self._fetch(call)
-        response = self._send(call, stream=True)
-        try:
-            return call.decode(read_limited(response, max_bytes, call.label))
-        finally:
-            response.close()
+        return self.fetch_result(request, max_bytes=max_bytes).data
 
     async def aget_result(
         self, request: FalRequestRef | Mapping[str, Any], *, max_bytes: int | None = None
     ) -> Any:
         """Async twin of :meth:`get_result`."""
+        return (await self.afetch_result(request, max_bytes=max_bytes)).data
+
+    def fetch_result(
+        self, request: FalRequestRef | Mapping[str, Any], *, max_bytes: int | None = None
+    ) -> FetchedResult:
+        """The result (what :meth:`get_result` returns) and the units fal billed for it, from the
+        result fetch's ``x-fal-billable-units`` header (``None`` when fal sent none)."""
+        call = self._calls().result(request)
+        if not max_bytes:
+            return _fetched(call, self._send(call))
+        response = self._send(call, stream=True)
+        try:
+            return _fetched(call, read_limited(response, max_bytes, call.label))
+        finally:
+            response.close()
+
+    async def afetch_result(
+        self, request: FalRequestRef | Mapping[str, Any], *, max_bytes: int | None = None
+    ) -> FetchedResult:
+        """Async twin of :meth:`fetch_result`."""
         call = (await self._acalls()).result(request)
         if not max_bytes:
-            return await self._afetch(call)
+            return _fetched(call, await self._asend(call))
         response = await self._asend(call, stream=True)
         try:
-            return call.decode(await aread_limited(response, max_bytes, call.label))
+            return _fetched(call, await aread_limited(response, max_bytes, call.label))
         finally:
             await response.aclose()
 
@@ -353,10 +397,9 @@ class FalHook(BaseHook):
         timeout: float | None = None,
     ) -> Any:
         """Synchronous call on the run host; retried like submit (it starts paid work)."""
-        call = self._calls().run(
+        return self.run_with_usage(
             app_id, arguments, path=path, options=options, headers=headers, timeout=timeout
-        )
-        return self._fetch(call)
+        ).data
 
     async def arun(
         self,
@@ -369,10 +412,42 @@ class FalHook(BaseHook):
         timeout: float | None = None,
     ) -> Any:
         """Async twin of :meth:`run`."""
+        fetched = await self.arun_with_usage(
+            app_id, arguments, path=path, options=options, headers=headers, timeout=timeout
+        )
+        return fetched.data
+
+    def run_with_usage(
+        self,
+        app_id: str,
+        arguments: Mapping[str, Any],
+        *,
+        path: str = "",
+        options: Options = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> FetchedResult:
+        """:meth:`run`, with the units fal billed (``x-fal-billable-units``) and the request id."""
+        call = self._calls().run(
+            app_id, arguments, path=path, options=options, headers=headers, timeout=timeout
+        )
+        return _fetched(call, self._send(call))
+
+    async def arun_with_usage(
+        self,
+        app_id: str,
+        arguments: Mapping[str, Any],
+        *,
+        path: str = "",
+        options: Options = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> FetchedResult:
+        """Async twin of :meth:`run_with_usage`."""
         call = (await self._acalls()).run(
             app_id, arguments, path=path, options=options, headers=headers, timeout=timeout
         )
-        return await self._afetch(call)
+        return _fetched(call, await self._asend(call))
 
     def stream(
         self,
@@ -581,6 +656,241 @@ class FalHook(BaseHook):
         """Download a file a result points at, with the hook's client and retries, never the key."""
         return self._fetch(media_download(url, timeout))
 
+    # -- Platform API (prices, models, billing, history) -------------------------------------------
+    def _platform(self, *, quick: bool = False) -> PlatformCalls:
+        return PlatformCalls(self._calls(), quick=quick)
+
+    async def _aplatform(self, *, quick: bool = False) -> PlatformCalls:
+        return PlatformCalls(await self._acalls(), quick=quick)
+
+    def get_model_info(self, endpoint_id: str) -> ModelInfo:
+        """The model's catalogue entry (input schema, ``duration_estimate``, deprecation), cached
+        per process for the connection's ``platform_cache_ttl``; ``FalNotFoundError`` if fal has none."""
+        return self._model_info(self._platform(), endpoint_id)
+
+    async def aget_model_info(self, endpoint_id: str) -> ModelInfo:
+        """Async twin of :meth:`get_model_info`."""
+        return await self._amodel_info(await self._aplatform(), endpoint_id)
+
+    def _model_info(self, platform: PlatformCalls, endpoint_id: str) -> ModelInfo:
+        (endpoint,) = endpoint_ids(endpoint_id, "endpoint_id")
+        cached = MODELS.get(cache_key(platform.settings, endpoint))
+        if cached is not None:
+            return cached
+        return remember_model(platform.settings, endpoint, self._fetch(platform.models([endpoint])))
+
+    async def _amodel_info(self, platform: PlatformCalls, endpoint_id: str) -> ModelInfo:
+        (endpoint,) = endpoint_ids(endpoint_id, "endpoint_id")
+        cached = MODELS.get(cache_key(platform.settings, endpoint))
+        if cached is not None:
+            return cached
+        return remember_model(platform.settings, endpoint, await self._afetch(platform.models([endpoint])))
+
+    def get_pricing(self, endpoint_ids: str | Sequence[str]) -> dict[str, Price]:
+        """Unit prices by endpoint id (fal takes 50 ids a call; longer lists go in several calls),
+        cached per process. Endpoints fal has no price for are missing from the answer."""
+        return self._pricing(self._platform(), endpoint_ids)
+
+    async def aget_pricing(self, endpoint_ids: str | Sequence[str]) -> dict[str, Price]:
+        """Async twin of :meth:`get_pricing` (the calls for more than 50 ids run concurrently)."""
+        return await self._apricing(await self._aplatform(), endpoint_ids)
+
+    def _pricing(self, platform: PlatformCalls, ids: str | Sequence[str]) -> dict[str, Price]:
+        prices, missing = cached_prices(platform.settings, endpoint_ids(ids))
+        for batch in batches(missing):
+            prices.update(remember_prices(platform.settings, self._fetch(platform.pricing(batch))))
+        return prices
+
+    async def _apricing(self, platform: PlatformCalls, ids: str | Sequence[str]) -> dict[str, Price]:
+        prices, missing = cached_prices(platform.settings, endpoint_ids(ids))
+        pages = await asyncio.gather(*(self._afetch(platform.pricing(b)) for b in batches(missing)))
+        for page in pages:
+            prices.update(remember_prices(platform.settings, page))
+        return prices
+
+    def price_or_none(self, endpoint_id: str) -> Price | None:
+        """:meth:`get_pricing` for one endpoint that never raises: ``None`` when the price is unknown
+        or the Platform API failed (the reason is logged once). Cost lines use this, so a pricing
+        outage never fails an inference."""
+        try:
+            platform = self._platform(quick=True)
+            if recent_failure(platform.settings, f"price of {endpoint_id}"):
+                return None
+            return self._pricing(platform, [endpoint_id]).get(endpoint_id)
+        except FalError as err:
+            note_failure(self.settings, f"price of {endpoint_id}", err, self.log, "its cost is unknown")
+            return None
+
+    async def aprice_or_none(self, endpoint_id: str) -> Price | None:
+        """Async twin of :meth:`price_or_none`."""
+        try:
+            platform = await self._aplatform(quick=True)
+            if recent_failure(platform.settings, f"price of {endpoint_id}"):
+                return None
+            return (await self._apricing(platform, [endpoint_id])).get(endpoint_id)
+        except FalError as err:
+            settings = await self.aget_settings()
+            note_failure(settings, f"price of {endpoint_id}", err, self.log, "its cost is unknown")
+            return None
+
+    def estimate_cost(
+        self, quantities: Mapping[str, float], *, estimate_type: str = "unit_price"
+    ) -> CostEstimate:
+        """fal's estimate for ``{endpoint_id: quantity}``: units with ``estimate_type="unit_price"``,
+        calls with ``"historical_api_price"`` (fal's average cost per call of that endpoint)."""
+        return self._fetch(self._platform().estimate(quantities, estimate_type))
+
+    async def aestimate_cost(
+        self, quantities: Mapping[str, float], *, estimate_type: str = "unit_price"
+    ) -> CostEstimate:
+        """Async twin of :meth:`estimate_cost`."""
+        return await self._afetch((await self._aplatform()).estimate(quantities, estimate_type))
+
+    def get_billing_events(
+        self,
+        request_ids: Sequence[str],
+        *,
+        endpoint_id: str | None = None,
+        start: datetime | str | None = None,
+        end: datetime | str | None = None,
+    ) -> list[BillingEvent]:
+        """What fal charged for these requests (ADMIN key: the connection's ``admin_key``), every
+        page; a request fal did not charge for (a server error) has no event."""
+        events: list[BillingEvent] = []
+        platform = self._platform()
+        for batch in batches(list(request_ids)):
+            call: Call | None = platform.billing_events(batch, endpoint_id=endpoint_id, start=start, end=end)
+            for _ in range(MAX_PAGES):
+                if call is None:
+                    break
+                page: Page = self._fetch(call)
+                events.extend(page.items)
+                call = page.next_call
+        return events
+
+    async def aget_billing_events(
+        self,
+        request_ids: Sequence[str],
+        *,
+        endpoint_id: str | None = None,
+        start: datetime | str | None = None,
+        end: datetime | str | None = None,
+    ) -> list[BillingEvent]:
+        """Async twin of :meth:`get_billing_events`."""
+        events: list[BillingEvent] = []
+        platform = await self._aplatform()
+        for batch in batches(list(request_ids)):
+            call: Call | None = platform.billing_events(batch, endpoint_id=endpoint_id, start=start, end=end)
+            for _ in range(MAX_PAGES):
+                if call is None:
+                    break
+                page: Page = await self._afetch(call)
+                events.extend(page.items)
+                call = page.next_call
+        return events
+
+    def get_request_history(
+        self,
+        endpoint_id: str,
+        start: datetime | str | None = None,
+        end: datetime | str | None = None,
+        *,
+        with_payloads: bool = True,
+        status: str | None = None,
+        request_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[HistoryEntry]:
+        """fal's request history of an endpoint (default window: fal's last 24 hours), every page;
+        ``with_payloads`` adds each request's JSON input and output where fal stored them."""
+        call: Call | None = self._platform().history(
+            endpoint_id,
+            start=start,
+            end=end,
+            with_payloads=with_payloads,
+            status=status,
+            request_id=request_id,
+            limit=limit,
+        )
+        entries: list[HistoryEntry] = []
+        for _ in range(MAX_PAGES):
+            if call is None:
+                break
+            page: Page = self._fetch(call)
+            entries.extend(page.items)
+            call = page.next_call
+        return entries
+
+    async def aget_request_history(
+        self,
+        endpoint_id: str,
+        start: datetime | str | None = None,
+        end: datetime | str | None = None,
+        *,
+        with_payloads: bool = True,
+        status: str | None = None,
+        request_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[HistoryEntry]:
+        """Async twin of :meth:`get_request_history`."""
+        call: Call | None = (await self._aplatform()).history(
+            endpoint_id,
+            start=start,
+            end=end,
+            with_payloads=with_payloads,
+            status=status,
+            request_id=request_id,
+            limit=limit,
+        )
+        entries: list[HistoryEntry] = []
+        for _ in range(MAX_PAGES):
+            if call is None:
+                break
+            page: Page = await self._afetch(call)
+            entries.extend(page.items)
+            call = page.next_call
+        return entries
+
+    def validate_arguments(self, app_id: str, arguments: Mapping[str, Any], *, path: str = "") -> None:
+        """Check ``arguments`` against the model's input schema before anything is paid for.
+
+        A missing required field or a wrong type raises ``FalInputError`` naming the field; a
+        deprecated model logs a warning with fal's replacement. Where no schema is available (the
+        Platform API is down or not configured, a private app) nothing is checked: the reason is
+        logged once and the request goes ahead, as it would without the check.
+        """
+        endpoint = _endpoint_of(app_id, path)
+        try:
+            platform = self._platform(quick=True)
+            if not platform.settings.platform_url or recent_failure(
+                platform.settings, f"schema of {endpoint}"
+            ):
+                return
+            info = self._model_info(platform, endpoint)
+        except FalInputError:
+            raise
+        except FalError as err:
+            note_failure(self.settings, f"schema of {endpoint}", err, self.log, "arguments are not checked")
+            return
+        _check_model(info, arguments, self.log)
+
+    async def avalidate_arguments(self, app_id: str, arguments: Mapping[str, Any], *, path: str = "") -> None:
+        """Async twin of :meth:`validate_arguments`."""
+        endpoint = _endpoint_of(app_id, path)
+        try:
+            platform = await self._aplatform(quick=True)
+            if not platform.settings.platform_url or recent_failure(
+                platform.settings, f"schema of {endpoint}"
+            ):
+                return
+            info = await self._amodel_info(platform, endpoint)
+        except FalInputError:
+            raise
+        except FalError as err:
+            settings = await self.aget_settings()
+            note_failure(settings, f"schema of {endpoint}", err, self.log, "arguments are not checked")
+            return
+        _check_model(info, arguments, self.log)
+
     # -- connection test ---------------------------------------------------------------------------
     def test_connection(self) -> tuple[bool, str]:
         """One authenticated call (a CDN storage token): proves the key and the REST host work."""
@@ -598,6 +908,30 @@ class FalHook(BaseHook):
         except Exception as err:
             return False, f"Could not reach fal: {type(err).__name__}: {err}"
         return True, f"Connection {self.fal_conn_id!r} authenticated with fal at {settings.rest_url}"
+
+
+def _fetched(call: Call, response: httpx.Response) -> FetchedResult:
+    return FetchedResult(
+        data=call.decode(response),
+        billable_units=billable_units(response),
+        request_id=response.headers.get("x-fal-request-id"),
+    )
+
+
+def _endpoint_of(app_id: str, path: str) -> str:
+    """The endpoint id the catalogue knows a call by: the app id plus its sub-path."""
+    app = AppId.parse(app_id)
+    return join_url(app.full, check_path(path)) if path else app.full
+
+
+def _check_model(info: ModelInfo, arguments: Mapping[str, Any], log: Any) -> None:
+    if info.deprecated:
+        log.warning(
+            "fal model %s is deprecated%s",
+            info.endpoint_id,
+            f"; fal recommends {info.replacement}" if info.replacement else "",
+        )
+    check_arguments(info, arguments)
 
 
 def check_submit(app_id: str, arguments: Any, options: Options = None) -> None:

@@ -311,6 +311,11 @@ class _SubmittingOperator(FalBaseOperator):
     ``object_lifecycle=``, ``disable_fallback=``, ``max_queue_length=``). They are validated when the
     DAG is parsed if nothing is templated, and again after rendering, before anything is paid for.
 
+    ``validate_arguments`` (default on): before submitting, check the rendered arguments against
+    the model's input schema from fal's Platform API (cached per process), so a missing required
+    field or a wrong type fails as ``FalInputError`` without paying for a 422; a deprecated model
+    logs fal's replacement. Without a schema (no Platform API, a private app) nothing is checked.
+
     A ``BaseOperator`` subclass (not a plain mixin) so Airflow's ``partial()`` / ``expand()`` checks
     see these parameters: they only look at ``__init__`` methods the operator metaclass wrapped.
     """
@@ -330,9 +335,11 @@ class _SubmittingOperator(FalBaseOperator):
         object_lifecycle: int | str | None = None,
         disable_fallback: bool | None = None,
         max_queue_length: int | None = None,
+        validate_arguments: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.validate_arguments = validate_arguments
         self.app_id = app_id
         self.arguments = arguments
         self.path = path
@@ -351,6 +358,8 @@ class _SubmittingOperator(FalBaseOperator):
 
     def _submit(self, webhook_url: str | None = None) -> FalRequestRef:
         arguments, options = prepare_submit(self.app_id, self.arguments, self.options)
+        if self.validate_arguments:  # against the model's input schema, where fal serves one
+            self.hook.validate_arguments(str(self.app_id), arguments, path=self.path or "")
         extra: dict[str, Any] = {"webhook_url": webhook_url} if webhook_url else {}
         return self.hook.submit(str(self.app_id), arguments, path=self.path or "", options=options, **extra)
 

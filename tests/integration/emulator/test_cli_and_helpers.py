@@ -52,6 +52,7 @@ def test_cli_help_documents_every_flag():
         "--host",
         "--port",
         "--key",
+        "--admin-key",
         "--concurrency",
         "--signing-key-file",
         "--latency-scale",
@@ -72,6 +73,8 @@ def test_connection_helpers(emu: FalEmulator):
         "rest_url": emu.rest_url,
         "cdn_url": emu.cdn_url,
         "jwks_url": emu.jwks_url,
+        "platform_url": emu.platform_url,
+        "admin_key": emu.admin_key,
         "webhook_allowed_user_ids": emu.user_id,
         "webhook_secret": emu.webhook_secret,
     }

@@ -1,0 +1,442 @@
+"""fal's Platform API (``https://api.fal.ai/v1``) as :class:`Call` values, and its answers parsed.
+
+Like ``_calls``, nothing here does I/O: ``FalHook``'s sync and async twins build the same call and
+send it with their own client, through the same retry rules and key check. Platform calls are
+idempotent GETs (the estimate is a POST that starts nothing), so they use the idempotent policy.
+Billing events are ADMIN-scoped: their calls say ``admin=True`` and the transport sends the
+connection's admin key, only to the Platform API origin.
+
+Where fal's reference is silent (how a deprecated model names its replacement, which list
+endpoints page), the parsers read the documented field first and a few plausible spellings after,
+and ignore what they do not know.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import partial
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+
+from fal_provider.exceptions import FalInputError, FalNotFoundError, FalServerError
+from fal_provider.hooks._calls import CallBuilder, join_url, json_body
+from fal_provider.hooks._retry import IDEMPOTENT, NO_RETRY
+from fal_provider.hooks._settings import FalSettings
+from fal_provider.hooks._transport import Call, default_timeout
+from fal_provider.models import AppId, check_request_id
+from fal_provider.platform import (
+    MAX_IDS_PER_CALL,
+    MODELS,
+    PRICES,
+    BillingEvent,
+    CostEstimate,
+    HistoryEntry,
+    ModelInfo,
+    Price,
+    TtlCache,
+)
+
+
+def cache_key(settings: FalSettings, endpoint_id: str) -> tuple[str, str, str]:
+    """Prices and metadata depend on the Platform API and the account (custom prices)."""
+    return (settings.platform_url or "", settings.conn_id, endpoint_id)
+
+
+def cached_prices(settings: FalSettings, ids: Sequence[str]) -> tuple[dict[str, Price], list[str]]:
+    """The cached prices of ``ids`` and the ids still to fetch."""
+    found: dict[str, Price] = {}
+    for endpoint_id in ids:
+        price = PRICES.get(cache_key(settings, endpoint_id))
+        if price is not None:
+            found[endpoint_id] = price
+    return found, [i for i in ids if i not in found]
+
+
+def remember_prices(settings: FalSettings, prices: Mapping[str, Price]) -> dict[str, Price]:
+    for endpoint_id, price in prices.items():
+        PRICES.put(cache_key(settings, endpoint_id), price, settings.platform_cache_ttl)
+    return dict(prices)
+
+
+def remember_model(settings: FalSettings, endpoint_id: str, found: Mapping[str, ModelInfo]) -> ModelInfo:
+    info = found.get(endpoint_id)
+    if info is None:
+        raise FalNotFoundError(f"fal's Platform API has no model {endpoint_id!r}", http_status=404)
+    return MODELS.put(cache_key(settings, endpoint_id), info, settings.platform_cache_ttl)
+
+
+def recent_failure(settings: FalSettings, what: str) -> bool:
+    return _failures.get(cache_key(settings, what)) is not None
+
+
+def note_failure(settings: FalSettings, what: str, err: Exception, log: Any, consequence: str) -> None:
+    """Remember a failed best-effort lookup; log why once per reason (not once per request)."""
+    reason = f"{type(err).__name__}: {err}"
+    key = cache_key(settings, what)
+    if _failures.get(key) != reason:
+        log.warning("fal Platform API: %s failed (%s); %s", what, reason, consequence)
+    _failures.put(key, reason, FAILURE_TTL)
+
+
+#: Header a result fetch (and a sync run) carries with the quantity fal bills for it.
+BILLABLE_UNITS_HEADER = "x-fal-billable-units"
+#: Names a model's metadata may use for its replacement (fal documents none; UNCONFIRMED).
+REPLACEMENT_FIELDS = ("replacement_endpoint_id", "replaced_by", "replacement", "deprecated_replacement")
+ESTIMATE_TYPES = {"historical_api_price": "call_quantity", "unit_price": "unit_quantity"}
+HISTORY_STATUSES = ("success", "error", "user_error")
+#: A list call stops after this many pages (a cursor that never ends must not loop forever).
+MAX_PAGES = 1000
+_Time = datetime | str | None
+#: Best-effort lookups (a price for the cost line, a schema before a submit) give up quickly.
+QUICK_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+#: A failed best-effort lookup is not repeated for this long (a Platform API outage must not add a
+#: timeout to every request), and its reason is logged once.
+FAILURE_TTL = 300.0
+_failures: TtlCache[tuple[str, str, str], str] = TtlCache()
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a listing and the call for the next one (``None``: the last page)."""
+
+    items: list[Any]
+    next_call: Call | None
+
+
+def batches(ids: Sequence[str], size: int = MAX_IDS_PER_CALL) -> list[list[str]]:
+    """``ids`` without duplicates (first occurrence wins), in calls of at most ``size``."""
+    unique = list(dict.fromkeys(ids))
+    return [unique[start : start + size] for start in range(0, len(unique), size)]
+
+
+def billable_units(response: httpx.Response) -> float | None:
+    """The ``x-fal-billable-units`` header as a number; ``None`` when absent or not a number."""
+    raw = response.headers.get(BILLABLE_UNITS_HEADER)
+    try:
+        value = float(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) and value >= 0 else None
+
+
+def endpoint_ids(value: str | Sequence[str], what: str = "endpoint_ids") -> list[str]:
+    """Endpoint ids, each checked like an app id (they go into query strings)."""
+    items = [value] if isinstance(value, str) else list(value)
+    for item in items:
+        if not isinstance(item, str):
+            raise FalInputError(f"{what} must be endpoint id strings, got {type(item).__name__}")
+        AppId.parse(item)
+    return items
+
+
+def _time(value: _Time, name: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value or None
+    if not isinstance(value, datetime):
+        raise FalInputError(f"{name} must be a datetime or an ISO 8601 string, got {type(value).__name__}")
+    moment = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+class PlatformCalls:
+    """The Platform API calls of one connection (its ``platform_url``, keys and headers)."""
+
+    def __init__(self, builder: CallBuilder, *, quick: bool = False) -> None:
+        """``quick``: one attempt with a short timeout, for lookups an inference must not wait on."""
+        self.builder = builder
+        self.settings = builder.settings
+        self.quick = quick
+
+    @property
+    def base_url(self) -> str:
+        url = self.settings.platform_url
+        if not url:
+            raise FalInputError(
+                f"Connection {self.settings.conn_id!r} has no Platform API: its queue host is not fal's, "
+                "so set the extra 'platform_url' (fal: https://api.fal.ai/v1; the emulator: "
+                "{base}/platform/v1) to use prices, model metadata and billing."
+            )
+        return url
+
+    def _call(
+        self,
+        path: str,
+        query: Sequence[tuple[str, str]],
+        label: str,
+        decode: Callable[[httpx.Response], Any],
+        *,
+        admin: bool = False,
+        body: bytes | None = None,
+    ) -> Call:
+        url = join_url(self.base_url, path)
+        extra = {"Content-Type": "application/json"} if body is not None else None
+        return Call(
+            method="POST" if body is not None else "GET",
+            url=f"{url}?{urlencode(list(query))}" if query else url,
+            label=label,
+            policy=NO_RETRY if self.quick else IDEMPOTENT,
+            headers=self.builder.headers({"Accept": "application/json"}, extra),
+            timeout=QUICK_TIMEOUT if self.quick else default_timeout(self.settings),
+            content=body,
+            decode=decode,
+            admin=admin,
+        )
+
+    def models(self, ids: Sequence[str]) -> Call:
+        """Decodes to ``{endpoint_id: ModelInfo}`` (with the OpenAPI document expanded)."""
+        query = [("endpoint_id", i) for i in ids] + [("expand", "openapi-3.0")]
+        label = f"fal model metadata of {', '.join(ids)[:200]}"
+        return self._call("models", query, label, partial(parse_models, label=label))
+
+    def pricing(self, ids: Sequence[str]) -> Call:
+        """Decodes to ``{endpoint_id: Price}`` (endpoints fal has no price for are left out)."""
+        label = f"fal prices of {', '.join(ids)[:200]}"
+        query = [("endpoint_id", i) for i in ids]
+        return self._call("models/pricing", query, label, partial(parse_prices, label=label))
+
+    def estimate(self, quantities: Mapping[str, float], estimate_type: str) -> Call:
+        field_name = ESTIMATE_TYPES.get(estimate_type)
+        if field_name is None:
+            raise FalInputError(
+                f"estimate_type must be one of {sorted(ESTIMATE_TYPES)}, got {estimate_type!r}"
+            )
+        if not isinstance(quantities, Mapping) or not quantities:
+            raise FalInputError("estimate_cost needs a mapping of endpoint ids to quantities")
+        endpoint_ids(list(quantities), "estimate_cost endpoints")
+        for name, amount in quantities.items():
+            if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not amount >= 0:
+                raise FalInputError(f"estimate_cost: the quantity for {name!r} must be a number >= 0")
+
+        body = {
+            "estimate_type": estimate_type,
+            "endpoints": {k: {field_name: v} for k, v in quantities.items()},
+        }
+        label = "fal cost estimate"
+        return self._call(
+            "models/pricing/estimate",
+            [],
+            label,
+            partial(parse_estimate, label=label),
+            body=json.dumps(body).encode(),
+        )
+
+    def billing_events(
+        self,
+        request_ids: Sequence[str],
+        *,
+        endpoint_id: str | None,
+        start: _Time,
+        end: _Time,
+        cursor: str | None = None,
+    ) -> Call:
+        """Decodes to a :class:`Page` of :class:`BillingEvent` (admin key)."""
+        for request_id in request_ids:
+            check_request_id(request_id)
+        query = [("request_id", r) for r in request_ids]
+        if endpoint_id:
+            query.append(("endpoint_id", endpoint_ids(endpoint_id)[0]))
+        query += _window(start, end) + ([("cursor", cursor)] if cursor else [])
+        label = "fal billing events"
+        again = partial(self.billing_events, request_ids, endpoint_id=endpoint_id, start=start, end=end)
+        decode = partial(parse_page, label=label, key="billing_events", item=parse_billing_event, again=again)
+        return self._call("models/billing-events", query, label, decode, admin=True)
+
+    def history(
+        self,
+        endpoint_id: str,
+        *,
+        start: _Time,
+        end: _Time,
+        with_payloads: bool,
+        status: str | None,
+        request_id: str | None,
+        limit: int | None,
+        cursor: str | None = None,
+    ) -> Call:
+        """Decodes to a :class:`Page` of :class:`HistoryEntry`."""
+        query = [("endpoint_id", endpoint_ids(endpoint_id, "endpoint_id")[0]), *_window(start, end)]
+        if status is not None:
+            if status not in HISTORY_STATUSES:
+                raise FalInputError(f"status must be one of {HISTORY_STATUSES}, got {status!r}")
+            query.append(("status", status))
+        if request_id is not None:
+            query.append(("request_id", check_request_id(request_id)))
+        if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100:
+                raise FalInputError(f"limit must be an integer from 1 to 100, got {limit!r}")
+            query.append(("limit", str(limit)))
+        if with_payloads:
+            query.append(("expand", "payloads"))
+        if cursor:
+            query.append(("cursor", cursor))
+        label = f"fal request history of {endpoint_id}"
+        again = partial(
+            self.history,
+            endpoint_id,
+            start=start,
+            end=end,
+            with_payloads=with_payloads,
+            status=status,
+            request_id=request_id,
+            limit=limit,
+        )
+        decode = partial(parse_page, label=label, key="items", item=parse_history_entry, again=again)
+        return self._call("models/requests/by-endpoint", query, label, decode)
+
+
+def _window(start: _Time, end: _Time) -> list[tuple[str, str]]:
+    pairs = [("start", _time(start, "start")), ("end", _time(end, "end"))]
+    return [(name, value) for name, value in pairs if value]
+
+
+# -- answers ---------------------------------------------------------------------------------------
+def _body(response: httpx.Response, label: str, key: str) -> list[Any]:
+    body = json_body(response, label)
+    items = body.get(key) if isinstance(body, Mapping) else None
+    if not isinstance(items, list):
+        raise FalServerError(f"{label}: fal's answer has no list {key!r}: {str(body)[:200]!r}")
+    return items
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _text(value: Any) -> str | None:
+    return str(value) if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
+
+
+def parse_prices(response: httpx.Response, label: str) -> dict[str, Price]:
+    prices: dict[str, Price] = {}
+    for item in _body(response, label, "prices"):
+        if not isinstance(item, Mapping) or _number(item.get("unit_price")) is None:
+            continue
+        endpoint_id = str(item.get("endpoint_id") or "")
+        prices[endpoint_id] = Price(
+            endpoint_id=endpoint_id,
+            unit_price=float(item["unit_price"]),
+            unit=str(item.get("unit") or "unit"),
+            currency=str(item.get("currency") or "USD").upper(),
+        )
+    return prices
+
+
+def parse_models(response: httpx.Response, label: str) -> dict[str, ModelInfo]:
+    models = (parse_model(item) for item in _body(response, label, "models") if isinstance(item, Mapping))
+    return {info.endpoint_id: info for info in models}
+
+
+def parse_model(item: Mapping[str, Any]) -> ModelInfo:
+    endpoint_id = str(item.get("endpoint_id") or "")
+    meta = item.get("metadata") if isinstance(item.get("metadata"), Mapping) else {}
+    assert isinstance(meta, Mapping)
+    status = _text(meta.get("status") or item.get("status"))
+    replacement = next((str(meta[name]) for name in REPLACEMENT_FIELDS if _text(meta.get(name))), None)
+    return ModelInfo(
+        endpoint_id=endpoint_id,
+        input_schema=input_schema(item.get("openapi"), endpoint_id),
+        duration_estimate=_number(meta.get("duration_estimate", item.get("duration_estimate"))),
+        deprecated=status == "deprecated" or meta.get("deprecated") is True,
+        replacement=replacement,
+        display_name=_text(meta.get("display_name")),
+        status=status,
+        metadata=dict(meta),
+    )
+
+
+def input_schema(document: Any, endpoint_id: str) -> dict[str, Any] | None:
+    """The request body schema of the endpoint's POST in its OpenAPI document, refs resolvable."""
+    paths = document.get("paths") if isinstance(document, Mapping) else None
+    if not isinstance(paths, Mapping):
+        return None
+    candidates = [f"/{endpoint_id}", *(p for p in paths if "/requests/" not in str(p))]
+    for path in candidates:
+        schema = _post_schema(paths.get(path))
+        if schema is not None:
+            components = document.get("components")
+            return {**schema, "components": dict(components) if isinstance(components, Mapping) else {}}
+    return None
+
+
+def _post_schema(operations: Any) -> dict[str, Any] | None:
+    try:
+        schema = operations["post"]["requestBody"]["content"]["application/json"]["schema"]
+    except (KeyError, TypeError):
+        return None
+    return dict(schema) if isinstance(schema, Mapping) else None
+
+
+def parse_estimate(response: httpx.Response, label: str) -> CostEstimate:
+    body = json_body(response, label)
+    total = _number(body.get("total_cost")) if isinstance(body, Mapping) else None
+    if total is None:
+        raise FalServerError(f"{label}: fal's answer has no total_cost: {str(body)[:200]!r}")
+    return CostEstimate(
+        estimate_type=str(body.get("estimate_type") or ""),
+        total_cost=total,
+        currency=str(body.get("currency") or "USD").upper(),
+    )
+
+
+def parse_page(
+    response: httpx.Response,
+    label: str,
+    key: str,
+    item: Callable[[Mapping[str, Any]], Any],
+    again: Callable[..., Call],
+) -> Page:
+    items = [item(entry) for entry in _body(response, label, key) if isinstance(entry, Mapping)]
+    body = response.json()
+    cursor = body.get("next_cursor") if isinstance(body, Mapping) else None
+    more = bool(body.get("has_more")) and isinstance(cursor, str) and bool(cursor)
+    return Page(items, again(cursor=cursor) if more else None)
+
+
+def parse_billing_event(item: Mapping[str, Any]) -> BillingEvent:
+    tags = item.get("tags")
+    nano = _number(item.get("cost_estimate_nano_usd"))
+    return BillingEvent(
+        request_id=str(item.get("request_id") or ""),
+        endpoint_id=str(item.get("endpoint_id") or ""),
+        timestamp=_text(item.get("timestamp")),
+        output_units=_number(item.get("output_units")),
+        unit_price=_number(item.get("unit_price")),
+        cost_total=_number(item.get("cost_total")),
+        currency=str(item.get("currency") or "USD").upper(),
+        tags={str(k): str(v) for k, v in tags.items()} if isinstance(tags, Mapping) else {},
+        cost_estimate_nano_usd=int(nano) if nano is not None else None,
+    )
+
+
+def history_status(status_code: int | None) -> str:
+    if status_code is None:
+        return "in_progress"
+    if 200 <= status_code < 300:
+        return "success"
+    return "user_error" if status_code < 500 else "error"
+
+
+def parse_history_entry(item: Mapping[str, Any]) -> HistoryEntry:
+    code = item.get("status_code")
+    status_code = code if isinstance(code, int) and not isinstance(code, bool) else None
+    payload = item.get("json_input")
+    return HistoryEntry(
+        request_id=str(item.get("request_id") or ""),
+        endpoint_id=str(item.get("endpoint_id") or ""),
+        status=history_status(status_code),
+        started_at=_text(item.get("started_at")),
+        sent_at=_text(item.get("sent_at")),
+        ended_at=_text(item.get("ended_at")),
+        status_code=status_code,
+        duration=_number(item.get("duration")),
+        input=dict(payload) if isinstance(payload, Mapping) else None,
+        output=item.get("json_output"),
+    )
