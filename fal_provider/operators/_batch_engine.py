@@ -23,6 +23,7 @@ from typing import Any
 
 from fal_provider.exceptions import FalError, FalNotFoundError, error_from_completed
 from fal_provider.models import CompletedStatus, FalRequestRef
+from fal_provider.operators._batch_history import arguments_hash, find_orphans, recover_output, recovered
 from fal_provider.operators._batch_inputs import BatchItem
 from fal_provider.operators._batch_journal import Journal, JournalState, OpenItem
 from fal_provider.operators._batch_store import Part
@@ -145,6 +146,7 @@ class BatchEngine:
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
+        await self._adopt_orphans()
         ticker = asyncio.ensure_future(self._report_progress())
         try:
             for item in self.items:
@@ -168,6 +170,29 @@ class BatchEngine:
             self.journal.close()
             self.outputs.results.close()
             self.outputs.failed.close()
+
+    async def _adopt_orphans(self) -> None:
+        """Orphans whose POST fal accepted get their request id back from fal's request history."""
+        orphans = {
+            index: (item.arguments_hash, item.intent_at)
+            for index, item in self.state.open.items()
+            if item.request_id is None and item.arguments_hash
+        }
+        known = {item.request_id for item in self.state.open.values() if item.request_id}
+        adopted = await find_orphans(self.hook, self.settings.app_id, orphans, known, self.log)
+        for index, request_id in adopted.items():
+            item = self.state.open[index]
+            item.request_id = request_id
+            self.journal.adopted(index, item.attempt, request_id)
+        if orphans:
+            self.log.info(
+                "fal batch: %d items were submitted by a try that died before recording the request id; "
+                "%d found in fal's request history and reattached, %d follow on_orphan=%r",
+                len(orphans),
+                len(adopted),
+                len(orphans) - len(adopted),
+                self.settings.on_orphan,
+            )
 
     async def _report_progress(self) -> None:
         while True:
@@ -261,7 +286,7 @@ class BatchEngine:
         self.progress.counts["success"] += 1
 
     async def _submit(self, item: BatchItem, attempt: int) -> FalRequestRef:
-        self.journal.intent(item.index, attempt, item.fingerprint)
+        self.journal.intent(item.index, attempt, item.fingerprint, arguments_hash(item.arguments))
         self.http_calls["submit"] += 1
         post = asyncio.ensure_future(
             self.hook.asubmit(self.settings.app_id, item.arguments, path=item.path, options=item.options)
@@ -300,6 +325,12 @@ class BatchEngine:
             return await self.hook.aget_result(ref)
         except FalNotFoundError as err:
             # Completed, but fal no longer has the result: retention passed (or the id is unknown).
+            output = await recover_output(self.hook, self.settings.app_id, ref.request_id, self.log)
+            if recovered(output):
+                self.log.info(
+                    "fal request %s: result expired, recovered from request history", ref.request_id
+                )
+                return output
             raise _Failure(err, retryable=False, outcome="expired") from None
         except FalError as err:
             raise self._classified(err) from None

@@ -14,6 +14,7 @@ so memory does not grow with the batch beyond one int per finished item.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,8 @@ class OpenItem:
     attempt: int
     fingerprint: str | None
     request_id: str | None = None
+    arguments_hash: str | None = None
+    intent_at: float = 0.0
 
 
 @dataclass
@@ -44,7 +47,9 @@ class JournalState:
         if not isinstance(index, int):
             return
         if event == "intent":
-            self.open[index] = OpenItem(int(record.get("a", 1)), record.get("fp"))
+            self.open[index] = OpenItem(
+                int(record.get("a", 1)), record.get("fp"), None, record.get("ah"), float(record.get("t", 0))
+            )
         elif event == "submitted" and index in self.open:
             self.open[index].request_id = record.get("rid")
         elif event == "released":
@@ -78,9 +83,16 @@ class Journal:
     def __init__(self, folder: Any, try_number: int) -> None:
         self.part = Part(folder / "journal", "journal", try_number)
 
-    def intent(self, index: int, attempt: int, fingerprint: str) -> None:
-        self.part.write({"i": index, "e": "intent", "a": attempt, "fp": fingerprint})
+    def intent(self, index: int, attempt: int, fingerprint: str, arguments_hash: str) -> None:
+        record = {"i": index, "e": "intent", "a": attempt, "fp": fingerprint, "ah": arguments_hash}
+        record["t"] = round(time.time(), 3)
+        self.part.write(record)
         self.part.sync()  # durable before the POST it announces
+
+    def adopted(self, index: int, attempt: int, request_id: str) -> None:
+        """An orphan's request, found in fal's request history: reattached, never paid again."""
+        self.part.write({"i": index, "e": "submitted", "a": attempt, "rid": request_id, "adopted": True})
+        self.part.sync()
 
     def submitted(self, index: int, attempt: int, request_id: str) -> None:
         self.part.write({"i": index, "e": "submitted", "a": attempt, "rid": request_id})

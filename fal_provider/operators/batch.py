@@ -242,6 +242,11 @@ class FalBatchOperator(FalBaseOperator):
             cancel_on_kill=self.cancel_on_kill,
             log=self.log,
         )
+        if engine.halted:
+            raise FalBatchIncomplete(
+                f"fal batch stopped before it finished ({len(engine.in_flight)} requests were in flight); "
+                "its journal lets the next try resume"
+            )
         return self._finish(folder, engine, total, time.monotonic() - started, try_number)
 
     def _engine_settings(self) -> EngineSettings:

@@ -48,7 +48,9 @@ def test_every_input_gets_one_result_line_and_xcom_only_a_manifest(
     assert len(json.dumps(manifest)) < 4096
 
 
-def test_account_limit_queues_the_rest_and_the_window_still_finishes(emu: FalEmulator, tmp_path: Path) -> None:
+def test_account_limit_queues_the_rest_and_the_window_still_finishes(
+    emu: FalEmulator, tmp_path: Path
+) -> None:
     emu.configure(account_concurrency=2)
     inputs = [{"duration_s": 0.05, "n": n} for n in range(12)]
     manifest = batch(tmp_path, inputs, max_in_flight=6).execute(batch_context())
