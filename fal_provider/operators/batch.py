@@ -18,7 +18,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -118,7 +118,7 @@ class FalBatchOperator(FalBaseOperator):
     :param cancel_on_kill: cancel every request in flight when a user kills or marks the task.
     """
 
-    template_fields = ("app_id", "inputs", "path", "output_path", "options", "headers")
+    template_fields: Sequence[str] = ("app_id", "inputs", "path", "output_path", "options", "headers")
     template_fields_renderers = {"inputs": "json", "options": "json", "headers": "json"}
 
     def __init__(
