@@ -1,6 +1,6 @@
 """One FalBatchOperator vs mapped FalInferenceOperator tasks, against one emulator.
 
-    PYTHONPATH=. python benchmarks/batch_vs_mapped.py [--items 1000] [--big 10000] [--window 32]
+    PYTHONPATH=. python -u benchmarks/batch_vs_mapped.py [--items 1000] [--big 10000] [--window 32]
 
 1. ``--items`` instant inputs (``emulator/echo``) under a real scheduler (LocalExecutor,
    PostgreSQL, the deployment harness of ``tests/e2e/deployment``): one DAG with one
@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -138,6 +139,7 @@ def scheduler_phase(items: int, window: int) -> dict[str, dict[str, Any]]:
     finally:
         emulator.stop()
         pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
     return results
 
 
