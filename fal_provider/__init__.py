@@ -25,7 +25,12 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": "fal.ai", "external-doc-url": "https://fal.ai/docs", "tags": ["ai"]}
         ],
         "hooks": [{"integration-name": "fal.ai", "python-modules": ["fal_provider.hooks.fal"]}],
-        "operators": [{"integration-name": "fal.ai", "python-modules": ["fal_provider.operators.fal"]}],
+        "operators": [
+            {
+                "integration-name": "fal.ai",
+                "python-modules": ["fal_provider.operators.fal", "fal_provider.operators.batch"],
+            }
+        ],
         "sensors": [{"integration-name": "fal.ai", "python-modules": ["fal_provider.sensors.fal"]}],
         "triggers": [
             {
@@ -34,6 +39,9 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "extra-links": ["fal_provider.operators.lifecycle.FalRequestLink"],
+        "task-decorators": [
+            {"name": "fal_batch", "class-name": "fal_provider.decorators.fal_batch.fal_batch_task"},
+        ],
         "connection-types": [
             {
                 "connection-type": "fal",

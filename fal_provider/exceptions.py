@@ -19,6 +19,7 @@ The tree (every public fal error lives in this module)::
     │   ├── FalTimeoutError                      HTTP timeout, 408/504 that was not the user's, task deadline
     │   ├── FalConnectionError                   connection failed or broke before fal answered
     │   ├── FalRequestFailed                     a queued request finished with a retryable error
+    │   ├── FalBatchIncomplete                   a batch under its success ratio, some items retryable
     │   └── FalStreamError                       a stream or realtime session broke
     │       └── FalRealtimeError                 an ``x-fal-error`` frame (``.error``, ``.reason``)
     └── FalPermanentError (AirflowFailException) the same input fails again: no retries spent
@@ -29,6 +30,7 @@ The tree (every public fal error lives in this module)::
         ├── FalBadRequestError                   400 and other 4xx
         ├── FalPermanentRequestFailed            a queued request finished with a permanent error
         ├── FalRequestCancelled                  cancelled by a user, ``on_kill`` or a timeout
+        ├── FalBatchFailed                       a batch under its success ratio, no item retryable
         ├── FalMissingCredentialsError           no key anywhere
         ├── FalBudgetExceeded                    a submit would pass ``max_cost`` or a named budget
         ├── FalOrphanedRequestError              a lost submit answer that cannot be matched (``on_orphan="fail"``)
@@ -152,6 +154,11 @@ class FalRequestFailed(FalTransientError):
     """A queued request finished with ``error``; retryable unless the error type says otherwise."""
 
 
+class FalBatchIncomplete(FalTransientError):
+    """A batch ended under ``min_success_ratio`` and some failed items may succeed on the next try
+    (it resumes from the journal and retries only those)."""
+
+
 class FalStreamError(FalTransientError):
     """A stream or realtime session broke before it finished."""
 
@@ -198,6 +205,11 @@ class FalPermanentRequestFailed(FalPermanentError):
 
 class FalRequestCancelled(FalPermanentError):
     """The request was cancelled (by a user, ``on_kill`` or a timeout)."""
+
+
+class FalBatchFailed(FalPermanentError):
+    """A batch ended under ``min_success_ratio`` with failures no retry can fix (422, content
+    policy, expired results); its failed-inputs file lists them for a corrected re-run."""
 
 
 class FalMissingCredentialsError(FalPermanentError):

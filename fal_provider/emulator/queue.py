@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 import uuid
 from collections import Counter, deque
@@ -158,8 +159,16 @@ class QueueEngine:
         concurrency_for: Callable[[str], int],
         make_context: Callable[[QueuedRequest], RunContext],
         on_complete: Callable[[QueuedRequest], None],
+        account_limit: Callable[[], int | None] = lambda: None,
+        latency_for: Callable[[str, random.Random], float] = lambda app_id, rng: 0.0,
     ) -> None:
         self._concurrency_for = concurrency_for
+        self._account_limit = account_limit
+        self._latency_for = latency_for
+        self._rng = random.Random(0)
+        #: Submitted and not completed (queued or running), and the most there ever were at once.
+        self.outstanding = 0
+        self.peak_outstanding = 0
         self._make_context = make_context
         self._on_complete = on_complete
         self.requests: dict[str, QueuedRequest] = {}
@@ -170,6 +179,8 @@ class QueueEngine:
         if max_queue_length is not None and queue.waiting() >= max_queue_length:
             raise QueueFull(f"Queue of {request.app_id} already has {queue.waiting()} waiting requests")
         self.requests[request.request_id] = request
+        self.outstanding += 1
+        self.peak_outstanding = max(self.peak_outstanding, self.outstanding)
         (queue.low if request.priority == "low" else queue.normal).append(request)
         if request.start_timeout is not None:
             loop = asyncio.get_running_loop()
@@ -183,13 +194,18 @@ class QueueEngine:
     def position(self, request: QueuedRequest) -> int:
         return self.queues[request.app_id].position(request)
 
+    def account_has_room(self) -> bool:
+        """fal's account limit counts only running requests; the rest wait IN_QUEUE."""
+        limit = self._account_limit()
+        return limit is None or sum(q.running for q in self.queues.values()) < limit
+
     def pump(self, app_id: str) -> None:
-        """Start waiting requests while the app has free runner slots."""
+        """Start waiting requests while the app has free runner slots (and the account has room)."""
         queue = self.queues.get(app_id)
         if queue is None:
             return
         started = False
-        while queue.running < self._concurrency_for(app_id):
+        while queue.running < self._concurrency_for(app_id) and self.account_has_room():
             request = queue.pop()
             if request is None:
                 break
@@ -212,6 +228,9 @@ class QueueEngine:
     async def _run(self, request: QueuedRequest) -> None:
         context = self._make_context(request)
         try:
+            extra = self._latency_for(request.app_id, self._rng)
+            if extra > 0:
+                await asyncio.sleep(extra)
             response = await request.app.call(context, request.arguments, request.path)
         except asyncio.CancelledError:
             if request.state != COMPLETED:
@@ -233,8 +252,12 @@ class QueueEngine:
             request.task = None
             queue.running -= 1
             self.pump(request.app_id)
+            if self._account_limit() is not None:
+                self.pump_all()  # a freed account slot may start another app's request
 
     def _finish(self, request: QueuedRequest, response: AppResponse) -> None:
+        if request.state != COMPLETED:
+            self.outstanding -= 1
         request.response = response
         request.state = COMPLETED
         request.completed_at = time.time()
@@ -300,6 +323,8 @@ class QueueEngine:
             await asyncio.gather(*tasks, return_exceptions=True)
         self.requests.clear()
         self.queues.clear()
+        self.outstanding = self.peak_outstanding = 0
+        self._rng = random.Random(0)
 
 
 def _header(response: AppResponse, name: str) -> str | None:

@@ -41,7 +41,9 @@ def admin_routes(state: EmulatorState) -> list[Route]:
         return JSONResponse({"status": "ok"})
 
     async def stats(request: Request) -> Response:
-        return JSONResponse(state.stats.snapshot(state.engine.counts_by_state()))
+        data = state.stats.snapshot(state.engine.counts_by_state())
+        data["outstanding"] = {"now": state.engine.outstanding, "peak": state.engine.peak_outstanding}
+        return JSONResponse(data)
 
     async def reset(request: Request) -> Response:
         await state.reset()

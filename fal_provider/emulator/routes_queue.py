@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -46,6 +47,14 @@ def status_body(
             body["error"] = request.error
             body["error_type"] = request.error_type
     return body
+
+
+def expired(state: EmulatorState, record: QueuedRequest) -> bool:
+    """Past fal's retention: 1 hour after completion, 6 minutes for a result of 10 KB or more."""
+    if record.completed_at is None or record.response is None:
+        return False
+    size = len(json.dumps(record.response.body, default=str))
+    return time.time() - record.completed_at > state.config.result_ttl(size)
 
 
 def _json(body: Any, status_code: int = 200, request_id: str | None = None, **headers: str) -> JSONResponse:
@@ -173,6 +182,9 @@ def queue_routes(state: EmulatorState) -> list[Route]:
         if record.state != COMPLETED or record.response is None:
             return _json({"detail": "Request is still in progress"}, 400, record.request_id)
         response = record.response
+        if expired(state, record):
+            state.stats.incr("expired_results")
+            return _json({"detail": f"Request {record.request_id} not found"}, 404)
         return _json(response.body, response.status_code, record.request_id, **response.headers)
 
     async def cancel(request: Request, record: QueuedRequest) -> Response:

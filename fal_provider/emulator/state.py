@@ -46,7 +46,13 @@ class EmulatorState:
         self.files = FileStore()
         self.signer = TokenSigner()
         self.signing_key = signing_key or generate_signing_key()
-        self.engine = QueueEngine(self.config.concurrency_for, self._context_for, self._on_complete)
+        self.engine = QueueEngine(
+            self.config.concurrency_for,
+            self._context_for,
+            self._on_complete,
+            account_limit=lambda: self.config.account_concurrency,
+            latency_for=self.config.sample_latency,
+        )
         self.webhooks = WebhookDispatcher(self.signing_key, self._webhook_settings, self._on_webhook_event)
         self._http: httpx.AsyncClient | None = None
 

@@ -38,6 +38,7 @@ class Stats:
             "realtime_messages",
             "uploads",
             "tokens",
+            "expired_results",
             "platform_calls",
         )
         data: dict[str, Any] = {name: self.counters.get(name, 0) for name in names}

@@ -50,14 +50,17 @@ async def emit_logs_over(ctx: RunContext, duration: float, lines: int) -> None:
 
 
 class FailApp(EmulatedApp):
-    """Fails the way fal fails: model validation (422), runner disconnect (503) or server error (500)."""
+    """Fails the way fal fails: model validation (422), runner disconnect (503) or server error (500);
+    ``kind="none"`` succeeds, so one batch can mix good and bad inputs."""
 
     app_id = "emulator/fail"
-    description = "Fails by kind: validation | runner | server."
+    description = "Fails by kind: validation | runner | server | none (succeeds)."
 
     async def call(self, ctx: RunContext, arguments: dict[str, Any], path: str) -> AppResponse:
         await ctx.sleep(as_number(arguments, "duration_s", 0.0), scaled=False)
         kind = arguments.get("kind", "server")
+        if kind == "none":
+            return AppResponse(200, arguments)
         if kind == "validation":
             detail = [
                 field_error("prompt", "Emulated validation failure", "value_error", arguments.get("prompt"))
@@ -70,7 +73,7 @@ class FailApp(EmulatedApp):
             body = {"detail": "Internal server error", "error_type": "runner_server_error"}
             return AppResponse(500, body, {"X-Fal-Error-Type": "runner_server_error"})
         raise InputError(
-            [field_error("kind", "Input should be 'validation', 'runner' or 'server'", "enum", kind)]
+            [field_error("kind", "Input should be 'validation', 'runner', 'server' or 'none'", "enum", kind)]
         )
 
 

@@ -1,0 +1,190 @@
+"""One FalBatchOperator vs mapped FalInferenceOperator tasks, against one emulator.
+
+    PYTHONPATH=. python -u benchmarks/batch_vs_mapped.py [--items 1000] [--big 10000] [--window 32]
+
+1. ``--items`` instant inputs (``emulator/echo``) under a real scheduler (LocalExecutor,
+   PostgreSQL, the deployment harness of ``tests/e2e/deployment``): one DAG with one
+   ``FalBatchOperator`` task, then one DAG mapping ``FalInferenceOperator`` over the same inputs.
+   Wall time is trigger -> run ``success``; CPU is every Airflow process this script started
+   (scheduler and its LocalExecutor workers and task processes, api-server, dag-processor), read
+   as the CPU of reaped children once the components are stopped; HTTP calls per item from the
+   emulator's counters.
+2. ``--big`` inputs through one batch task in a plain Python process (no scheduler), and ``--items``
+   the same way for comparison: wall time, peak RSS of that process, HTTP calls per item.
+
+A measurement, not a test: figures depend on the machine (print ``os.getloadavg()`` with them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+DAGS = textwrap.dedent(
+    """
+    import os
+    from airflow.sdk import DAG
+    from fal_provider.operators.batch import FalBatchOperator
+    from fal_provider.operators.fal import FalInferenceOperator
+
+    N = int(os.environ["BENCH_ITEMS"])
+    INPUTS = [{"n": n} for n in range(N)]
+
+    with DAG("bench_batch", schedule=None, catchup=False):
+        FalBatchOperator(
+            task_id="batch", app_id="emulator/echo", inputs=INPUTS,
+            output_path="file://" + os.environ["BENCH_OUTPUT"], max_in_flight=int(os.environ["BENCH_WINDOW"]),
+        )
+
+    with DAG("bench_mapped", schedule=None, catchup=False, max_active_tasks=64):
+        FalInferenceOperator.partial(
+            task_id="infer", app_id="emulator/echo", deferrable=False, poll_interval=0.2
+        ).expand(arguments=INPUTS)
+    """
+)
+
+ENGINE = textwrap.dedent(
+    """
+    import json, os, resource, sys, time
+    from types import SimpleNamespace
+    from fal_provider.operators.batch import FalBatchOperator
+
+    n, window, mode, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    op = FalBatchOperator(
+        task_id="batch", app_id="emulator/echo", inputs=[{"n": i} for i in range(n)],
+        output_path="file://" + out, max_in_flight=window, wait_mode=mode, progress_interval=3600,
+    )
+    ti = SimpleNamespace(task_id="batch", try_number=1, map_index=-1)
+    started = time.monotonic()
+    manifest = op.execute({"ti": ti, "run_id": f"bench_{n}_{mode}"})
+    print(json.dumps({
+        "wall_s": time.monotonic() - started,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "counts": manifest["counts"],
+    }))
+    """
+)
+
+
+def calls(stats: dict[str, Any]) -> int:
+    return int(
+        stats["submits_total"]
+        + stats["status_calls"]["total"]
+        + stats["status_stream_calls"]
+        + stats["result_calls"]
+        + stats["cancels"]
+    )
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def scheduler_phase(items: int, window: int) -> dict[str, dict[str, Any]]:
+    from tests.e2e.deployment.cluster import DeploymentCluster, EmulatorProcess, PostgresServer
+
+    root = Path(tempfile.mkdtemp(prefix="fal-bench-"))
+    dags = root / "dags"
+    dags.mkdir()
+    (dags / "bench_dags.py").write_text(DAGS)
+    pg = PostgresServer()
+    emulator = EmulatorProcess(root / "emulator", latency_scale=0.0, concurrency=64)
+    results: dict[str, dict[str, Any]] = {}
+    pg.start()
+    emulator.start()
+    try:
+        pg.create_database("airflow")
+        env = {"BENCH_ITEMS": str(items), "BENCH_OUTPUT": str(root / "out"), "BENCH_WINDOW": str(window)}
+        os.environ.update(env)
+        for dag_id in ("bench_batch", "bench_mapped"):
+            emulator.reset()
+            cluster = DeploymentCluster(pg, emulator, database="airflow", dags_folder=dags)
+            cluster.extra_env.update(env)
+            try:
+                if dag_id == "bench_batch":
+                    cluster.migrate()
+                cpu_before = children_cpu()
+                cluster.start("api-server", "scheduler", "dag-processor")
+                cluster.wait_healthy("api-server")
+                cluster.wait_for_dags([dag_id], timeout=300)
+                started = time.monotonic()
+                run_id = cluster.trigger_run(dag_id)
+                state = cluster.wait_for_run(dag_id, run_id, timeout=3600)
+                wall = time.monotonic() - started
+                stats = emulator.stats()
+            finally:
+                cluster.stop()
+            results[dag_id] = {
+                "state": state,
+                "wall_s": round(wall, 1),
+                "airflow_cpu_s": round(children_cpu() - cpu_before, 1),
+                "http_calls_per_item": round(calls(stats) / items, 2),
+                "submits": stats["submits_total"],
+            }
+            cluster.cleanup()
+    finally:
+        emulator.stop()
+        pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    return results
+
+
+def engine_phase(n: int, window: int, mode: str) -> dict[str, Any]:
+    from fal_provider.emulator.testing import run_emulator
+
+    with run_emulator(latency_scale=0, concurrency=64) as emu, tempfile.TemporaryDirectory() as out:
+        env = {**os.environ, "AIRFLOW_CONN_FAL_DEFAULT": emu.connection_json(), "PYTHONPATH": str(REPO)}
+        proc = subprocess.run(
+            [sys.executable, "-c", ENGINE, str(n), str(window), mode, out],
+            env=env, capture_output=True, text=True, check=True, timeout=3600,
+        )  # fmt: skip
+        figures = json.loads(proc.stdout.strip().splitlines()[-1])
+        stats = emu.stats()
+    figures["http_calls_per_item"] = round(calls(stats) / n, 2)
+    figures["submits"] = stats["submits_total"]
+    figures["wall_s"] = round(figures["wall_s"], 1)
+    figures["peak_rss_mb"] = round(figures["peak_rss_mb"], 1)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=1000)
+    parser.add_argument("--big", type=int, default=10_000)
+    parser.add_argument("--window", type=int, default=32)
+    parser.add_argument("--skip-scheduler", action="store_true")
+    args = parser.parse_args()
+    print(f"load average before: {os.getloadavg()}, cpus: {os.cpu_count()}")
+    if not args.skip_scheduler:
+        sched = scheduler_phase(args.items, args.window)
+        batch, mapped = sched["bench_batch"], sched["bench_mapped"]
+        print(f"\n{args.items} instant inputs under a real scheduler (LocalExecutor, PostgreSQL):")
+        print(f"{'':24}{'1 FalBatchOperator':>22}{'mapped FalInference':>22}")
+        for key in ("state", "wall_s", "airflow_cpu_s", "http_calls_per_item", "submits"):
+            print(f"{key:24}{batch[key]!s:>22}{mapped[key]!s:>22}")
+        if batch["wall_s"]:
+            print(f"speed-up per item: {mapped['wall_s'] / batch['wall_s']:.1f}x wall, "
+                  f"{mapped['airflow_cpu_s'] / max(batch['airflow_cpu_s'], 0.1):.1f}x CPU")  # fmt: skip
+    print("\nOne batch task in a plain process (no scheduler):")
+    for n, mode in ((args.items, "stream"), (args.big, "stream"), (args.big, "poll")):
+        figures = engine_phase(n, args.window, mode)
+        print(f"  {n:>6} inputs, wait_mode={mode:6}: {json.dumps(figures)}")
+    print(f"load average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
