@@ -34,6 +34,7 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "extra-links": ["fal_provider.operators.fal.FalRequestLink"],
+        "task-decorators": [{"name": "fal", "class-name": "fal_provider.decorators.fal.fal_task"}],
         "connection-types": [
             {
                 "connection-type": "fal",

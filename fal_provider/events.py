@@ -31,7 +31,10 @@ def completed_event(status: CompletedStatus, ref: FalRequestRef) -> dict[str, An
             "error": status.error,
             "error_type": status.error_type,
         }
-    return {"status": "success", "request": ref.to_xcom()}
+    event: dict[str, Any] = {"status": "success", "request": ref.to_xcom()}
+    if status.metrics:  # fal's timings (``inference_time``), for lineage; small
+        event["metrics"] = dict(status.metrics)
+    return event
 
 
 def backstop_event(status: CompletedStatus, ref: FalRequestRef) -> dict[str, Any]:

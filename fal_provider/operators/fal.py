@@ -32,6 +32,7 @@ from fal_provider.operators._checks import check_rendered_result_rules, check_re
 from fal_provider.operators._reattach import RequestStore, reattach_status, submission_fingerprint
 from fal_provider.operators._submission import check_submit_params, merge_options, prepare_submit
 from fal_provider.operators.completion import cancel_quietly, raise_unless_success
+from fal_provider.operators.lineage import FalLineageMixin, record_result
 from fal_provider.operators.links import FalRequestLink, publish_request
 from fal_provider.operators.realtime import FalRealtimeOperator
 from fal_provider.operators.shutdown import run_guarded
@@ -127,7 +128,7 @@ class FalBaseOperator(BaseOperator):
         publish_request(context, self.hook, ref, self.log)
 
 
-class FalWaitingOperator(FalBaseOperator):
+class FalWaitingOperator(FalLineageMixin, FalBaseOperator):
     """Wait for a request (deferred or on the worker), then fetch and shape its result.
 
     :param deferrable: wait in the triggerer instead of on the worker (default from
@@ -203,6 +204,12 @@ class FalWaitingOperator(FalBaseOperator):
         if isinstance(status, CompletedStatus):
             return self.complete(context, completed_event(status, ref))
         policy = self.wait_policy.until(None if self.timeout is None else time.time() + self.timeout)
+        self.log.info(
+            "Waiting for fal request %s with wait_mode=%s, %s",
+            ref.request_id,
+            policy.wait_mode,
+            "deferred to the triggerer" if self.deferrable else "on the worker (deferrable=False)",
+        )
         if self.deferrable:
             self.defer(
                 trigger=FalRequestTrigger.for_request(
@@ -234,6 +241,16 @@ class FalWaitingOperator(FalBaseOperator):
             request_id=ref.request_id,
             fetch=self.hook.fetch_media,
         )
+        inputs = getattr(self, "lineage_inputs", None) or getattr(self, "arguments", None)
+        record = record_result(
+            ref.app_id,
+            [ref.request_id],
+            arguments=inputs,
+            result=result,
+            value=value,
+            metrics=event.get("metrics"),
+        )
+        self.keep_lineage(context, record)
         self.after_success(context, ref)
         return value
 

@@ -1,0 +1,1 @@
+"""TaskFlow decorators (``@task.fal``, ``@task.fal_batch``), registered in the provider info."""
