@@ -66,7 +66,10 @@ def test_cost_xcom_is_read_only_in_the_task_process() -> None:
     op, _, _ = finished()
     ti = MagicMock(name="ti", task_id="t2i", map_index=-1)
     ti.xcom_pull.return_value = {"cost": 0.01, "currency": "USD"}
-    assert op.get_openlineage_facets_on_complete(ti).run_facets["fal"].cost == {"cost": 0.01, "currency": "USD"}
+    assert op.get_openlineage_facets_on_complete(ti).run_facets["fal"].cost == {
+        "cost": 0.01,
+        "currency": "USD",
+    }
     op._fal_lineage_pid = os.getpid() + 1  # the listener's forked child: no supervisor calls
     ti.xcom_pull.reset_mock()
     assert op.get_openlineage_facets_on_complete(ti).run_facets["fal"].cost is None
@@ -75,7 +78,7 @@ def test_cost_xcom_is_read_only_in_the_task_process() -> None:
 
 def test_outlet_asset_events_carry_the_written_files(tmp_path: Path) -> None:
     asset = Asset(name="images", uri="fal://images")
-    op, context, manifest = finished(output_path=str(tmp_path), download_media=False, outlets=[asset])
+    _, context, manifest = finished(output_path=str(tmp_path), download_media=False, outlets=[asset])
     extra = context["outlet_events"][asset].extra.update.call_args.args[0]
     assert extra["files"] == [manifest["result_path"]]
     assert extra["fal_request_ids"] == ["req-1"] and extra["media_urls"] == [RESULT["images"][0]["url"]]
@@ -91,7 +94,9 @@ def test_url_helpers() -> None:
         "https://x/1.png",
         "http://y/2",
     ]
-    assert output_urls({"images": [{"url": "https://cdn/x.png"}, {"url": "data:,y"}]}) == ["https://cdn/x.png"]
+    assert output_urls({"images": [{"url": "https://cdn/x.png"}, {"url": "data:,y"}]}) == [
+        "https://cdn/x.png"
+    ]
     assert dataset_name("s3://bucket/key/a.json") == ("s3://bucket", "key/a.json")
     assert dataset_name("/tmp/a.json") == ("file", "/tmp/a.json")
     assert dataset_name("file:///tmp/a.json") == ("file", "/tmp/a.json")
