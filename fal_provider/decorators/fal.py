@@ -52,7 +52,7 @@ class FalDecoratedOperator(DecoratedOperator, FalInferenceOperator):
     :param op_kwargs: keyword arguments for the function (templated).
     """
 
-    template_fields: Sequence[str] = (
+    template_fields: Sequence[str] = (  # type: ignore[assignment]
         *DecoratedOperator.template_fields,
         *(name for name in FalInferenceOperator.template_fields if name != "arguments"),
     )

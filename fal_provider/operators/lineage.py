@@ -222,8 +222,9 @@ def cost_record(operator: Any, task_instance: Any) -> dict[str, Any] | None:
             )
         except Exception as err:
             log.debug("No fal_cost XCom for lineage: %s", err)
-    if hasattr(raw, "to_dict"):
-        raw = raw.to_dict()
+    to_dict = getattr(raw, "to_dict", None)
+    if callable(to_dict):
+        raw = to_dict()
     if isinstance(raw, Mapping):
         return {str(k): v for k, v in raw.items() if isinstance(v, str | int | float | bool | type(None))}
     return None

@@ -27,9 +27,12 @@ def build(fn: Any, *args: Any, **kwargs: Any) -> FalDecoratedOperator:
 
 
 def test_task_fal_is_registered_through_the_provider_info() -> None:
-    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
+    try:
+        from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime as Manager
+    except ImportError:  # Airflow < 3.2: the core ProvidersManager resolves them
+        from airflow.providers_manager import ProvidersManager as Manager  # type: ignore[no-redef]
 
-    assert ProvidersManagerTaskRuntime().taskflow_decorators["fal"] is fal_task
+    assert Manager().taskflow_decorators["fal"] is fal_task
     assert task.fal is fal_task
 
 
