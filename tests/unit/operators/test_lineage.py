@@ -10,9 +10,9 @@ from unittest.mock import MagicMock
 import pytest
 from airflow.sdk import Asset
 
-from fal_provider.events import completed_event
 from fal_provider.operators.fal import FalInferenceOperator
 from fal_provider.operators.lineage import dataset_name, input_urls, output_urls
+from fal_provider.waiting import completed_event
 from tests.unit.operators.fakes import APP, done, install_hook, make_context, make_hook, make_ref
 
 pytest.importorskip("airflow.providers.openlineage")
