@@ -40,6 +40,7 @@ def get_provider_info() -> dict[str, Any]:
         ],
         "extra-links": ["fal_provider.operators.lifecycle.FalRequestLink"],
         "task-decorators": [
+            {"name": "fal", "class-name": "fal_provider.decorators.fal.fal_task"},
             {"name": "fal_batch", "class-name": "fal_provider.decorators.fal_batch.fal_batch_task"},
         ],
         "connection-types": [

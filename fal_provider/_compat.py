@@ -53,6 +53,12 @@ except ImportError:  # pragma: no cover - Airflow < 3.2
         mask_secret(secret, name)
 
 
+try:
+    from airflow.sdk.bases.decorator import determine_kwargs
+except ImportError:  # pragma: no cover - Airflow < 3.2 keeps it in core
+    from airflow.utils.operator_helpers import determine_kwargs  # type: ignore[no-redef,attr-defined]
+
+
 AIRFLOW_VERSION = Version(Version(version("apache-airflow-core")).base_version)
 #: ``BaseTrigger.on_kill`` and ``context["task_state_store"]`` arrived in Airflow 3.3.
 AIRFLOW_V_3_3_PLUS = AIRFLOW_VERSION >= Version("3.3.0")
@@ -67,5 +73,6 @@ __all__ = [
     "TaskDeferred",
     "amask_secret",
     "conf",
+    "determine_kwargs",
     "mask_secret",
 ]

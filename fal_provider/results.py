@@ -270,6 +270,7 @@ class StagedOutput:
                 raise self._on_error(final, err) from None
             if not existed:
                 self._created.append(final)
+            _report_output(final)
         self._staged.clear()
 
     def rollback(self) -> None:
@@ -304,7 +305,9 @@ class StagedOutput:
                 handle.flush()
                 os.fsync(handle.fileno())
             return
-        with path.open("wb") as handle:
+        # The filesystem itself, not ``path.open``: ObjectStoragePath reports every file it opens
+        # as hook lineage, and a temporary name is not an output (the published file is).
+        with path.fs.open(path.path, "wb") as handle:
             handle.write(data)
 
     @staticmethod
@@ -315,8 +318,22 @@ class StagedOutput:
         try:
             temporary.fs.mv(temporary.path, final.path)
         except NotImplementedError:
-            StagedOutput._write(final, temporary.read_bytes())
+            StagedOutput._write(final, temporary.fs.cat_file(temporary.path))
             temporary.unlink(missing_ok=True)
+
+
+def _report_output(path: Any) -> None:
+    """Report a published file as hook lineage, as ObjectStoragePath does for the files it writes.
+
+    The staged write and rename go around ``ObjectStoragePath.open`` (atomic publication), so the
+    final file is reported here; a no-op unless a lineage reader (OpenLineage) is installed.
+    """
+    try:
+        from airflow.providers.common.compat.lineage.hook import get_hook_lineage_collector
+
+        get_hook_lineage_collector().add_output_asset(context=path, uri=str(path))
+    except Exception:  # lineage is a report, never a reason to fail a write that succeeded
+        pass
 
 
 def _is_local(path: Any) -> bool:

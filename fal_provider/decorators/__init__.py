@@ -1,1 +1,1 @@
-"""TaskFlow decorators of the fal provider (registered under ``task-decorators`` in the provider info)."""
+"""TaskFlow decorators (``@task.fal``, ``@task.fal_batch``), registered in the provider info."""

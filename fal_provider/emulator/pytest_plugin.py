@@ -4,6 +4,8 @@ in a ``conftest.py`` (or ``pytest -p fal_provider.emulator.pytest_plugin``).
 - ``fal_emulator``: one emulator per test session (started lazily on first use); every test that uses
   it gets a clean one: requests, files, counters, faults and runtime config are reset before the test.
 - ``fal_emulator_conn``: the same emulator, with ``AIRFLOW_CONN_FAL_DEFAULT`` pointing at it.
+- ``fal_dag_test``: ``fal_dag_test(dag, **dag_test_kwargs)`` prepares the metadata database and the
+  serialized DAG that Airflow 3's ``dag.test()`` needs, runs ``dag.test()`` and returns the DAG run.
 
 Importing this module stays cheap (uvicorn and the emulator are imported only inside the fixtures), so
 enabling it costs nothing in sessions that never use an emulator.
@@ -11,8 +13,8 @@ enabling it costs nothing in sessions that never use an emulator.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -44,3 +46,14 @@ def fal_emulator_conn(fal_emulator: FalEmulator, monkeypatch: pytest.MonkeyPatch
     """The emulator, with Airflow's ``fal_default`` connection pointing at it for this test."""
     monkeypatch.setenv("AIRFLOW_CONN_FAL_DEFAULT", fal_emulator.connection_json())
     return fal_emulator
+
+
+@pytest.fixture
+def fal_dag_test() -> Callable[..., Any]:
+    """Run ``dag.test()`` on a DAG from any module (see ``testing.prepare_dag_test``)."""
+    from fal_provider.emulator.testing import prepare_dag_test
+
+    def run(dag: Any, **kwargs: Any) -> Any:
+        return prepare_dag_test(dag).test(**kwargs)
+
+    return run

@@ -251,3 +251,48 @@ def run_emulator(key: str | None = DEFAULT_TEST_KEY, **config: Any) -> Iterator[
         yield emulator
     finally:
         emulator.stop()
+
+
+# --------------------------------------------------------------------------- dag.test() in tests
+
+
+def prepare_dag_test(dag: Any) -> Any:
+    """Make ``dag.test()`` work on a DAG object from any module, as it did before Airflow 3.
+
+    Airflow 3's ``dag.test()`` needs the metadata database's tables and runs the DAG as
+    serialized from a DAG bundle, so a DAG defined in a test module, or in a file outside the
+    configured ``dags_folder``, fails with ``no such table`` and then "the dag is not serialized".
+    This creates or upgrades the tables of the configured metadata database (point
+    ``AIRFLOW_HOME`` or ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN`` at a test database: nothing is
+    deleted, but a real one would be migrated) and stores ``dag`` as the ``dags-folder`` bundle
+    would. Returns ``dag``, so ``prepare_dag_test(dag).test()`` reads naturally.
+    """
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.collection import update_dag_parsing_results_in_db
+    from airflow.serialization.serialized_objects import LazyDeserializedDAG
+    from airflow.utils import db
+    from airflow.utils.session import create_session
+
+    _ensure_metadata_db(db)
+    manager = DagBundlesManager()
+    with create_session() as session:
+        manager.sync_bundles_to_db(session=session)
+    bundle = next(iter(manager.get_all_dag_bundles())).name
+    with create_session() as session:
+        update_dag_parsing_results_in_db(
+            bundle, None, [LazyDeserializedDAG.from_dag(dag)], {}, None, set(), session
+        )
+    return dag
+
+
+_DB_READY: set[str] = set()
+
+
+def _ensure_metadata_db(db: Any) -> None:
+    """``airflow db migrate`` once per process and database URL (a no-op on an up-to-date one)."""
+    from airflow import settings
+
+    url = str(getattr(settings, "SQL_ALCHEMY_CONN", ""))
+    if url not in _DB_READY:
+        db.initdb()
+        _DB_READY.add(url)

@@ -33,7 +33,15 @@ from websockets.asyncio.client import connect as ws_connect_async
 from websockets.sync.client import connect as ws_connect
 
 from fal_provider._compat import AirflowNotFoundException, amask_secret, mask_secret
-from fal_provider.exceptions import FalAuthError, FalError, FalInputError, FalRealtimeError
+from fal_provider.exceptions import (
+    FalAuthError,
+    FalConnectionError,
+    FalError,
+    FalInputError,
+    FalNotFoundError,
+    FalRealtimeError,
+    FalTimeoutError,
+)
 from fal_provider.hooks import _upload
 from fal_provider.hooks._calls import (
     DEFAULT_JWKS_URL,
@@ -879,22 +887,52 @@ class FalHook(BaseHook):
         _check_model(info, arguments, self.log)
 
     # -- connection test ---------------------------------------------------------------------------
+    #: A request id no one has: its status is a cheap authenticated GET that starts no paid work.
+    PROBE_REQUEST = {"app_id": "fal-ai/any-llm", "request_id": "00000000-0000-4000-8000-000000000000"}
+
     def test_connection(self) -> tuple[bool, str]:
-        """One authenticated call (a CDN storage token): proves the key and the REST host work."""
+        """Two cheap authenticated calls, no retries: the queue host every inference uses (the status
+        of a request id no one has: fal answers 404 to a key it accepts, 401/403 to one it rejects)
+        and the REST host (a CDN storage token, which uploads and realtime need).
+
+        The message says which of "no key", "key rejected" and "host unreachable" it is, naming the
+        connection field to fix; never the key.
+        """
         try:
             settings = self.settings
-            call = dataclasses.replace(self._calls().storage_token(), policy=NO_RETRY)
+            calls = self._calls()
+            probes = (
+                ("queue", settings.queue_url, calls.status(self.PROBE_REQUEST)),
+                ("REST", settings.rest_url, calls.storage_token()),
+            )
+            for name, url, call in probes:
+                problem = self._probe(dataclasses.replace(call, policy=NO_RETRY), name, url)
+                if problem:
+                    return False, problem
+        except FalError as err:  # no key, a malformed connection
+            return False, f"Connection {self.fal_conn_id!r}: {err}"
+        return (
+            True,
+            f"fal accepted the API key of {self.fal_conn_id!r} at {settings.queue_url} and {settings.rest_url}",
+        )
+
+    def _probe(self, call: Call, name: str, url: str) -> str | None:
+        """``None`` when ``call`` proves the key works on that host, else what is wrong."""
+        where = "the Queue base URL (host field)" if name == "queue" else "the rest_url extra"
+        try:
             self._send(call)
+        except FalNotFoundError:
+            return None  # the key was accepted; the made-up request is unknown, as it should be
         except FalAuthError as err:
             return (
-                False,
-                f"fal rejected the API key of connection {self.fal_conn_id!r} (HTTP {err.http_status})",
+                f"fal rejected the API key of connection {self.fal_conn_id!r} at {url} (HTTP "
+                f"{err.http_status}): check the API Key (password) field"
             )
+        except (FalConnectionError, FalTimeoutError) as err:
+            return f"Could not reach fal's {name} host {url} ({type(err).__name__}): check {where} and the network"
         except FalError as err:
-            return False, str(err)
-        except Exception as err:
-            return False, f"Could not reach fal: {type(err).__name__}: {err}"
-        return True, f"Connection {self.fal_conn_id!r} authenticated with fal at {settings.rest_url}"
+            return f"fal's {name} host {url} answered with an error: {err}"
+        return None
 
 
 def _fetched(call: Call, response: httpx.Response) -> FetchedResult:

@@ -52,6 +52,7 @@ from fal_provider.operators.lifecycle import (
     reattach_status,
     submission_fingerprint,
 )
+from fal_provider.operators.lineage import FalLineageMixin, record_result
 from fal_provider.operators.realtime import FalRealtimeOperator
 from fal_provider.operators.streaming import FalStreamOperator
 from fal_provider.results import (
@@ -249,7 +250,7 @@ class FalBaseOperator(BaseOperator):
         publish_request(context, self.hook, ref, self.log)
 
 
-class FalWaitingOperator(FalBaseOperator):
+class FalWaitingOperator(FalLineageMixin, FalBaseOperator):
     """Wait for a request (deferred or on the worker), then fetch and shape its result.
 
     :param deferrable: wait in the triggerer instead of on the worker (default from
@@ -325,6 +326,12 @@ class FalWaitingOperator(FalBaseOperator):
         if isinstance(status, CompletedStatus):
             return self.complete(context, completed_event(status, ref))
         policy = self.wait_policy.until(None if self.timeout is None else time.time() + self.timeout)
+        self.log.info(
+            "Waiting for fal request %s with wait_mode=%s, %s",
+            ref.request_id,
+            policy.wait_mode,
+            "deferred to the triggerer" if self.deferrable else "on the worker (deferrable=False)",
+        )
         if self.deferrable:
             self.defer(
                 trigger=FalRequestTrigger.for_request(
@@ -350,14 +357,20 @@ class FalWaitingOperator(FalBaseOperator):
         result = self.received(context, ref, fetched.data, fetched.billable_units)
         value = self.shape(result, ref.request_id)
         metrics = event.get("metrics") if isinstance(event, dict) else None
-        record_cost(
+        # Kept on the operator too: OpenLineage reads it in a forked process that cannot read XCom.
+        self.fal_cost = record_cost(
             self,
             context,
             app_id=ref.app_id,
             request_id=ref.request_id,
             units=fetched.billable_units,
             metrics=metrics,
+        ).to_xcom()
+        inputs = getattr(self, "lineage_inputs", None) or getattr(self, "arguments", None)
+        lineage = record_result(
+            ref.app_id, [ref.request_id], arguments=inputs, result=result, value=value, metrics=metrics
         )
+        self.keep_lineage(context, lineage)
         self.after_success(context, ref)
         return value
 

@@ -144,7 +144,17 @@ class FalRequestSensor(BaseSensorOperator):
         check_task_headers(self.headers)
         ref = self._resolve(context)
         if not self.deferrable:
+            self.log.info(
+                "Waiting for fal request %s with wait_mode=poll, on the worker every %ss (poke_interval)",
+                ref.request_id,
+                self.poke_interval,
+            )
             return super().execute(context)
+        self.log.info(
+            "Waiting for fal request %s with wait_mode=%s, deferred to the triggerer",
+            ref.request_id,
+            self.wait_policy.wait_mode,
+        )
         done = self.poke(context)
         if isinstance(done, PokeReturnValue) and done.is_done:
             return done.xcom_value
