@@ -107,6 +107,11 @@ class FalEmulator:
         return f"{self.rest_url}/.well-known/jwks.json"
 
     @property
+    def request_page_url(self) -> str:
+        """The emulator's page for a person, as the connection's ``request_page_url`` pattern."""
+        return f"{self.base_url}/_emulator/requests/{{request_id}}/view"
+
+    @property
     def signing_key(self) -> Any:
         """The Ed25519 private key webhooks are signed with (for forging callbacks in tests)."""
         return self.app.state.signing_key
@@ -141,6 +146,7 @@ class FalEmulator:
             "rest_url": self.rest_url,
             "cdn_url": self.cdn_url,
             "jwks_url": self.jwks_url,
+            "request_page_url": self.request_page_url,
             **emulator_webhook_extra(self.user_id, self.webhook_secret),
         }
 

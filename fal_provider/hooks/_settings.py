@@ -69,6 +69,9 @@ class FalSettings:
     cdn_url: str = DEFAULT_CDN_URL
     jwks_url: str = DEFAULT_JWKS_URL
     webhook_base_url: str | None = None
+    #: Page a person opens for a request (the extra link), ``{request_id}``/``{app_id}`` filled in;
+    #: for a server other than fal that serves one (the emulator does). Never gets the key.
+    request_page_url: str | None = None
     #: May carry secrets of the user's own (e.g. a proxy token), so it stays out of ``repr`` too.
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     retry_limit: int = DEFAULT_RETRY_LIMIT
@@ -195,6 +198,7 @@ def resolve_settings(
         cdn_url=normalize_url(merged.get("cdn_url"), DEFAULT_CDN_URL),
         jwks_url=normalize_url(merged.get("jwks_url"), DEFAULT_JWKS_URL),
         webhook_base_url=normalize_url(merged.get("webhook_base_url"), "") or None,
+        request_page_url=str(merged["request_page_url"]).strip() if merged.get("request_page_url") else None,
         headers=headers,
         retry_limit=_number(
             merged.get("retry_limit", DEFAULT_RETRY_LIMIT), "retry_limit", conn_id, integer=True, minimum=1
