@@ -86,7 +86,7 @@ def render(request: QueuedRequest, position: int | None) -> str:
         (
             "Submitted / started / completed (UTC)",
             " / ".join(map(_clock, (request.submitted_at, request.started_at, request.completed_at))),
-        ),  # fmt: skip
+        ),
     ]
     rows = "".join(
         f"<tr><th>{escape(name)}</th><td>{escape(str(value))}</td></tr>"

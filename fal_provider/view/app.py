@@ -37,9 +37,8 @@ _HEADERS = {
 
 async def current_user(request: Request) -> Any:
     """The Airflow user of this call, as Airflow's REST API resolves it (401/403 otherwise)."""
-    from fastapi.security import HTTPAuthorizationCredentials
-
     from airflow.api_fastapi.core_api.security import get_user
+    from fastapi.security import HTTPAuthorizationCredentials
 
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     bearer = HTTPAuthorizationCredentials(scheme=scheme, credentials=token) if token else None

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from fal_provider.view.app import URL_PREFIX as VIEW_PREFIX, create_app as create_view_app
+from fal_provider.view.app import URL_PREFIX as VIEW_PREFIX
+from fal_provider.view.app import create_app as create_view_app
 from fal_provider.webhooks.receiver import create_app
 from fal_provider.webhooks.urls import URL_PREFIX
 
