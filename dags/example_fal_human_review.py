@@ -17,6 +17,7 @@ Runs unchanged against the local fal emulator or fal.ai: only the ``fal_default`
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from airflow.providers.standard.operators.hitl import HITLOperator
@@ -92,6 +93,7 @@ with DAG(
         "seed": Param(7, type="integer"),
         "num_images": Param(2, type="integer", minimum=1, maximum=4),
     },
+    default_args={"retries": 1, "retry_delay": timedelta(seconds=5)},
     doc_md=__doc__,
 ) as dag:
     reviews = []

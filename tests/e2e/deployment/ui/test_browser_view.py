@@ -119,7 +119,7 @@ def test_view_of_a_finished_task_previews_its_images(
 
     # The extra link (and the view's "Open the request") open the emulator's page for the request.
     links = ui_cluster.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{view_run}/taskInstances/image/links")
-    link = links.json()["fal request"]
+    link = links.json()["extra_links"]["fal request"]
     request_id = ui_cluster.request_of(DAG_ID, view_run, "image")
     assert link == f"{ui_cluster.emulator.url}/_emulator/requests/{request_id}/view"
     assert frame.locator("#fal-link").get_attribute("href") == link
