@@ -72,6 +72,7 @@ def test_connection_helpers(emu: FalEmulator):
         "rest_url": emu.rest_url,
         "cdn_url": emu.cdn_url,
         "jwks_url": emu.jwks_url,
+        "request_page_url": f"{emu.base_url}/_emulator/requests/{{request_id}}/view",
         "webhook_allowed_user_ids": emu.user_id,
         "webhook_secret": emu.webhook_secret,
     }
