@@ -24,10 +24,21 @@ def _hitl_path(run_id: str, round_no: int) -> str:
     return f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/review_{round_no}/-1/hitlDetails"
 
 
+#: where a review task waits: Airflow 3.3 parks it, 3.1/3.2 defer it to the HITL trigger
+WAITING_STATES = ("awaiting_input", "deferred")
+
+
 def _wait_review(cluster: UICluster, run_id: str, round_no: int) -> dict[str, Any]:
-    """The review once it waits for a person (its rendered body included)."""
+    """The review once its task waits for a person (its rendered body included).
+
+    The task writes the review before it parks; Airflow 3.3.2 resumes a task on an answer only if
+    the task is already parked, so (like a person, who sees the review once it waits) the test
+    answers only then.
+    """
 
     def pending() -> dict[str, Any] | None:
+        if cluster.task_states(DAG_ID, run_id).get((f"review_{round_no}", -1)) not in WAITING_STATES:
+            return None
         response = cluster.api("GET", _hitl_path(run_id, round_no))
         body = response.json() if response.status_code == 200 else {}
         return body if body.get("body") and not body.get("response_received") else None
