@@ -47,9 +47,24 @@ def _wait_review(cluster: UICluster, run_id: str, round_no: int) -> dict[str, An
 
 
 def _answer(cluster: UICluster, run_id: str, round_no: int, option: str, feedback: str = "") -> None:
+    """Answer the review and wait until its task took the answer.
+
+    The example retries a task once (under load Airflow can fail a resumed task whose process
+    exited before its success was recorded); a retried review asks again, and gets the same answer.
+    """
     body = {"chosen_options": [option], "params_input": {"feedback": feedback}}
     response = cluster.api("PATCH", _hitl_path(run_id, round_no), json=body)
     assert response.status_code == 200, response.text
+
+    def taken() -> bool:
+        state = cluster.task_states(DAG_ID, run_id).get((f"review_{round_no}", -1))
+        if state in WAITING_STATES:
+            pending = cluster.api("GET", _hitl_path(run_id, round_no)).json()
+            if not pending.get("response_received"):  # a retry asks again
+                cluster.api("PATCH", _hitl_path(run_id, round_no), json=body)
+        return state == "success"
+
+    cluster.wait_for(taken, 240, f"{run_id}: review_{round_no} resumed with {option}")
 
 
 def _image_urls(cluster: UICluster, run_id: str, round_no: int) -> list[str]:
