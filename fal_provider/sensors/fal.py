@@ -8,7 +8,7 @@ It reuses the operators' trigger, so deferred waiting (``deferrable=True``) beha
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -16,14 +16,22 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator
 from airflow.sdk.bases.sensor import PokeReturnValue
 
-from fal_provider._compat import AirflowSensorTimeout, TaskDeferred
-from fal_provider.events import completed_event, validate_event
+from fal_provider._compat import AirflowSensorTimeout
 from fal_provider.exceptions import FalInputError
-from fal_provider.inputs import check_headers, coerce_request, is_templated
-from fal_provider.models import CompletedStatus, FalRequestRef
-from fal_provider.operators.completion import cancel_quietly, raise_unless_success
-from fal_provider.operators.links import FalRequestLink, publish_request
-from fal_provider.operators.shutdown import run_guarded
+from fal_provider.models import (
+    CompletedStatus,
+    FalRequestRef,
+    check_task_headers,
+    coerce_request,
+    is_templated,
+)
+from fal_provider.operators.lifecycle import (
+    FalRequestLink,
+    cancel_quietly,
+    guard,
+    publish_request,
+    raise_unless_success,
+)
 from fal_provider.triggers.fal import FalRequestTrigger
 from fal_provider.waiting import (
     DEFAULT_BACKSTOP_INTERVAL,
@@ -31,8 +39,10 @@ from fal_provider.waiting import (
     ErrorTolerance,
     StatusReporter,
     WaitPolicy,
+    completed_event,
     default_deferrable,
     resolve_webhook_deferrable,
+    validate_event,
 )
 
 if TYPE_CHECKING:
@@ -86,13 +96,13 @@ class FalRequestSensor(BaseSensorOperator):
         backstop_interval: float = DEFAULT_BACKSTOP_INTERVAL,
         **kwargs: Any,
     ) -> None:
-        wait_policy = WaitPolicy(
-            wait_mode=wait_mode,
-            poll_interval=poke_interval,
-            max_poll_interval=max_poll_interval,
-            max_consecutive_errors=max_consecutive_errors,
-            log_fal_logs=log_fal_logs,
-            backstop_interval=backstop_interval,
+        wait_policy = WaitPolicy.from_task_params(
+            wait_mode,
+            poke_interval,
+            max_poll_interval,
+            max_consecutive_errors,
+            log_fal_logs,
+            backstop_interval,
         )
         super().__init__(poke_interval=poke_interval, **kwargs)
         if request is None and not (app_id and request_id):
@@ -105,7 +115,7 @@ class FalRequestSensor(BaseSensorOperator):
         self.wait_policy = wait_policy
         self.deferrable = resolve_webhook_deferrable(wait_mode, deferrable, default_deferrable())
         if not is_templated(headers):
-            check_headers(headers)
+            check_task_headers(headers)
         self.cancel_on_kill = cancel_on_kill
         self.cancel_on_timeout = cancel_on_timeout
         self._ref: FalRequestRef | None = None
@@ -128,26 +138,10 @@ class FalRequestSensor(BaseSensorOperator):
         return self._ref
 
     def execute(self, context: Context) -> Any:
-        return self._guarded(context, lambda: self._execute(context))
-
-    def _guarded(self, context: Context, work: Callable[[], Any]) -> Any:
-        """SIGTERM from a worker shutdown keeps the request; a user's kill cancels it (see
-        :mod:`fal_provider.operators.shutdown`)."""
-        try:
-            return run_guarded(
-                context,
-                work,
-                request=lambda: self._ref,
-                cancel=lambda ref, why: cancel_quietly(self.hook, ref, why),
-                cancel_on_kill=self.cancel_on_kill,
-                log=self.log,
-            )
-        except TaskDeferred:
-            self._ref = None  # the trigger waits now; a SIGTERM before this process exits is no kill
-            raise
+        return guard(self, context, lambda: self._execute(context), request_attr="_ref")
 
     def _execute(self, context: Context) -> Any:
-        check_headers(self.headers)
+        check_task_headers(self.headers)
         ref = self._resolve(context)
         if not self.deferrable:
             return super().execute(context)
@@ -184,7 +178,7 @@ class FalRequestSensor(BaseSensorOperator):
         return PokeReturnValue(is_done=True, xcom_value=ref.to_xcom())
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
-        return self._guarded(context, lambda: self._complete(event))
+        return guard(self, context, lambda: self._complete(event), request_attr="_ref")
 
     def _complete(self, event: dict[str, Any] | None) -> Any:
         status, ref = validate_event(event)

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 #: XCom keys the view reads. ``fal_request`` / ``fal_request_url`` are pushed by the operators
-#: before they wait (``operators/links.py``); ``fal_cost`` by the cost accounting when present.
+#: before they wait (``operators/lifecycle.py``); ``fal_cost`` by the cost accounting when present.
 REQUEST_KEY = "fal_request"
 LINK_KEY = "fal_request_url"
 COST_KEY = "fal_cost"

@@ -6,7 +6,7 @@ import httpx
 
 from fal_provider.emulator.testing import FalEmulator
 from fal_provider.hooks.fal import FalHook
-from fal_provider.operators.links import request_url
+from fal_provider.operators.lifecycle import request_url
 
 
 def test_page_shows_status_logs_input_and_previews_escaped_and_without_the_key(
