@@ -15,6 +15,7 @@ from fal_provider.emulator.faults import FaultConfig
 from fal_provider.emulator.netfaults import CaptureRawSend
 from fal_provider.emulator.realtime import realtime_routes
 from fal_provider.emulator.routes_admin import admin_routes
+from fal_provider.emulator.routes_page import page_routes
 from fal_provider.emulator.routes_platform import platform_routes
 from fal_provider.emulator.routes_queue import queue_routes
 from fal_provider.emulator.routes_rest import cdn_routes, rest_routes
@@ -35,6 +36,7 @@ class EmulatorApp(CaptureRawSend):
 
         routes: list[BaseRoute] = [
             *admin_routes(state),
+            *page_routes(state),
             *queue_routes(state),
             *realtime_routes(state),
             *run_routes(state),

@@ -116,6 +116,11 @@ class FalEmulator:
         return f"{self.rest_url}/.well-known/jwks.json"
 
     @property
+    def request_page_url(self) -> str:
+        """The emulator's page for a person, as the connection's ``request_page_url`` pattern."""
+        return f"{self.base_url}/_emulator/requests/{{request_id}}/view"
+
+    @property
     def signing_key(self) -> Any:
         """The Ed25519 private key webhooks are signed with (for forging callbacks in tests)."""
         return self.app.state.signing_key
@@ -164,6 +169,7 @@ class FalEmulator:
             "jwks_url": self.jwks_url,
             "platform_url": self.platform_url,
             **({"admin_api_key": self.admin_key} if self.admin_key else {}),
+            "request_page_url": self.request_page_url,
             **emulator_webhook_extra(self.user_id, self.webhook_secret),
         }
 

@@ -95,6 +95,9 @@ class FalSettings:
     #: An ADMIN-scoped key for billing events; sent only to ``platform_url``.
     admin_key: str | None = field(default=None, repr=False)
     platform_cache_ttl: float = DEFAULT_PLATFORM_CACHE_TTL
+    #: Page a person opens for a request (the extra link), ``{request_id}``/``{app_id}`` filled in;
+    #: for a server other than fal that serves one (the emulator does). Never gets the key.
+    request_page_url: str | None = None
     #: May carry secrets of the user's own (e.g. a proxy token), so it stays out of ``repr`` too.
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     retry_limit: int = DEFAULT_RETRY_LIMIT
@@ -252,6 +255,7 @@ def resolve_settings(
         platform_cache_ttl=_number(
             merged.get("platform_cache_ttl", DEFAULT_PLATFORM_CACHE_TTL), "platform_cache_ttl", conn_id
         ),
+        request_page_url=str(merged["request_page_url"]).strip() if merged.get("request_page_url") else None,
         headers=headers,
         retry_limit=_number(
             merged.get("retry_limit", DEFAULT_RETRY_LIMIT), "retry_limit", conn_id, integer=True, minimum=1

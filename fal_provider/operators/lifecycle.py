@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 from airflow.sdk import BaseOperatorLink
 
@@ -282,17 +282,21 @@ def guard(task: Any, context: Any, work: Callable[[], T], *, request_attr: str) 
 # DEFERRED, so the operators and the sensor push the URL (and the request reference) before deferring
 # (:func:`publish_request`) and the link shows while they wait.
 #
-# fal's dashboard has no documented per-request URL; the pattern defaults to the one commonly used
-# (``https://fal.ai/dashboard/requests/{request_id}``) and can be changed with
-# ``[fal] dashboard_request_url`` (``AIRFLOW__FAL__DASHBOARD_REQUEST_URL``), using ``{request_id}`` and
-# ``{app_id}`` placeholders. A connection pointing somewhere other than fal (the emulator, a proxy)
-# links to the request's status URL instead, which is what that server can show.
+# Where it points, first match wins (``{request_id}`` and ``{app_id}`` are filled in): the
+# connection's ``request_page_url`` extra, a page its server shows a person (the emulator's
+# connection helpers set it to the emulator's own request page); on fal's hosts, fal's dashboard
+# (fal documents no per-request URL, so the default opens the request list filtered by the id,
+# ``?requestId=``, which degrades to the plain list; ``[fal] dashboard_request_url`` /
+# ``AIRFLOW__FAL__DASHBOARD_REQUEST_URL`` changes it); elsewhere (a proxy) the status URL.
+#
+# The ``fal_request`` XCom also names the connection (``conn_id``), so the task view on the API
+# server asks that connection's fal for live status; reading it back as a reference ignores it.
 # ---------------------------------------------------------------------------
 
 #: XCom key of the request reference pushed before waiting (handy for other tasks and debugging).
 REQUEST_XCOM_KEY = "fal_request"
 LINK_XCOM_KEY = "fal_request_url"
-DEFAULT_DASHBOARD_URL = "https://fal.ai/dashboard/requests/{request_id}"
+DEFAULT_DASHBOARD_URL = "https://fal.ai/dashboard/requests?requestId={request_id}"
 _FAL_HOSTS = ("fal.run", "fal.ai", "falrun.com")
 
 
@@ -301,8 +305,10 @@ def _is_fal_host(url: str | None) -> bool:
     return any(host == name or host.endswith("." + name) for name in _FAL_HOSTS)
 
 
-def request_url(ref: FalRequestRef, queue_url: str | None) -> str:
-    """The page to open for a request: fal's dashboard, or the status URL off fal."""
+def request_url(ref: FalRequestRef, queue_url: str | None, page_url: str | None = None) -> str:
+    """The page to open for a request: the connection's request page, fal's dashboard, or the status URL."""
+    if page_url:
+        return page_url.format(request_id=quote(ref.request_id, safe=""), app_id=ref.app_id)
     if _is_fal_host(queue_url) or (queue_url is None and _is_fal_host(ref.status_url)):
         from fal_provider._compat import conf
 
@@ -314,12 +320,16 @@ def request_url(ref: FalRequestRef, queue_url: str | None) -> str:
 def publish_request(context: Context, hook: Any, ref: FalRequestRef, log: Any) -> None:
     """Push the reference and the link before any waiting, so both show while the task is deferred."""
     ti = context["ti"]
-    ti.xcom_push(key=REQUEST_XCOM_KEY, value=ref.to_xcom())
+    conn_id = getattr(hook, "fal_conn_id", None)
+    ti.xcom_push(
+        key=REQUEST_XCOM_KEY,
+        value={**ref.to_xcom(), **({"conn_id": conn_id} if isinstance(conn_id, str) else {})},
+    )
     try:
-        queue_url = hook.settings.queue_url
+        queue_url, page_url = hook.settings.queue_url, getattr(hook.settings, "request_page_url", None)
     except Exception:  # a link is a convenience: never fail the task over it
-        queue_url = None
-    url = request_url(ref, queue_url)
+        queue_url, page_url = None, None
+    url = request_url(ref, queue_url, page_url if isinstance(page_url, str) else None)
     ti.xcom_push(key=LINK_XCOM_KEY, value=url)
     log.info("fal request %s on %s: %s", ref.request_id, ref.app_id, url)
 

@@ -260,6 +260,7 @@ class EmulatorProcess:
             "cdn_url": f"{self.url}/cdn",
             "jwks_url": f"{self.url}/rest/.well-known/jwks.json",
             "platform_url": f"{self.url}/platform/v1",  # prices and estimates (cost, budgets)
+            "request_page_url": f"{self.url}/_emulator/requests/{{request_id}}/view",
             "webhook_base_url": webhook_base_url,
             "retry_min_wait": 0.2,
             **emulator_webhook_extra(),  # the emulator's user id allow-listed, a channel secret

@@ -75,6 +75,7 @@ def test_connection_helpers(emu: FalEmulator):
         "jwks_url": emu.jwks_url,
         "platform_url": emu.platform_url,
         "admin_api_key": emu.admin_key,
+        "request_page_url": f"{emu.base_url}/_emulator/requests/{{request_id}}/view",
         "webhook_allowed_user_ids": emu.user_id,
         "webhook_secret": emu.webhook_secret,
     }

@@ -384,8 +384,13 @@ def test_on_kill_cancels_current_request_quietly() -> None:
 
 
 def test_link_points_at_dashboard_for_fal_and_status_url_elsewhere() -> None:
-    assert request_url(REF, "https://queue.fal.run") == "https://fal.ai/dashboard/requests/req-1"
+    assert request_url(REF, "https://queue.fal.run") == "https://fal.ai/dashboard/requests?requestId=req-1"
     assert request_url(REF, "http://127.0.0.1:8000/queue") == REF.status_url
+    page = "http://127.0.0.1:8000/_emulator/requests/{request_id}/view?app={app_id}"
+    assert request_url(REF, "http://127.0.0.1:8000/queue", page) == (
+        f"http://127.0.0.1:8000/_emulator/requests/req-1/view?app={REF.app_id}"
+    ), "a connection's own request page wins, on fal and off it"
+    assert request_url(REF, "https://queue.fal.run", page).startswith("http://127.0.0.1:8000/_emulator/")
     assert FalRequestLink().name == "fal request"
 
 
