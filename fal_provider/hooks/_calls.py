@@ -11,7 +11,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Mapping
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,7 +21,7 @@ from fal_provider import __version__
 from fal_provider.exceptions import FalInputError, FalServerError, error_from_response
 from fal_provider.headers import check_headers
 from fal_provider.hooks._retry import IDEMPOTENT, SUBMIT
-from fal_provider.hooks._settings import FalSettings, origin_of, show_origin
+from fal_provider.hooks._settings import FalSettings, Origin, origin_of, show_origin
 from fal_provider.hooks._transport import Call, default_timeout, keep_response
 from fal_provider.models import (
     AppId,
@@ -290,12 +290,7 @@ class CallBuilder:
         return ref, rebuilt
 
     def _on_queue_origin(self, url: str) -> bool:
-        try:
-            parsed = httpx.URL(url)
-        except (httpx.InvalidURL, TypeError, ValueError):
-            return False
-        plain = not (parsed.userinfo or parsed.query or parsed.fragment)
-        return plain and origin_of(parsed) == self.settings.queue_origin
+        return _plain_origin(url) == self.settings.queue_origin
 
     def _get(
         self,
@@ -430,6 +425,20 @@ class CallBuilder:
             content=b"{}",
             decode=partial(json_body, label="CDN storage token"),
         )
+
+
+@lru_cache(maxsize=16384)
+def _plain_origin(url: str) -> Origin | None:
+    """``url``'s origin if it is a plain URL (no user info, query or fragment), else ``None``.
+
+    Cached: a waiting request's status URL is checked on every poll."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return None
+    if parsed.userinfo or parsed.query or parsed.fragment:
+        return None
+    return origin_of(parsed)
 
 
 # -- answers ---------------------------------------------------------------------------------------

@@ -34,8 +34,9 @@ from fal_provider.exceptions import (
     error_from_response,
 )
 from fal_provider.headers import check_headers
-from fal_provider.hooks._pool import LONG_LIVED, ShardedTransport
+from fal_provider.hooks._pool import LONG_LIVED, ShardedTransport, shared_ssl_context
 from fal_provider.hooks._retry import RetryableResponse, RetryPolicy, async_retrying, sync_retrying
+from fal_provider.hooks._wire import WireLane, proxies_configured
 from fal_provider.hooks._settings import (
     DEFAULT_RETRY_LIMIT,
     DEFAULT_RETRY_MAX_WAIT,
@@ -64,8 +65,15 @@ def shared_async_client() -> httpx.AsyncClient:
     if client is None or client.is_closed:
         _forget_closed_loops()
         client = httpx.AsyncClient(transport=ShardedTransport(), follow_redirects=True)
+        # The lean lane for short GETs (see ``_wire``); only on clients made here, and never when
+        # the environment names a proxy (httpx routes through it; the lane does not).
+        client._fal_wire = None if proxies_configured() else WireLane(shared_ssl_context)  # type: ignore[attr-defined]
         _async_clients[loop] = client
     return client
+
+
+def _wire_of(client: httpx.AsyncClient) -> WireLane | None:
+    return getattr(client, "_fal_wire", None)
 
 
 def _forget_closed_loops() -> None:
@@ -78,6 +86,9 @@ async def close_shared_async_client() -> None:
     """Close the running loop's shared client (a task's own loop ending, or a triggerer shutting a loop down)."""
     client = _async_clients.pop(asyncio.get_running_loop(), None)
     if client is not None:
+        lane = _wire_of(client)
+        if lane is not None:
+            await lane.aclose()
         await client.aclose()
 
 
@@ -221,10 +232,13 @@ async def asend(
 ) -> httpx.Response:
     """Async twin of :func:`send`."""
     headers = request_headers(call, settings)
+    lane = _wire_of(client) if not stream and call.method == "GET" and call.content is None else None
     try:
         async for attempt in async_retrying(call.policy, **_retry_options(call, settings, log)):
             with attempt:
-                response = await client.send(call.build(client, headers, long_lived=stream), stream=stream)
+                response = None if lane is None else await lane.get(call.url, call.params, headers, call.timeout)
+                if response is None:
+                    response = await client.send(call.build(client, headers, long_lived=stream), stream=stream)
                 if call.policy.retry_response(response):
                     await response.aread()
                     await response.aclose()
