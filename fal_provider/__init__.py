@@ -33,7 +33,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["fal_provider.triggers.fal", "fal_provider.triggers.webhook_events"],
             }
         ],
-        "extra-links": ["fal_provider.operators.fal.FalRequestLink"],
+        "extra-links": ["fal_provider.operators.lifecycle.FalRequestLink"],
         "connection-types": [
             {
                 "connection-type": "fal",

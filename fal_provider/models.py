@@ -3,6 +3,11 @@
 fal adds fields over time, so every wire model ignores unknown keys instead of failing; the
 provider's own shapes (request reference, options) forbid them, so a typo in a DAG is an error
 at parse time rather than a silently ignored option.
+
+The module is the provider's shared vocabulary, in three sections: what may go into an HTTP header
+(checked before any request is built), the ids, statuses, request reference and options, and the
+parameter checks every task runs on its inputs before anything is paid for. None of it sends a
+request or needs Airflow.
 """
 
 from __future__ import annotations
@@ -10,14 +15,89 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from enum import Enum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from fal_provider.exceptions import FalInputError
-from fal_provider.headers import check_header_value
+from fal_provider.exceptions import FalError, FalInputError
+
+# ---------------------------------------------------------------------------
+# Headers: what may go into an HTTP header
+# What may go into an HTTP header: checked before a request is built, never echoing a value.
+#
+# A header value with CR/LF would split the request (and h11 then fails with the value in its error
+# text, which is retried as a connection error and logged); a non-ASCII one cannot be encoded. Both
+# fail the same way on every try, so they are :class:`~fal_provider.exceptions.FalInputError`\ s,
+# raised when the hook or call is built. Values may be secrets (the key, a proxy token): messages
+# name the header and the problem, never the value.
+# ---------------------------------------------------------------------------
+
+#: RFC 9110 ``token``: the characters a header name may have.
+_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_NAME_CHARS = "letters, digits and !#$%&'*+-.^_`|~"
+
+
+def value_problem(value: str) -> str | None:
+    """Why ``value`` cannot be sent as a header value, or ``None`` (tab and visible ASCII are fine)."""
+    for char in value:
+        if char in "\r\n":
+            return "a line break (CR/LF)"
+        if char != "\t" and (ord(char) < 0x20 or ord(char) == 0x7F):
+            return "a control character"
+        if not char.isascii():
+            return "a non-ASCII character"
+    return None
+
+
+def check_header_value(name: str, value: Any, where: str) -> None:
+    problem = value_problem(str(value))
+    if problem:
+        raise FalInputError(
+            f"{where}: the value of header {name!r} contains {problem}; HTTP header values must be "
+            "printable ASCII on one line. Fix the value (it is not shown here in case it is a secret)."
+        )
+
+
+def check_header_name(name: Any, where: str) -> None:
+    text = str(name)
+    if _NAME.fullmatch(text):
+        return
+    valid = _NAME.match(text)
+    prefix = valid.group(0) if valid else ""
+    which = f"a header name starting {prefix!r}" if prefix else "a header name"
+    raise FalInputError(
+        f"{where}: {which} is not a valid HTTP "
+        f"header name (only {_NAME_CHARS}; no spaces, ':' or line breaks). Give names and values as "
+        "separate keys and values of the mapping."
+    )
+
+
+def check_headers(headers: Mapping[Any, Any] | None, where: str) -> None:
+    """Raise :class:`FalInputError` for the first header that cannot be sent as given."""
+    for name, value in (headers or {}).items():
+        check_header_name(name, where)
+        check_header_value(str(name), value, where)
+
+
+def check_key(key: str, conn_id: str) -> None:
+    """The key goes into ``Authorization: Key <key>``: it must be a valid header value too."""
+    problem = value_problem(key)
+    if problem:
+        raise FalInputError(
+            f"The fal API key for connection {conn_id!r} contains {problem}. Enter it again as "
+            "'key_id:key_secret' on one line (connection password, or FAL_KEY / FAL_KEY_ID + "
+            "FAL_KEY_SECRET); the key itself is not shown here."
+        )
+
+
+# ---------------------------------------------------------------------------
+# Ids, statuses, the request reference, options
+# ---------------------------------------------------------------------------
 
 _NAMESPACES = ("workflows", "comfy")
 #: The id alphabet: one segment of an app id, of a ``path`` or a request id is 1-128 letters, digits,
@@ -371,3 +451,120 @@ class WebhookPayload(_Wire):
     @property
     def ok(self) -> bool:
         return self.status == "OK" and self.payload_error is None
+
+
+# ---------------------------------------------------------------------------
+# Task inputs: parameter checks shared by every task
+# User input checked before anything is paid for, shared by the operators, the sensor and the wait policy.
+#
+# Every task checks its parameters twice: in ``__init__`` (DAG parse time) for each value that is
+# already known, and again in ``execute()`` after rendering, before the first call that could start
+# paid work. A value that is only known after rendering (a Jinja string, an ``XComArg``) is skipped
+# at parse time (:func:`is_templated`). Every failure is a
+# :class:`~fal_provider.exceptions.FalInputError`: a ``ValueError`` for Python callers and a
+# permanent error for Airflow, because the same input fails the same way on every try and a retry
+# would only spend money.
+#
+# Messages say what was wrong and how to fix it; they never echo a header value (it may be a
+# credential).
+# ---------------------------------------------------------------------------
+
+#: Appended to "must render to ..." errors: the usual cause is a Jinja template rendered as text.
+TEMPLATE_HINT = (
+    " A Jinja template renders to a string: set render_template_as_native_obj=True on the DAG, "
+    "or pass an XComArg / a literal instead."
+)
+
+
+def is_templated(value: Any) -> bool:
+    """True when a value is only known after rendering (a Jinja string or an XComArg)."""
+    from airflow.sdk.definitions._internal.mixins import ResolveMixin
+
+    if isinstance(value, ResolveMixin):
+        return True
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    if isinstance(value, Mapping):
+        return any(is_templated(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(is_templated(v) for v in value)
+    return False
+
+
+@contextmanager
+def input_errors() -> Iterator[None]:
+    """Turn a local ``ValueError``/``TypeError`` into a :class:`FalInputError` with the same message.
+
+    For checks shared with code that raises plain ``ValueError`` (models, trigger policy): an
+    operator must fail them without spending retries, including when ``__init__`` runs at run time
+    for a mapped task. Errors that already know their retry verdict (``FalError``) pass unchanged.
+    """
+    try:
+        yield
+    except FalError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise FalInputError(str(err)) from err
+
+
+def check_number(
+    value: Any,
+    name: str,
+    *,
+    integer: bool = False,
+    minimum: float | None = None,
+    positive: bool = False,
+    allow_none: bool = False,
+) -> Any:
+    """A real number (never a bool: ``True`` is not ``1`` second), optionally bounded; returns it."""
+    if value is None and allow_none:
+        return None
+    kinds = int if integer else int | float
+    wanted = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise FalInputError(
+            f"{name} must be {wanted}{' or None' if allow_none else ''}, got {type(value).__name__} {value!r}"
+        )
+    if not math.isfinite(value):
+        raise FalInputError(f"{name} must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise FalInputError(f"{name} must be a positive {wanted.split()[-1]}, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise FalInputError(f"{name} must be {wanted} >= {minimum:g}, got {value!r}")
+    return value
+
+
+def check_seconds(value: Any, name: str, *, allow_none: bool = True) -> float | None:
+    """A positive duration in seconds or a ``timedelta``; returned as float seconds."""
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    result = check_number(value, name, positive=True, allow_none=allow_none)
+    return None if result is None else float(result)
+
+
+def check_task_headers(headers: Any) -> None:
+    """Extra HTTP headers: a mapping of valid names to single-line text values.
+
+    Values are never shown in the error: a header is where people put tokens.
+    """
+    if headers is None:
+        return
+    if not isinstance(headers, Mapping):
+        hint = TEMPLATE_HINT if isinstance(headers, str) else ""
+        raise FalInputError(
+            f"headers must be a dict of header names to values, got {type(headers).__name__}.{hint}"
+        )
+    for name, value in headers.items():
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise FalInputError(
+                f"headers: the value of {name!r} must be a string, got {type(value).__name__}"
+            )
+    check_headers(headers, "headers")
+
+
+def coerce_request(request: Any) -> FalRequestRef:
+    """A request reference (``FalRequestRef``, its XCom dict or JSON) given by the user."""
+    try:
+        return FalRequestRef.coerce(request)
+    except ValueError as err:
+        raise FalInputError(str(err)) from None

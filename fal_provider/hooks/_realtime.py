@@ -41,8 +41,7 @@ from fal_provider.exceptions import (
     FalTimeoutError,
 )
 from fal_provider.hooks._calls import USER_AGENT, CallBuilder, check_msgpack
-from fal_provider.hooks._settings import origin_of
-from fal_provider.hooks._transport import Call
+from fal_provider.hooks._transport import Call, origin_of
 from fal_provider.models import AppId, check_path
 
 #: fal's accepted range for ``max_buffering``.

@@ -3,7 +3,7 @@
 Clients: a hook owns one ``httpx.Client`` (a worker task runs one hook at a time). Triggers create
 many hooks on one event loop, so async calls share ONE ``httpx.AsyncClient`` per loop, whatever the
 connection: credentials and timeouts travel with each request, never with the client. Its transport
-(:mod:`._pool`) splits the connections into small pools, because one big httpcore pool costs CPU
+(the pools section below) splits the connections into small pools, because one big httpcore pool costs CPU
 quadratic in its size once ~1,000 triggers use it.
 
 The key: a :class:`Call` never holds it. :func:`request_headers`, the one place that adds
@@ -18,33 +18,440 @@ and httpx drops ``Authorization`` when one leaves the origin.
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
+import ssl
+import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+import tenacity
 
 from fal_provider.exceptions import (
     FalConnectionError,
     FalError,
     FalInputError,
     FalTimeoutError,
+    ResponseTooLarge,
     error_from_response,
+    parse_retry_after,
 )
-from fal_provider.headers import check_headers
-from fal_provider.hooks._pool import LONG_LIVED, ShardedTransport, shared_ssl_context
-from fal_provider.hooks._retry import RetryableResponse, RetryPolicy, async_retrying, sync_retrying
 from fal_provider.hooks._wire import WireLane, proxies_configured
-from fal_provider.hooks._settings import (
-    DEFAULT_RETRY_LIMIT,
-    DEFAULT_RETRY_MAX_WAIT,
-    DEFAULT_RETRY_MIN_WAIT,
-    FalSettings,
-    origin_of,
-    show_origin,
-)
+from fal_provider.models import check_headers
+
+if TYPE_CHECKING:
+    from fal_provider.hooks._calls import FalSettings  # a type only: _calls builds on this module
+
+
+# ---------------------------------------------------------------------------
+# Pools: the async transport split into small shards
+# The transport behind a loop's shared ``httpx.AsyncClient``: many small pools instead of one big one.
+#
+# Why not one pool of 1,024 connections: httpcore's pool re-examines every connection (and, for each
+# idle one, every connection again) each time a request starts or a response closes, and every queued
+# request against every connection. With ~1,000 triggers on a triggerer loop that made the pool
+# quadratic: profiled at 1,000 triggers it took about 70 % of the process's CPU, and completion
+# detection lagged ~25 s behind fal. So:
+#
+# * short calls (status, result, cancel, submit...) go to one of ``shards`` small pools, and a loop-wide
+#   semaphore admits no more calls than there are connections, so httpcore's own queue stays empty and
+#   each pool operation looks at a handful of connections;
+# * a call marked :data:`LONG_LIVED` (status and output SSE streams, which hold their connection for
+#   the whole wait) gets a connection of its own, closed with the response: pooling it buys nothing
+#   and would make every other pool operation scan it.
+#
+# One SSL context is shared by all pools, so a per-stream connection does not rebuild it.
+# ---------------------------------------------------------------------------
+
+#: Request extension that routes a call to a dedicated connection (see module docstring).
+LONG_LIVED = "fal_long_lived"
+#: 16 pools x 8 connections: up to 128 short calls in flight per loop, each pool scan stays tiny.
+SHARDS = 16
+PER_SHARD = 8
+KEEPALIVE_EXPIRY = 30.0
+
+
+@lru_cache(maxsize=1)
+def shared_ssl_context() -> ssl.SSLContext:
+    """Building a context (loading the CA bundle) costs milliseconds; do it once per process."""
+    return httpx.create_ssl_context()
+
+
+class _ReleasingStream(httpx.AsyncByteStream):
+    """Gives back the admission slot (and closes a dedicated transport) when the body is closed."""
+
+    def __init__(
+        self,
+        stream: httpx.AsyncByteStream,
+        on_close: list[httpx.AsyncBaseTransport | asyncio.Semaphore | _Shard],
+    ) -> None:
+        self._stream = stream
+        self._on_close = on_close
+
+    async def __aiter__(self):  # type: ignore[no-untyped-def]
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            await _release(self._on_close)
+
+
+class _Shard:
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.transport = httpx.AsyncHTTPTransport(
+            verify=shared_ssl_context(),
+            limits=httpx.Limits(
+                max_connections=PER_SHARD,
+                max_keepalive_connections=PER_SHARD,
+                keepalive_expiry=KEEPALIVE_EXPIRY,
+            ),
+        )
+
+
+def dedicated_transport() -> httpx.AsyncBaseTransport:
+    """One connection, not kept alive: it lives exactly as long as the stream it carries."""
+    return httpx.AsyncHTTPTransport(
+        verify=shared_ssl_context(),
+        limits=httpx.Limits(max_connections=1, max_keepalive_connections=0),
+    )
+
+
+async def _admit(admission: asyncio.Semaphore, request: httpx.Request) -> None:
+    """Wait for a free connection no longer than the request's pool timeout, like httpcore would."""
+    pool_timeout = (request.extensions.get("timeout") or {}).get("pool")
+    try:
+        await asyncio.wait_for(admission.acquire(), timeout=pool_timeout)
+    except (asyncio.TimeoutError, TimeoutError):
+        raise httpx.PoolTimeout("No free connection in the shared pool within the pool timeout") from None
+
+
+async def _release(items: list[httpx.AsyncBaseTransport | asyncio.Semaphore | _Shard]) -> None:
+    while items:
+        item = items.pop()
+        if isinstance(item, asyncio.Semaphore):
+            item.release()
+        elif isinstance(item, _Shard):
+            item.in_flight -= 1
+        else:
+            await item.aclose()
+
+
+class ShardedTransport(httpx.AsyncBaseTransport):
+    """Route each request to the least busy small pool, or to its own connection if long-lived."""
+
+    def __init__(self, shards: int = SHARDS, per_shard: int = PER_SHARD) -> None:
+        self._shards = [_Shard() for _ in range(shards)]
+        # Created lazily: a semaphore binds to the loop that first waits on it.
+        self._admission: asyncio.Semaphore | None = None
+        self._capacity = shards * per_shard
+
+    @property
+    def capacity(self) -> int:
+        """Short calls in flight at once; more wait in FIFO order for a free connection."""
+        return self._capacity
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.extensions.get(LONG_LIVED):
+            return await self._dedicated(request)
+        if self._admission is None:
+            self._admission = asyncio.Semaphore(self._capacity)
+        admission = self._admission
+        await _admit(admission, request)
+        # Admission guarantees a shard below PER_SHARD in flight.
+        shard = min(self._shards, key=lambda s: s.in_flight)
+        shard.in_flight += 1
+        on_close: list[httpx.AsyncBaseTransport | asyncio.Semaphore | _Shard] = [admission, shard]
+        return await self._send(shard.transport, request, on_close)
+
+    async def _dedicated(self, request: httpx.Request) -> httpx.Response:
+        transport = dedicated_transport()
+        return await self._send(transport, request, [transport])
+
+    @staticmethod
+    async def _send(
+        transport: httpx.AsyncBaseTransport,
+        request: httpx.Request,
+        on_close: list[httpx.AsyncBaseTransport | asyncio.Semaphore | _Shard],
+    ) -> httpx.Response:
+        try:
+            response = await transport.handle_async_request(request)
+        except BaseException:
+            await _release(on_close)
+            raise
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        response.stream = _ReleasingStream(response.stream, on_close)
+        return response
+
+    async def aclose(self) -> None:
+        for shard in self._shards:
+            await shard.transport.aclose()
+
+
+# ---------------------------------------------------------------------------
+# Retries: which answers are retried, how long to wait, Retry-After
+# When an HTTP call to fal may be repeated, and how long to wait before repeating it.
+#
+# Two policies exist because two kinds of call exist:
+#
+# * Idempotent calls (status, result, cancel, realtime tokens, uploads) can be sent again without
+#   harm, so they retry on any transport error, 408, 429 and gateway/ingress 502/503/504.
+# * Calls that start paid work (the queue submit POST, a sync ``run`` or ``/stream`` POST) retry only
+#   where fal cannot have accepted the request: the connection was never established, a 429, or an
+#   ingress 503 (no ``x-fal-request-id``: the gateway never saw it). A read timeout or a 500 after the
+#   body was sent may mean fal queued the request; sending it again would run, and bill, it twice.
+#   Airflow-level reattachment (the task stores the request id) handles those cases instead.
+# ---------------------------------------------------------------------------
+
+#: Status codes a gateway in front of fal answers without the request reaching fal.
+INGRESS_CODES = frozenset({502, 503, 504})
+#: How the retry loops wait (module-level, so one place decides how a retry sleeps).
+sleep: Callable[[float], None] = time.sleep
+
+
+async def asleep(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
+class RetryableResponse(Exception):
+    """Internal signal: an HTTP answer that the policy says to try again."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+        self.retry_after = parse_retry_after(response.headers)
+
+
+def is_ingress_error(response: httpx.Response) -> bool:
+    """A 502/503/504 that did not come from fal's gateway (it always tags its answers)."""
+    headers = response.headers
+    return (
+        response.status_code in INGRESS_CODES
+        and "x-fal-request-id" not in headers
+        and "x-fal-error-type" not in headers
+    )
+
+
+def _user_timeout(response: httpx.Response) -> bool:
+    return response.status_code == 504 and bool(response.headers.get("x-fal-request-timeout-type"))
+
+
+def _idempotent_response(response: httpx.Response) -> bool:
+    if _user_timeout(response):
+        return False
+    return response.status_code in (408, 429) or is_ingress_error(response)
+
+
+def _idempotent_exception(exc: BaseException) -> bool:
+    return isinstance(exc, httpx.TransportError)
+
+
+def _submit_response(response: httpx.Response) -> bool:
+    return response.status_code == 429 or (response.status_code == 503 and is_ingress_error(response))
+
+
+def _submit_exception(exc: BaseException) -> bool:
+    # Only failures before a single byte reached fal: no TCP/TLS connection, or no free pool slot.
+    return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    name: str
+    retry_response: Callable[[httpx.Response], bool]
+    retry_exception: Callable[[BaseException], bool]
+
+    def should_retry(self, exc: BaseException | None) -> bool:
+        if isinstance(exc, RetryableResponse):
+            return True
+        return exc is not None and self.retry_exception(exc)
+
+
+IDEMPOTENT = RetryPolicy("idempotent", _idempotent_response, _idempotent_exception)
+SUBMIT = RetryPolicy("submit", _submit_response, _submit_exception)
+NO_RETRY = RetryPolicy("none", lambda _response: False, lambda _exc: False)
+
+
+class BackoffWithRetryAfter(tenacity.wait.wait_base):
+    """Exponential backoff with jitter; a server's ``Retry-After`` wins (capped at ``max_wait``)."""
+
+    def __init__(self, min_wait: float, max_wait: float) -> None:
+        self.min_wait = min_wait
+        self.max_wait = max_wait
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        if isinstance(exc, RetryableResponse) and exc.retry_after is not None:
+            return min(exc.retry_after, self.max_wait)
+        base = self.min_wait * (2 ** (retry_state.attempt_number - 1))
+        return min(self.max_wait, base * random.uniform(0.5, 1.5))
+
+
+def describe(exc: BaseException | None) -> str:
+    if isinstance(exc, RetryableResponse):
+        return f"HTTP {exc.response.status_code}"
+    return f"{type(exc).__name__}: {exc}" if exc is not None else "unknown error"
+
+
+def _before_sleep(
+    log: logging.Logger | Any, label: str, limit: int
+) -> Callable[[tenacity.RetryCallState], None]:
+    def log_retry(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        wait = state.next_action.sleep if state.next_action is not None else 0.0
+        log.warning(
+            "fal %s failed (%s); attempt %d of %d, retrying in %.2f s",
+            label,
+            describe(exc),
+            state.attempt_number,
+            limit,
+            wait,
+        )
+
+    return log_retry
+
+
+def _common(policy: RetryPolicy, limit: int, min_wait: float, max_wait: float, log: Any, label: str) -> dict:
+    return {
+        "retry": tenacity.retry_if_exception(policy.should_retry),
+        "stop": tenacity.stop_after_attempt(max(1, limit)),
+        "wait": BackoffWithRetryAfter(min_wait, max_wait),
+        "before_sleep": _before_sleep(log, label, limit),
+        "reraise": True,
+    }
+
+
+def sync_retrying(
+    policy: RetryPolicy, *, limit: int, min_wait: float, max_wait: float, log: Any, label: str
+) -> tenacity.Retrying:
+    return tenacity.Retrying(
+        sleep=lambda seconds: sleep(seconds), **_common(policy, limit, min_wait, max_wait, log, label)
+    )
+
+
+def async_retrying(
+    policy: RetryPolicy, *, limit: int, min_wait: float, max_wait: float, log: Any, label: str
+) -> tenacity.AsyncRetrying:
+    return tenacity.AsyncRetrying(
+        sleep=lambda seconds: asleep(seconds), **_common(policy, limit, min_wait, max_wait, log, label)
+    )
+
+
+# ---------------------------------------------------------------------------
+# Bounded reads: a response body never larger than the caller allows
+# Reading an answer body with a size limit, so an oversized result is refused before it is in memory.
+#
+# A result bound for XCom has a size limit the caller knows. Reading the whole body first and
+# measuring it afterwards would hold (and JSON-decode) a payload of any size on the worker; instead
+# ``Content-Length`` is checked before the first byte is read, and the bytes read so far while it
+# streams in (a chunked or compressed answer has no usable length).
+# ---------------------------------------------------------------------------
+
+
+#: Headers that describe the wire encoding, dropped from the rebuilt (already decoded) answer.
+_WIRE_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+
+
+def _declared_size(response: httpx.Response) -> int | None:
+    """``Content-Length`` when it counts the bytes the body decodes to (no content encoding)."""
+    if response.headers.get("content-encoding", "identity").lower() != "identity":
+        return None
+    try:
+        return int(response.headers["content-length"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _check_declared(response: httpx.Response, limit: int, label: str) -> None:
+    size = _declared_size(response)
+    if size is not None and size > limit:
+        raise ResponseTooLarge(label, size, limit, declared=True)
+
+
+def _decoded(response: httpx.Response, body: bytes) -> httpx.Response:
+    headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _WIRE_HEADERS]
+    return httpx.Response(response.status_code, headers=headers, content=body, request=response.request)
+
+
+def read_limited(response: httpx.Response, limit: int, label: str) -> httpx.Response:
+    """The answer with its body read, or :class:`ResponseTooLarge` once it passes ``limit`` bytes.
+
+    ``response`` must be a streamed (unread) answer; the caller closes it.
+    """
+    _check_declared(response, limit, label)
+    return _decoded(response, _gather(response.iter_bytes(), limit, label))
+
+
+async def aread_limited(response: httpx.Response, limit: int, label: str) -> httpx.Response:
+    """Async twin of :func:`read_limited`."""
+    _check_declared(response, limit, label)
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > limit:
+            raise ResponseTooLarge(label, len(body), limit, declared=False)
+    return _decoded(response, bytes(body))
+
+
+def _gather(chunks: Iterator[bytes], limit: int, label: str) -> bytes:
+    body = bytearray()
+    for chunk in chunks:
+        body += chunk
+        if len(body) > limit:
+            raise ResponseTooLarge(label, len(body), limit, declared=False)
+    return bytes(body)
+
+
+# ---------------------------------------------------------------------------
+# Transport: clients, the key guard, send/asend
+# ---------------------------------------------------------------------------
+
+DEFAULT_RETRY_LIMIT = 5
+DEFAULT_RETRY_MIN_WAIT = 0.5
+DEFAULT_RETRY_MAX_WAIT = 30.0
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+#: A WebSocket goes to the same server as the HTTP URL it was derived from.
+_HTTP_SCHEME_OF = {"ws": "http", "wss": "https"}
+
+#: ``(scheme, host, port)``, normalised: lower case, default port filled in, ``ws``/``wss`` as
+#: ``http``/``https``.
+Origin = tuple[str, str, int]
+
+
+@lru_cache(maxsize=16384)
+def origin_of(url: str | httpx.URL) -> Origin | None:
+    """The origin a request to ``url`` would connect to, parsed as httpx parses it; ``None`` when
+    ``url`` is not an absolute http(s)/ws(s) URL (such a URL never gets the key).
+
+    Cached: every poll of a waiting request checks the same status URL (parsing costs ~0.1 ms)."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return None
+    scheme = _HTTP_SCHEME_OF.get(parsed.scheme.lower(), parsed.scheme.lower())
+    host = parsed.raw_host.decode("ascii", "replace").lower()
+    if scheme not in _DEFAULT_PORTS or not host:
+        return None
+    return scheme, host, parsed.port or _DEFAULT_PORTS[scheme]
+
+
+def show_origin(origin: Origin | None) -> str:
+    if origin is None:
+        return "<not an http(s) URL>"
+    scheme, host, port = origin
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}" + ("" if port == _DEFAULT_PORTS[scheme] else f":{port}")
+
 
 #: A worker's hook makes a handful of calls at a time.
 SYNC_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=16, keepalive_expiry=30.0)
@@ -140,7 +547,7 @@ class Call:
         long_lived: bool = False,
     ) -> httpx.Request:
         """``headers``: from :func:`request_headers`. ``long_lived``: a streamed answer that holds its
-        connection for a whole wait (see ``_pool``)."""
+        connection for a whole wait (see the pools section)."""
         return client.build_request(
             self.method,
             self.url,

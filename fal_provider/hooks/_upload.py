@@ -23,10 +23,8 @@ from typing import Any
 import httpx
 
 from fal_provider.exceptions import FalInputError, FalServerError
-from fal_provider.hooks._calls import USER_AGENT, join_url, json_body, merge_headers
-from fal_provider.hooks._retry import IDEMPOTENT
-from fal_provider.hooks._settings import FalSettings
-from fal_provider.hooks._transport import Call, default_timeout
+from fal_provider.hooks._calls import USER_AGENT, FalSettings, join_url, json_body, merge_headers
+from fal_provider.hooks._transport import IDEMPOTENT, Call, default_timeout
 
 #: Above this size an upload goes in parts (fal_client's threshold).
 MULTIPART_THRESHOLD = 100 * 1024 * 1024

@@ -5,7 +5,7 @@ hook's own ``httpx.Client`` and its async twin, right below it, with the event l
 ``httpx.AsyncClient`` (one connection pool for every trigger on the loop). The twins change together.
 Async methods never block the event loop: the connection comes from ``BaseHook.aget_connection``
 and local files are read in a thread.
-Retries, error mapping and key hygiene live in ``_transport``/``_retry``, so every call behaves the
+Retries, error mapping and key hygiene live in ``_transport``, so every call behaves the
 same way: bad input is a :class:`~fal_provider.exceptions.FalInputError` (a ``ValueError`` that
 Airflow does not retry) before any network call, fal's error answers become typed
 :class:`~fal_provider.exceptions.FalError` subclasses, and the key is sent only to the connection's
@@ -33,17 +33,20 @@ from websockets.sync.client import connect as ws_connect
 
 from fal_provider._compat import AirflowNotFoundException, amask_secret, mask_secret
 from fal_provider.exceptions import FalAuthError, FalError, FalRealtimeError
-from fal_provider.headers import check_headers
-from fal_provider.hooks import _conn_cache, _upload
+from fal_provider.hooks import _upload
 from fal_provider.hooks._calls import (
+    DEFAULT_JWKS_URL,
     CallBuilder,
+    ConnFields,
+    FalSettings,
     Options,
     Status,
     build_options,
     encode_arguments,
+    lookup_connection,
     media_download,
+    resolve_settings,
 )
-from fal_provider.hooks._limited import aread_limited, read_limited
 from fal_provider.hooks._realtime import (
     MAX_BUFFERING_RANGE,
     WS_OPEN_ERRORS,
@@ -61,8 +64,6 @@ from fal_provider.hooks._realtime_batch import (
     is_session_drop,
     run_realtime_batch,
 )
-from fal_provider.hooks._retry import NO_RETRY
-from fal_provider.hooks._settings import DEFAULT_JWKS_URL, FalSettings, resolve_settings
 from fal_provider.hooks._sse import (
     aiter_model_events,
     aiter_status_events,
@@ -72,14 +73,17 @@ from fal_provider.hooks._sse import (
     stream_error_from_event,
 )
 from fal_provider.hooks._transport import (
+    NO_RETRY,
     Call,
+    aread_limited,
     asend,
     close_shared_async_client,
     new_sync_client,
+    read_limited,
     send,
     shared_async_client,
 )
-from fal_provider.models import AppId, FalRequestRef
+from fal_provider.models import AppId, FalRequestRef, check_headers
 
 #: What the operators (and TaskFlow code) use of fal's protocols, from this public module.
 __all__ = [
@@ -178,12 +182,12 @@ class FalHook(BaseHook):
     async def aget_settings(self) -> FalSettings:
         """Settings without blocking the event loop (``BaseHook.aget_connection``).
 
-        The lookup is shared with the other hooks on this loop for a few seconds (``_conn_cache``):
+        The lookup is shared with the other hooks on this loop for a few seconds (``_calls.lookup_connection``):
         a triggerer starts ~1,000 hooks on the same connection at once.
         """
         if "settings" in self.__dict__:
             return self.__dict__["settings"]
-        fields = await _conn_cache.lookup(self.fal_conn_id, _afetch_connection)
+        fields = await lookup_connection(self.fal_conn_id, _afetch_connection)
         settings = self._resolve(fields if fields.found else None, fields.extras)
         await amask_secret(settings.key)
         self.__dict__["settings"] = settings
@@ -626,16 +630,16 @@ def _loads(extra: str | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-async def _afetch_connection(conn_id: str) -> _conn_cache.ConnFields:
+async def _afetch_connection(conn_id: str) -> ConnFields:
     """Only the default connection may be absent (env fallback); a missing named one raises."""
     try:
         conn = await _aget_connection(conn_id)
     except AirflowNotFoundException:
         if conn_id != FalHook.default_conn_name:
             raise
-        return _conn_cache.ConnFields(found=False)
+        return ConnFields(found=False)
     extras = await conn.aextra_dejson() if hasattr(conn, "aextra_dejson") else _loads(conn.extra)
-    return _conn_cache.ConnFields(
+    return ConnFields(
         found=True, password=conn.password, host=conn.host, extras=MappingProxyType(dict(extras))
     )
 

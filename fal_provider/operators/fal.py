@@ -15,6 +15,7 @@ The POST happens in ``execute()`` on the worker, once per try; triggers only rea
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
@@ -24,21 +25,36 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from fal_provider._compat import TaskDeferred
-from fal_provider.events import completed_event
 from fal_provider.exceptions import FalInputError, ResponseTooLarge
-from fal_provider.inputs import check_headers, check_seconds, coerce_request, is_templated
-from fal_provider.models import CompletedStatus, FalRequestRef, RequestOptions
-from fal_provider.operators._checks import check_rendered_result_rules, check_result_rules
-from fal_provider.operators._reattach import RequestStore, reattach_status, submission_fingerprint
-from fal_provider.operators._submission import check_submit_params, merge_options, prepare_submit
-from fal_provider.operators.completion import cancel_quietly, raise_unless_success
-from fal_provider.operators.links import FalRequestLink, publish_request
+from fal_provider.models import (
+    TEMPLATE_HINT,
+    AppId,
+    CompletedStatus,
+    FalRequestRef,
+    RequestOptions,
+    check_seconds,
+    check_task_headers,
+    coerce_request,
+    input_errors,
+    is_templated,
+)
+from fal_provider.operators.lifecycle import (
+    FalRequestLink,
+    RequestStore,
+    cancel_quietly,
+    publish_request,
+    raise_unless_success,
+    reattach_status,
+    run_guarded,
+    submission_fingerprint,
+)
 from fal_provider.operators.realtime import FalRealtimeOperator
-from fal_provider.operators.shutdown import run_guarded
 from fal_provider.operators.streaming import FalStreamOperator
 from fal_provider.results import (
     DEFAULT_MAX_XCOM_BYTES,
     ResultTooLargeError,
+    check_rendered_result_rules,
+    check_result_rules,
     fetch_limit,
     shape_result,
     too_large_message,
@@ -50,10 +66,115 @@ from fal_provider.waiting import (
     Status,
     SyncWaiter,
     WaitPolicy,
+    completed_event,
     default_deferrable,
     resolve_webhook_deferrable,
 )
 from fal_provider.webhooks.urls import TaskIdentity, WebhookUrlError, build_webhook_url
+
+# ---------------------------------------------------------------------------
+# Submit inputs: checked at parse time, and again after rendering
+# The inputs of a submit (``app_id``, ``arguments``, request options): checked at parse time when
+# they are known, and coerced and checked again after rendering, the way the hook will check them,
+# before the paid POST.
+# ---------------------------------------------------------------------------
+
+#: Request options that are numbers: pydantic would read ``True`` as ``1``.
+NUMERIC_OPTIONS = ("start_timeout", "max_queue_length", "object_lifecycle")
+
+
+def check_option_numbers(options: Any) -> None:
+    """Numeric request options given as booleans (``start_timeout=True``) are mistakes, not ``1``."""
+    if not isinstance(options, Mapping):
+        return
+    for name in NUMERIC_OPTIONS:
+        if isinstance(options.get(name), bool):
+            raise FalInputError(
+                f"Invalid fal request options: {name} must be a number, got {options[name]!r} "
+                "(a bool is not a number of seconds or items)"
+            )
+
+
+def check_submit_inputs(app_id: Any, arguments: Any, options: Any) -> None:
+    """What the hook checks before a submit, run first so its failure is permanent.
+
+    Uses the hook's own parsers (app id, options, JSON body), so the two can never disagree;
+    imported late because the hook modules are heavy for DAG parsing.
+    """
+    from fal_provider.hooks.fal import check_submit
+
+    check_option_numbers(options)
+    with input_errors():
+        check_submit(app_id, arguments, options)
+
+
+def merge_options(options: Any, overrides: Mapping[str, Any]) -> Any:
+    """Combine ``options=`` with individual option kwargs; validate now if nothing is templated."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if isinstance(options, RequestOptions):
+        options = options.model_dump(exclude_none=True)
+    if options is not None and not isinstance(options, Mapping):
+        if given:
+            raise FalInputError(
+                "Pass request options either as options=... or as keyword arguments, not both"
+            )
+        if not is_templated(options):
+            raise FalInputError(
+                f"options must be a dict or RequestOptions, got {type(options).__name__}.{TEMPLATE_HINT}"
+            )
+        return options  # templated as a whole; validated at execute
+    merged = {**dict(options or {}), **given}
+    if not is_templated(merged):
+        build_request_options(merged)
+    return merged
+
+
+def build_request_options(options: Any) -> RequestOptions:
+    """Rendered ``options`` as ``RequestOptions``; any problem is a permanent input error."""
+    if not isinstance(options, Mapping | RequestOptions | None):
+        raise FalInputError(f"options must render to a dict, got {type(options).__name__}.{TEMPLATE_HINT}")
+    check_option_numbers(options)
+    with input_errors():
+        return RequestOptions.build(options)  # type: ignore[arg-type]
+
+
+def check_submit_params(app_id: Any, arguments: Any) -> None:
+    """Parse-time checks of the submit inputs that are already known (the rest run in ``execute``)."""
+    if not is_templated(app_id):
+        with input_errors():
+            AppId.parse(app_id)
+    if arguments is not None and not is_templated(arguments):
+        coerce_arguments(arguments)
+
+
+def prepare_submit(app_id: Any, arguments: Any, options: Any) -> tuple[dict[str, Any], RequestOptions]:
+    """Rendered submit inputs, checked the way the hook will check them, before the paid POST."""
+    body = coerce_arguments(arguments)
+    built = build_request_options(options)
+    check_submit_inputs(app_id, body, built)
+    return body, built
+
+
+def coerce_arguments(arguments: Any) -> dict[str, Any]:
+    """Rendered ``arguments`` as a dict; a JSON string (non-native templating) is accepted too."""
+    if arguments is None:
+        return {}
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except ValueError:
+            pass
+    if not isinstance(arguments, Mapping):
+        raise FalInputError(
+            f"arguments must be a dict of model inputs (or a JSON object string), got "
+            f"{type(arguments).__name__}: {str(arguments)[:200]!r}.{TEMPLATE_HINT}"
+        )
+    return dict(arguments)
+
+
+# ---------------------------------------------------------------------------
+# The operators
+# ---------------------------------------------------------------------------
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -108,7 +229,7 @@ class FalBaseOperator(BaseOperator):
         self.fal_conn_id = fal_conn_id
         self.headers = headers
         if not is_templated(headers):
-            check_headers(headers)
+            check_task_headers(headers)
 
     @cached_property
     def hook(self) -> FalHook:
@@ -121,7 +242,7 @@ class FalBaseOperator(BaseOperator):
 
         Called first in ``execute()``, before any call that could start paid work.
         """
-        check_headers(self.headers)
+        check_task_headers(self.headers)
 
     def push_request(self, context: Context, ref: FalRequestRef) -> None:
         publish_request(context, self.hook, ref, self.log)
@@ -257,7 +378,7 @@ class FalWaitingOperator(FalBaseOperator):
 
 def _guarded(op: FalWaitingOperator, context: Context, work: Callable[[], Any]) -> Any:
     """Run an ``execute`` / ``execute_complete`` body so SIGTERM tells a shutdown from a user's kill
-    (:mod:`~fal_provider.operators.shutdown`)."""
+    (:mod:`~fal_provider.operators.lifecycle`)."""
     try:
         return run_guarded(
             context,
@@ -438,7 +559,7 @@ class FalInferenceOperator(_SubmittingOperator, FalWaitingOperator):
     def _previous_request(self, context: Context, fingerprint: str) -> tuple[FalRequestRef, Status] | None:
         """A request an earlier try submitted that is still worth waiting for, with its status.
 
-        The store is not cleared on success (see :mod:`~fal_provider.operators._reattach`): a try
+        The store is not cleared on success (see :mod:`~fal_provider.operators.lifecycle`): a try
         that follows a success Airflow never recorded finds the request succeeded and returns its
         result again, without a second submit.
         """

@@ -32,11 +32,16 @@ from fal_provider.hooks.fal import (
     is_session_drop,
     run_realtime_batch,
 )
-from fal_provider.inputs import TEMPLATE_HINT, check_number, is_templated
-from fal_provider.operators._checks import check_rendered_result_rules, check_result_rules
-from fal_provider.operators._result_rules import output_name, result_rules, shape_items
-from fal_provider.operators._task_log import RateLimitedLog, name_the_app
-from fal_provider.results import DEFAULT_MAX_XCOM_BYTES
+from fal_provider.models import TEMPLATE_HINT, check_number, is_templated
+from fal_provider.operators.lifecycle import RateLimitedLog, name_the_app
+from fal_provider.results import (
+    DEFAULT_MAX_XCOM_BYTES,
+    check_rendered_result_rules,
+    check_result_rules,
+    output_name,
+    result_rules,
+    shape_items,
+)
 
 __all__ = ["FalRealtimeOperator", "is_session_drop", "run_realtime_batch"]
 

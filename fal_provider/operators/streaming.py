@@ -29,16 +29,18 @@ from fal_provider.exceptions import (
     FalTimeoutError,
     ResultTooLargeError,
 )
-from fal_provider.hooks.fal import FalHook, preview, stream_error_from_event
-from fal_provider.inputs import TEMPLATE_HINT, check_headers, check_number, is_templated
-from fal_provider.operators._checks import check_rendered_result_rules, check_result_rules
-from fal_provider.operators._result_rules import output_name, result_rules, shape_items
-from fal_provider.operators._submission import check_submit_inputs
-from fal_provider.operators._task_log import RateLimitedLog, name_the_app
+from fal_provider.hooks.fal import FalHook, check_submit, preview, stream_error_from_event
+from fal_provider.models import TEMPLATE_HINT, check_number, check_task_headers, input_errors, is_templated
+from fal_provider.operators.lifecycle import RateLimitedLog, name_the_app
 from fal_provider.results import (
     DEFAULT_MAX_XCOM_BYTES,
+    check_rendered_result_rules,
+    check_result_rules,
     fetch_limit,
+    output_name,
+    result_rules,
     select_fields,
+    shape_items,
     shape_result,
     too_large_message,
 )
@@ -222,7 +224,7 @@ class FalStreamOperator(BaseOperator):
         _check_settings(collect, timeout, idle_timeout, log_interval)
         self.max_xcom_bytes = check_result_rules(select, output_path, download_media, max_xcom_bytes)
         if not is_templated(headers):
-            check_headers(headers)
+            check_task_headers(headers)
         if not is_templated(self.arguments) and not isinstance(self.arguments, Mapping):
             raise FalInputError(_arguments_error(app_id, self.arguments))
 
@@ -233,9 +235,10 @@ class FalStreamOperator(BaseOperator):
     def execute(self, context: Any) -> Any:
         if not isinstance(self.arguments, Mapping):
             raise FalInputError(_arguments_error(self.app_id, self.arguments))
-        check_headers(self.headers)
+        check_task_headers(self.headers)
         check_rendered_result_rules(self.select, self.output_path)
-        check_submit_inputs(self.app_id, self.arguments, None)  # before the paid POST
+        with input_errors():  # the hook's own parsers, before the paid POST
+            check_submit(self.app_id, self.arguments, None)
         collector = StreamCollector(
             self.app_id,
             collect=self.collect,

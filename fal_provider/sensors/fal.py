@@ -17,13 +17,21 @@ from airflow.sdk import BaseSensorOperator
 from airflow.sdk.bases.sensor import PokeReturnValue
 
 from fal_provider._compat import AirflowSensorTimeout, TaskDeferred
-from fal_provider.events import completed_event, validate_event
 from fal_provider.exceptions import FalInputError
-from fal_provider.inputs import check_headers, coerce_request, is_templated
-from fal_provider.models import CompletedStatus, FalRequestRef
-from fal_provider.operators.completion import cancel_quietly, raise_unless_success
-from fal_provider.operators.links import FalRequestLink, publish_request
-from fal_provider.operators.shutdown import run_guarded
+from fal_provider.models import (
+    CompletedStatus,
+    FalRequestRef,
+    check_task_headers,
+    coerce_request,
+    is_templated,
+)
+from fal_provider.operators.lifecycle import (
+    FalRequestLink,
+    cancel_quietly,
+    publish_request,
+    raise_unless_success,
+    run_guarded,
+)
 from fal_provider.triggers.fal import FalRequestTrigger
 from fal_provider.waiting import (
     DEFAULT_BACKSTOP_INTERVAL,
@@ -31,8 +39,10 @@ from fal_provider.waiting import (
     ErrorTolerance,
     StatusReporter,
     WaitPolicy,
+    completed_event,
     default_deferrable,
     resolve_webhook_deferrable,
+    validate_event,
 )
 
 if TYPE_CHECKING:
@@ -105,7 +115,7 @@ class FalRequestSensor(BaseSensorOperator):
         self.wait_policy = wait_policy
         self.deferrable = resolve_webhook_deferrable(wait_mode, deferrable, default_deferrable())
         if not is_templated(headers):
-            check_headers(headers)
+            check_task_headers(headers)
         self.cancel_on_kill = cancel_on_kill
         self.cancel_on_timeout = cancel_on_timeout
         self._ref: FalRequestRef | None = None
@@ -132,7 +142,7 @@ class FalRequestSensor(BaseSensorOperator):
 
     def _guarded(self, context: Context, work: Callable[[], Any]) -> Any:
         """SIGTERM from a worker shutdown keeps the request; a user's kill cancels it (see
-        :mod:`fal_provider.operators.shutdown`)."""
+        :mod:`~fal_provider.operators.lifecycle`)."""
         try:
             return run_guarded(
                 context,
@@ -147,7 +157,7 @@ class FalRequestSensor(BaseSensorOperator):
             raise
 
     def _execute(self, context: Context) -> Any:
-        check_headers(self.headers)
+        check_task_headers(self.headers)
         ref = self._resolve(context)
         if not self.deferrable:
             return super().execute(context)

@@ -14,13 +14,15 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from fal_provider._compat import AIRFLOW_V_3_3_PLUS
-from fal_provider.events import backstop_event, error_event, timeout_event
 from fal_provider.models import CompletedStatus, FalRequestRef
 from fal_provider.waiting import (
     ErrorTolerance,
     PollPolicy,
     StreamFollower,
     WaitPolicy,
+    backstop_event,
+    error_event,
+    timeout_event,
 )
 
 CLASSPATH = "fal_provider.triggers.fal.FalRequestTrigger"

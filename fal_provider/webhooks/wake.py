@@ -17,7 +17,7 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from fal_provider.events import webhook_event
+from fal_provider.waiting import webhook_event
 from fal_provider.webhooks.store import WebhookRecord
 from fal_provider.webhooks.urls import TaskIdentity
 
@@ -41,7 +41,7 @@ class WakeOutcome(str, enum.Enum):
 
 
 def task_event(record: WebhookRecord, request: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The event the task resumes with (see :func:`fal_provider.events.webhook_event`); the result
+    """The event the task resumes with (see :func:`fal_provider.waiting.webhook_event`); the result
     itself is fetched by the worker in ``execute_complete``."""
     return webhook_event(
         succeeded=record.succeeded, error=record.error, request=request, request_id=record.request_id

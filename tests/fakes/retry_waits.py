@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fal_provider.hooks import _retry
+from fal_provider.hooks import _transport
 
 
 @pytest.fixture
@@ -15,6 +15,6 @@ def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     async def fake_asleep(seconds: float) -> None:
         recorded.append(seconds)
 
-    monkeypatch.setattr(_retry, "sleep", recorded.append)
-    monkeypatch.setattr(_retry, "asleep", fake_asleep)
+    monkeypatch.setattr(_transport, "sleep", recorded.append)
+    monkeypatch.setattr(_transport, "asleep", fake_asleep)
     return recorded

@@ -23,8 +23,8 @@ from airflow.triggers.base import BaseTrigger
 from fal_provider import _compat
 from fal_provider._compat import AIRFLOW_V_3_3_PLUS, TaskDeferred
 from fal_provider.exceptions import FalTimeoutError
-from fal_provider.operators._reattach import VARIABLE_PREFIX, RequestStore
 from fal_provider.operators.fal import FalInferenceOperator
+from fal_provider.operators.lifecycle import VARIABLE_PREFIX, RequestStore
 from fal_provider.triggers.fal import FalRequestTrigger
 from tests.unit.operators.fakes import (
     APP,
@@ -104,7 +104,7 @@ def test_below_3_3_a_stray_task_state_store_is_ignored(
     request_variables: RequestVariables, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The version gate, not the context key, picks the store: below 3.3 the Variable is used."""
-    monkeypatch.setattr("fal_provider.operators._reattach.AIRFLOW_V_3_3_PLUS", False)
+    monkeypatch.setattr("fal_provider.operators.lifecycle.AIRFLOW_V_3_3_PLUS", False)
     context = make_context(FakeStateStore(), state_store=True)
     with pytest.raises(TaskDeferred):
         inference(make_hook([queued()])).execute(context)

@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 
 from fal_provider._compat import AirflowException, TaskDeferred
-from fal_provider.events import (
+from fal_provider.exceptions import FalAuthError, FalInputError, FalServerError
+from fal_provider.models import parse_status
+from fal_provider.operators.fal import FalResultOperator
+from fal_provider.sensors.fal import FalRequestSensor
+from fal_provider.triggers.fal import FalRequestTrigger
+from fal_provider.waiting import (
+    ErrorTolerance,
+    WaitPolicy,
     backstop_event,
     completed_event,
     error_event,
@@ -17,12 +24,6 @@ from fal_provider.events import (
     validate_event,
     webhook_event,
 )
-from fal_provider.exceptions import FalAuthError, FalInputError, FalServerError
-from fal_provider.models import parse_status
-from fal_provider.operators.fal import FalResultOperator
-from fal_provider.sensors.fal import FalRequestSensor
-from fal_provider.triggers.fal import FalRequestTrigger
-from fal_provider.waiting import ErrorTolerance, WaitPolicy
 from tests.unit.operators.fakes import install_hook, make_context, make_hook, make_ref, queued
 
 REF = make_ref()

@@ -21,8 +21,7 @@ import pytest
 
 from fal_provider.emulator.testing import FalEmulator
 from fal_provider.exceptions import FalInputError
-from fal_provider.hooks._retry import IDEMPOTENT
-from fal_provider.hooks._transport import Call, default_timeout, send
+from fal_provider.hooks._transport import IDEMPOTENT, Call, default_timeout, send
 from fal_provider.hooks.fal import FalHook
 from fal_provider.models import CompletedStatus
 

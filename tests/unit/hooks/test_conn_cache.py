@@ -6,15 +6,15 @@ import asyncio
 
 import pytest
 
-from fal_provider.hooks import _conn_cache
-from fal_provider.hooks._conn_cache import ConnFields, lookup
+from fal_provider.hooks import _calls
+from fal_provider.hooks._calls import ConnFields, lookup_connection
 from fal_provider.hooks.fal import FalHook
 from tests.unit.hooks.hook_fakes import spy_aget_connection
 
 
 @pytest.fixture(autouse=True)
 def _fresh_cache() -> None:
-    _conn_cache.clear()
+    _calls.clear_connections()
 
 
 class Fetcher:
@@ -35,8 +35,8 @@ class Fetcher:
 async def test_concurrent_lookups_share_one_fetch_per_connection_id() -> None:
     fetch = Fetcher()
     fetch.gate.clear()
-    waiting = [asyncio.ensure_future(lookup("fal_default", fetch)) for _ in range(50)]
-    other = asyncio.ensure_future(lookup("fal_other", fetch))
+    waiting = [asyncio.ensure_future(lookup_connection("fal_default", fetch)) for _ in range(50)]
+    other = asyncio.ensure_future(lookup_connection("fal_other", fetch))
     await asyncio.sleep(0)
     fetch.gate.set()
     results = await asyncio.gather(*waiting)
@@ -48,28 +48,28 @@ async def test_concurrent_lookups_share_one_fetch_per_connection_id() -> None:
 async def test_entry_expires_after_the_ttl() -> None:
     fetch = Fetcher()
     clock = [1000.0]
-    await lookup("fal_default", fetch, now=lambda: clock[0])
-    clock[0] += _conn_cache.TTL - 1
-    await lookup("fal_default", fetch, now=lambda: clock[0])
+    await lookup_connection("fal_default", fetch, now=lambda: clock[0])
+    clock[0] += _calls.CONN_TTL - 1
+    await lookup_connection("fal_default", fetch, now=lambda: clock[0])
     assert fetch.calls == 1
     clock[0] += 2
-    await lookup("fal_default", fetch, now=lambda: clock[0])
+    await lookup_connection("fal_default", fetch, now=lambda: clock[0])
     assert fetch.calls == 2
 
 
 async def test_a_failed_lookup_is_not_cached() -> None:
     fetch = Fetcher(fail=1)
     with pytest.raises(RuntimeError, match="backend down"):
-        await lookup("fal_default", fetch)
-    assert (await lookup("fal_default", fetch)).found
+        await lookup_connection("fal_default", fetch)
+    assert (await lookup_connection("fal_default", fetch)).found
     assert fetch.calls == 2
 
 
 async def test_a_cancelled_waiter_does_not_cancel_the_shared_lookup() -> None:
     fetch = Fetcher()
     fetch.gate.clear()
-    first = asyncio.ensure_future(lookup("fal_default", fetch))
-    second = asyncio.ensure_future(lookup("fal_default", fetch))
+    first = asyncio.ensure_future(lookup_connection("fal_default", fetch))
+    second = asyncio.ensure_future(lookup_connection("fal_default", fetch))
     await asyncio.sleep(0)
     first.cancel()
     await asyncio.sleep(0)
@@ -80,8 +80,8 @@ async def test_a_cancelled_waiter_does_not_cancel_the_shared_lookup() -> None:
 
 def test_each_loop_has_its_own_entries() -> None:
     fetch = Fetcher()
-    asyncio.run(lookup("fal_default", fetch))
-    asyncio.run(lookup("fal_default", fetch))
+    asyncio.run(lookup_connection("fal_default", fetch))
+    asyncio.run(lookup_connection("fal_default", fetch))
     assert fetch.calls == 2, "a task of one loop cannot be awaited from another"
 
 
@@ -91,7 +91,7 @@ async def test_many_hooks_resolve_the_connection_once(monkeypatch: pytest.Monkey
     settings = await asyncio.gather(*(FalHook().aget_settings() for _ in range(100)))
     assert calls == ["fal_default"]
     assert {s.key for s in settings} == {"k-id:k-secret"}
-    assert "k-secret" not in repr(_conn_cache._caches)
+    assert "k-secret" not in repr(_calls._conn_caches)
 
 
 async def test_missing_default_connection_is_cached_but_a_missing_named_one_raises(

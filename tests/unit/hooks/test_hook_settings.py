@@ -7,7 +7,7 @@ import json
 import pytest
 
 from fal_provider.exceptions import FalAuthError, FalMissingCredentialsError
-from fal_provider.hooks._settings import DEFAULT_QUEUE_URL, DEFAULT_RUN_URL, resolve_settings
+from fal_provider.hooks._calls import DEFAULT_QUEUE_URL, DEFAULT_RUN_URL, resolve_settings
 from fal_provider.hooks.fal import FalHook
 from tests.unit.hooks.hook_fakes import (
     KEY,

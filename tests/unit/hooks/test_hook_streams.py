@@ -149,7 +149,7 @@ async def test_one_async_client_per_loop_shared_by_hooks() -> None:
     _transport._async_clients.clear()
     first = _transport.shared_async_client()
     assert _transport.shared_async_client() is first
-    # Enough short calls in flight for a triggerer's ~1,000 waits (small pools, see hooks/_pool.py).
+    # Enough short calls in flight for a triggerer's ~1,000 waits (small pools, see the pools section of hooks/_transport.py).
     assert first._transport.capacity >= 100  # type: ignore[attr-defined]
     other_loop_client = await asyncio.to_thread(asyncio.run, _client_in_new_loop())
     assert other_loop_client is not first

@@ -7,8 +7,8 @@ import asyncio
 import httpx
 import pytest
 
-from fal_provider.hooks import _pool
-from fal_provider.hooks._pool import LONG_LIVED, ShardedTransport
+from fal_provider.hooks import _transport
+from fal_provider.hooks._transport import LONG_LIVED, ShardedTransport
 
 
 def _answer(body: bytes = b"{}") -> httpx.Response:
@@ -74,7 +74,7 @@ async def test_long_lived_call_gets_its_own_transport_closed_with_the_response(m
         opened.append(Tracked(lambda request: _answer(b"data: {}\n\n")))
         return opened[-1]
 
-    monkeypatch.setattr(_pool, "dedicated_transport", dedicated)
+    monkeypatch.setattr(_transport, "dedicated_transport", dedicated)
     transport = ShardedTransport(shards=1, per_shard=1)
     _install(transport, lambda request: pytest.fail("a long-lived call must not use a shared pool"))
     async with httpx.AsyncClient(transport=transport) as client:

@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from fal_provider._compat import AirflowFailException
-from fal_provider.hooks._limited import ResponseTooLarge, aread_limited, read_limited
+from fal_provider.exceptions import ResponseTooLarge
+from fal_provider.hooks._transport import aread_limited, read_limited
 
 CHUNK = b"x" * 1024
 

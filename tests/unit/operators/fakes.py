@@ -20,7 +20,7 @@ from airflow.triggers.base import BaseTrigger
 from fal_provider._compat import AIRFLOW_V_3_3_PLUS
 from fal_provider.hooks.fal import FalHook
 from fal_provider.models import FalRequestRef, parse_status
-from fal_provider.operators._reattach import STATE_KEY, VARIABLE_PREFIX, RequestStore
+from fal_provider.operators.lifecycle import STATE_KEY, VARIABLE_PREFIX, RequestStore
 
 APP = "fal-ai/flux/schnell"
 BASE = "http://127.0.0.1:9/queue/fal-ai/flux/requests"

@@ -20,9 +20,9 @@ import pytest
 from fal_provider._compat import AirflowFailException, TaskDeferred
 from fal_provider.exceptions import FalInputError, FalTransientError
 from fal_provider.hooks.fal import FalHook
-from fal_provider.operators import shutdown
-from fal_provider.operators._reattach import RequestStore
+from fal_provider.operators import lifecycle
 from fal_provider.operators.fal import FalInferenceOperator, FalResultOperator, check_trigger_connection
+from fal_provider.operators.lifecycle import RequestStore
 from tests.unit.operators.fakes import (
     APP,
     FakeStateStore,
@@ -150,7 +150,7 @@ def test_shutdown_keeps_the_request_and_ends_the_try_retryable(
     sigterm_on_second_status(hook)
     op = inference(hook, deferrable=False)
     store = FakeStateStore()
-    with pytest.raises(shutdown.FalWorkerShutdown) as raised:
+    with pytest.raises(lifecycle.FalWorkerShutdown) as raised:
         op.execute(make_context(store))
     assert isinstance(raised.value, FalTransientError) and not isinstance(raised.value, AirflowFailException)
     hook.cancel.assert_not_called()
@@ -171,7 +171,7 @@ def test_a_user_kill_cancels_the_request(
     state_is(monkeypatch, state)
     hook = make_hook()
     sigterm_on_second_status(hook)
-    with pytest.raises(shutdown.FalWorkerShutdown):
+    with pytest.raises(lifecycle.FalWorkerShutdown):
         inference(hook, deferrable=False).execute(make_context())
     hook.cancel.assert_called_once()
     assert hook.cancel.call_args.args[0].request_id == "req-1"
@@ -183,7 +183,7 @@ def test_an_unknown_state_keeps_the_request(
     state_is(monkeypatch, RuntimeError("execution API unreachable"))
     hook = make_hook()
     sigterm_on_second_status(hook)
-    with pytest.raises(shutdown.FalWorkerShutdown):
+    with pytest.raises(lifecycle.FalWorkerShutdown):
         inference(hook, deferrable=False).execute(make_context())
     hook.cancel.assert_not_called()
 
@@ -196,7 +196,7 @@ def test_the_result_operator_keeps_the_request_on_shutdown_too(
     sigterm_on_second_status(hook)
     op = FalResultOperator(task_id="t", request=make_ref().to_xcom(), deferrable=False, poll_interval=0.01)
     install_hook(op, hook)
-    with pytest.raises(shutdown.FalWorkerShutdown):
+    with pytest.raises(lifecycle.FalWorkerShutdown):
         op.execute(make_context())
     hook.cancel.assert_not_called()
 
@@ -237,11 +237,11 @@ def conn_json(key: str = KEY, host: str = "http://127.0.0.1:9/queue") -> str:
 
 @pytest.fixture
 def fresh_connection_cache() -> Iterator[None]:
-    from fal_provider.hooks import _conn_cache
+    from fal_provider.hooks._calls import clear_connections
 
-    _conn_cache.clear()
+    clear_connections()
     yield
-    _conn_cache.clear()
+    clear_connections()
 
 
 def test_connection_check_passes_when_the_trigger_sees_the_same_connection(
@@ -301,7 +301,7 @@ def test_the_sensor_keeps_the_request_on_shutdown_and_cancels_on_a_user_kill(
             task_id="t", request=make_ref().to_xcom(), deferrable=False, poke_interval=0.01
         )
         install_hook(sensor, hook)
-        with pytest.raises(shutdown.FalWorkerShutdown):
+        with pytest.raises(lifecycle.FalWorkerShutdown):
             sensor.execute(make_context())
         assert hook.cancel.call_count == cancels, state
 

@@ -25,7 +25,7 @@ from fal_provider.operators.fal import (
     FalResultOperator,
     FalSubmitOperator,
 )
-from fal_provider.operators.links import request_url
+from fal_provider.operators.lifecycle import request_url
 from fal_provider.triggers.fal import FalRequestTrigger
 from tests.unit.operators.fakes import (
     APP,

@@ -266,7 +266,7 @@ def test_unwritable_output_folder_fails_before_the_submit(
 
 
 def test_write_probe_leaves_the_location_as_it_found_it(tmp_path: Path) -> None:
-    from fal_provider.operators._checks import probe_output_path
+    from fal_provider.results import probe_output_path
 
     probe_output_path(f"file://{tmp_path}/new/nested/", None)
     probe_output_path(str(tmp_path / "run.json"), None)

@@ -22,7 +22,7 @@ from fal_provider.exceptions import (
 )
 from fal_provider.hooks._sse import error_in_event, stream_error_from_event
 from fal_provider.hooks.fal import FalHook
-from fal_provider.operators._task_log import RateLimitedLog
+from fal_provider.operators.lifecycle import RateLimitedLog
 from fal_provider.operators.streaming import FalStreamOperator, StreamCollector, drain_stream
 from tests.unit.operators.fakes import checked_fake, install_hook
 
