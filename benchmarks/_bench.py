@@ -42,7 +42,11 @@ class Emulator:
         return float(psutil.Process(self.proc.pid).memory_info().rss) / 2**20
 
     def connection(self) -> str:
-        extra = {"run_url": f"{self.base}/run", "rest_url": f"{self.base}/rest", "cdn_url": f"{self.base}/cdn"}
+        extra = {
+            "run_url": f"{self.base}/run",
+            "rest_url": f"{self.base}/rest",
+            "cdn_url": f"{self.base}/cdn",
+        }
         return json.dumps({"conn_type": "fal", "host": f"{self.base}/queue", "password": KEY, "extra": extra})
 
 

@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _bench  # noqa: E402
+import _bench
 
 
 async def _drive(one: Callable[[int], Awaitable[None]], calls: int, concurrency: int) -> float:
@@ -77,13 +77,17 @@ class RawH11:
             self.writer.close()
 
 
-async def measure(emulator: _bench.Emulator, calls: int, concurrency: int, profile: str | None) -> dict[str, float]:
+async def measure(
+    emulator: _bench.Emulator, calls: int, concurrency: int, profile: str | None
+) -> dict[str, float]:
     import httpx
 
     from fal_provider.hooks.fal import FalHook
 
     hook = FalHook()
-    refs = await asyncio.gather(*(hook.asubmit("emulator/echo", {"duration_s": 600, "i": i}) for i in range(8)))
+    refs = await asyncio.gather(
+        *(hook.asubmit("emulator/echo", {"duration_s": 600, "i": i}) for i in range(8))
+    )
     await hook.aget_status(refs[0])  # warm: settings, shared client, imports
     result: dict[str, float] = {}
 
@@ -138,7 +142,9 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=4000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 1000])
     parser.add_argument("--profile", default=None, help="write a cProfile of the hook's calls here")
-    parser.add_argument("--uvloop", action="store_true", help="run on uvloop (the triggerer does not by default)")
+    parser.add_argument(
+        "--uvloop", action="store_true", help="run on uvloop (the triggerer does not by default)"
+    )
     args = parser.parse_args()
     with _bench.emulator_process(concurrency=64) as emulator:
         _bench.airflow_env(emulator)

@@ -144,7 +144,9 @@ class _Incomplete(Exception):
 class WireLane:
     """Kept-alive h11 connections for one event loop (see module docstring)."""
 
-    def __init__(self, ssl_context: Callable[[], ssl.SSLContext], max_connections: int = MAX_CONNECTIONS) -> None:
+    def __init__(
+        self, ssl_context: Callable[[], ssl.SSLContext], max_connections: int = MAX_CONNECTIONS
+    ) -> None:
         self._ssl_context = ssl_context
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._slots: asyncio.Semaphore | None = None
@@ -214,7 +216,9 @@ class WireLane:
     async def _connect(self, origin: tuple[str, str, int], connect_timeout: float | None) -> _Connection:
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
-        tls: dict[str, Any] = {"ssl": self._ssl_context(), "server_hostname": host} if scheme == "https" else {}
+        tls: dict[str, Any] = (
+            {"ssl": self._ssl_context(), "server_hostname": host} if scheme == "https" else {}
+        )
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(_Connection, host, port, **tls), timeout=connect_timeout
@@ -261,7 +265,11 @@ class WireLane:
                 raise httpx.RemoteProtocolError(str(exc)) from exc
             if event is h11.NEED_DATA:
                 if conn.eof:  # h11 reports an unexpected close as an error above; be safe anyway
-                    raise _Incomplete() if status == 0 else httpx.RemoteProtocolError("Connection closed mid-answer")
+                    raise (
+                        _Incomplete()
+                        if status == 0
+                        else httpx.RemoteProtocolError("Connection closed mid-answer")
+                    )
                 conn.waiter = loop.create_future()
                 await conn.waiter
             elif isinstance(event, h11.Response):
@@ -275,7 +283,9 @@ class WireLane:
                     raise _Incomplete()
                 raise httpx.RemoteProtocolError("Connection closed mid-answer")
 
-    def _keep_or_close(self, origin: tuple[str, str, int], conn: _Connection, loop: asyncio.AbstractEventLoop) -> None:
+    def _keep_or_close(
+        self, origin: tuple[str, str, int], conn: _Connection, loop: asyncio.AbstractEventLoop
+    ) -> None:
         http = conn.http
         if conn.lost or http.our_state is not h11.DONE or http.their_state is not h11.DONE:
             conn.close()
