@@ -72,6 +72,8 @@ LONG_LIVED = "fal_long_lived"
 SHARDS = 16
 PER_SHARD = 8
 KEEPALIVE_EXPIRY = 30.0
+#: Long-lived streams being opened (connect and answer headers) at once per loop.
+MAX_CONNECTING_STREAMS = 32
 
 
 @lru_cache(maxsize=1)
@@ -150,6 +152,7 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         self._shards = [_Shard() for _ in range(shards)]
         # Created lazily: a semaphore binds to the loop that first waits on it.
         self._admission: asyncio.Semaphore | None = None
+        self._connecting: asyncio.Semaphore | None = None
         self._capacity = shards * per_shard
 
     @property
@@ -171,8 +174,13 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         return await self._send(shard.transport, request, on_close)
 
     async def _dedicated(self, request: httpx.Request) -> httpx.Response:
+        # Thousands of status streams opening at once (a fan-out, a triggerer restart) would each
+        # connect in the same loop iteration and stall it; a few connect at a time, the rest wait.
+        if self._connecting is None:
+            self._connecting = asyncio.Semaphore(MAX_CONNECTING_STREAMS)
         transport = dedicated_transport()
-        return await self._send(transport, request, [transport])
+        async with self._connecting:
+            return await self._send(transport, request, [transport])
 
     @staticmethod
     async def _send(
