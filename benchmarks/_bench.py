@@ -145,7 +145,7 @@ class Heartbeat:
 
 
 class GcTimer:
-    """Wall time spent in the cyclic collector, via ``gc.callbacks`` (settings are not touched)."""
+    """CPU time spent in the cyclic collector, via ``gc.callbacks`` (settings are not touched)."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
@@ -155,9 +155,9 @@ class GcTimer:
 
     def _callback(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
-            self._start = time.perf_counter()
+            self._start = time.process_time()
         else:
-            spent = time.perf_counter() - self._start
+            spent = time.process_time() - self._start
             self.seconds += spent
             self.by_generation[info["generation"]] += spent
             self.passes[info["generation"]] += 1
