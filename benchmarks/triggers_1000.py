@@ -148,7 +148,10 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--duration", type=float, default=30.0, help="seconds each request runs")
     parser.add_argument(
-        "--modes", nargs="+", default=["poll", "stream", "fal_client"], choices=["poll", "stream", "fal_client"]
+        "--modes",
+        nargs="+",
+        default=["poll", "stream", "fal_client"],
+        choices=["poll", "stream", "fal_client"],
     )
     args = parser.parse_args()
     with _bench.emulator_process(concurrency=args.requests + 10) as emulator:
