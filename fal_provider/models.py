@@ -173,6 +173,17 @@ class RequestState(str, Enum):
     COMPLETED = "COMPLETED"
 
 
+def loads_if_json(value: Any) -> Any:
+    """A string that parses as JSON becomes what it encodes (templates render to strings unless the
+    DAG renders native objects); anything else, or a string that is not JSON, is returned as is."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            pass
+    return value
+
+
 @dataclass(frozen=True)
 class AppId:
     """An endpoint id split the way fal's clients split it.
@@ -318,11 +329,7 @@ class FalRequestRef(BaseModel):
         """Accept what upstream tasks produce: a ref, its dict (XCom), or its JSON string."""
         if isinstance(value, FalRequestRef):
             return value
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except ValueError:
-                pass
+        value = loads_if_json(value)
         if not isinstance(value, dict):
             raise FalInputError(
                 "A fal request reference must be a dict with 'app_id' and 'request_id' (the XCom value of "

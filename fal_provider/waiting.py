@@ -182,6 +182,22 @@ class WaitPolicy:
     backstop_interval: float = DEFAULT_BACKSTOP_INTERVAL
     end_time: float | None = None
 
+    @classmethod
+    def from_task_params(
+        cls,
+        wait_mode: str,
+        poll_interval: float,
+        max_poll_interval: float,
+        max_consecutive_errors: int,
+        log_fal_logs: bool,
+        backstop_interval: float,
+        /,
+    ) -> WaitPolicy:
+        """The policy from the six wait parameters every waiting operator and the sensor take, in
+        their signature order (the sensor's ``poke_interval`` is the poll interval); checked here."""
+        wait = (wait_mode, poll_interval, max_poll_interval, max_consecutive_errors, log_fal_logs)
+        return cls(*wait, backstop_interval=backstop_interval)
+
     def __post_init__(self) -> None:
         if self.wait_mode not in WAIT_MODES:
             raise FalInputError(

@@ -15,16 +15,14 @@ The POST happens in ``execute()`` on the worker, once per try; triggers only rea
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from fal_provider._compat import TaskDeferred
 from fal_provider.exceptions import FalInputError, ResponseTooLarge
 from fal_provider.models import (
     TEMPLATE_HINT,
@@ -37,15 +35,16 @@ from fal_provider.models import (
     coerce_request,
     input_errors,
     is_templated,
+    loads_if_json,
 )
 from fal_provider.operators.lifecycle import (
     FalRequestLink,
     RequestStore,
     cancel_quietly,
+    guard,
     publish_request,
     raise_unless_success,
     reattach_status,
-    run_guarded,
     submission_fingerprint,
 )
 from fal_provider.operators.realtime import FalRealtimeOperator
@@ -159,11 +158,7 @@ def coerce_arguments(arguments: Any) -> dict[str, Any]:
     """Rendered ``arguments`` as a dict; a JSON string (non-native templating) is accepted too."""
     if arguments is None:
         return {}
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments)
-        except ValueError:
-            pass
+    arguments = loads_if_json(arguments)
     if not isinstance(arguments, Mapping):
         raise FalInputError(
             f"arguments must be a dict of model inputs (or a JSON object string), got "
@@ -289,13 +284,13 @@ class FalWaitingOperator(FalBaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.wait_policy = WaitPolicy(
-            wait_mode=wait_mode,
-            poll_interval=poll_interval,
-            max_poll_interval=max_poll_interval,
-            max_consecutive_errors=max_consecutive_errors,
-            log_fal_logs=log_fal_logs,
-            backstop_interval=backstop_interval,
+        self.wait_policy = WaitPolicy.from_task_params(
+            wait_mode,
+            poll_interval,
+            max_poll_interval,
+            max_consecutive_errors,
+            log_fal_logs,
+            backstop_interval,
         )
         self.deferrable = resolve_webhook_deferrable(wait_mode, deferrable, default_deferrable())
         self.timeout = check_seconds(timeout, "timeout")
@@ -374,25 +369,6 @@ class FalWaitingOperator(FalBaseOperator):
         """Cancel the request being waited on by this worker (best effort, never raises)."""
         if self._request is not None and self.cancel_on_kill:
             cancel_quietly(self.hook, self._request, "task killed")
-
-
-def _guarded(op: FalWaitingOperator, context: Context, work: Callable[[], Any]) -> Any:
-    """Run an ``execute`` / ``execute_complete`` body so SIGTERM tells a shutdown from a user's kill
-    (:mod:`~fal_provider.operators.lifecycle`)."""
-    try:
-        return run_guarded(
-            context,
-            work,
-            request=lambda: op._request,
-            cancel=lambda ref, why: cancel_quietly(op.hook, ref, why),
-            cancel_on_kill=op.cancel_on_kill,
-            log=op.log,
-        )
-    except TaskDeferred:
-        # The trigger waits now. A SIGTERM before this process exits (the Task SDK's handler calls
-        # on_kill) is a shutdown, not a reason to cancel the request the trigger is waiting for.
-        op._request = None
-        raise
 
 
 def check_trigger_connection(hook: Any, conn_id: str) -> None:
@@ -534,10 +510,10 @@ class FalInferenceOperator(_SubmittingOperator, FalWaitingOperator):
         self.reattach_on_retry = reattach_on_retry
 
     def execute(self, context: Context) -> Any:
-        return _guarded(self, context, lambda: self._execute(context))
+        return guard(self, context, lambda: self._execute(context), request_attr="_request")
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
-        return _guarded(self, context, lambda: self.complete(context, event))
+        return guard(self, context, lambda: self.complete(context, event), request_attr="_request")
 
     def _execute(self, context: Context) -> Any:
         self.check_rendered(context)
@@ -587,10 +563,15 @@ class FalResultOperator(FalWaitingOperator):
 
     def execute(self, context: Context) -> Any:
         self.check_rendered(context)
-        return _guarded(self, context, lambda: self.wait_for(context, coerce_request(self.request)))
+        return guard(
+            self,
+            context,
+            lambda: self.wait_for(context, coerce_request(self.request)),
+            request_attr="_request",
+        )
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
-        return _guarded(self, context, lambda: self.complete(context, event))
+        return guard(self, context, lambda: self.complete(context, event), request_attr="_request")
 
 
 class FalCancelOperator(FalBaseOperator):

@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 
 from airflow.sdk import BaseOperatorLink
 
-from fal_provider._compat import AIRFLOW_V_3_3_PLUS
+from fal_provider._compat import AIRFLOW_V_3_3_PLUS, TaskDeferred
 from fal_provider.exceptions import (
     FalAuthError,
     FalConnectionError,
@@ -37,7 +37,7 @@ from fal_provider.exceptions import (
     FalTransientError,
     error_from_completed,
 )
-from fal_provider.models import CompletedStatus, FalRequestRef
+from fal_provider.models import CompletedStatus, FalRequestRef, loads_if_json
 from fal_provider.waiting import Status, error_from_event, validate_event
 
 if TYPE_CHECKING:
@@ -252,6 +252,28 @@ def run_guarded(
     ) from None
 
 
+def guard(task: Any, context: Any, work: Callable[[], T], *, request_attr: str) -> T:
+    """Run a waiting task's ``execute`` / ``execute_complete`` body under :func:`run_guarded`.
+
+    ``task`` is an operator or the sensor (``hook``, ``cancel_on_kill``, ``log``); its attribute
+    ``request_attr`` holds the request being waited for. Once the body defers, the trigger waits: a
+    SIGTERM before this process exits (the Task SDK's handler calls ``on_kill``) is a shutdown, not
+    a reason to cancel that request, so the attribute is cleared.
+    """
+    try:
+        return run_guarded(
+            context,
+            work,
+            request=lambda: getattr(task, request_attr),
+            cancel=lambda ref, why: cancel_quietly(task.hook, ref, why),
+            cancel_on_kill=task.cancel_on_kill,
+            log=task.log,
+        )
+    except TaskDeferred:
+        setattr(task, request_attr, None)
+        raise
+
+
 # ---------------------------------------------------------------------------
 # The "fal request" extra link
 # The "fal request" extra link.
@@ -381,11 +403,7 @@ class RequestStore:
         raw = self._state.get(STATE_KEY) if self._state is not None else self._variable_get()
         if not raw:
             return None
-        if isinstance(raw, str):
-            try:
-                raw = json.loads(raw)
-            except ValueError:
-                pass
+        raw = loads_if_json(raw)
         record = raw if isinstance(raw, Mapping) else {}
         if "request" not in record:  # written by an older provider version: the bare reference
             record = {"request": raw}

@@ -8,7 +8,7 @@ It reuses the operators' trigger, so deferred waiting (``deferrable=True``) beha
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator
 from airflow.sdk.bases.sensor import PokeReturnValue
 
-from fal_provider._compat import AirflowSensorTimeout, TaskDeferred
+from fal_provider._compat import AirflowSensorTimeout
 from fal_provider.exceptions import FalInputError
 from fal_provider.models import (
     CompletedStatus,
@@ -28,9 +28,9 @@ from fal_provider.models import (
 from fal_provider.operators.lifecycle import (
     FalRequestLink,
     cancel_quietly,
+    guard,
     publish_request,
     raise_unless_success,
-    run_guarded,
 )
 from fal_provider.triggers.fal import FalRequestTrigger
 from fal_provider.waiting import (
@@ -96,13 +96,13 @@ class FalRequestSensor(BaseSensorOperator):
         backstop_interval: float = DEFAULT_BACKSTOP_INTERVAL,
         **kwargs: Any,
     ) -> None:
-        wait_policy = WaitPolicy(
-            wait_mode=wait_mode,
-            poll_interval=poke_interval,
-            max_poll_interval=max_poll_interval,
-            max_consecutive_errors=max_consecutive_errors,
-            log_fal_logs=log_fal_logs,
-            backstop_interval=backstop_interval,
+        wait_policy = WaitPolicy.from_task_params(
+            wait_mode,
+            poke_interval,
+            max_poll_interval,
+            max_consecutive_errors,
+            log_fal_logs,
+            backstop_interval,
         )
         super().__init__(poke_interval=poke_interval, **kwargs)
         if request is None and not (app_id and request_id):
@@ -138,23 +138,7 @@ class FalRequestSensor(BaseSensorOperator):
         return self._ref
 
     def execute(self, context: Context) -> Any:
-        return self._guarded(context, lambda: self._execute(context))
-
-    def _guarded(self, context: Context, work: Callable[[], Any]) -> Any:
-        """SIGTERM from a worker shutdown keeps the request; a user's kill cancels it (see
-        :mod:`~fal_provider.operators.lifecycle`)."""
-        try:
-            return run_guarded(
-                context,
-                work,
-                request=lambda: self._ref,
-                cancel=lambda ref, why: cancel_quietly(self.hook, ref, why),
-                cancel_on_kill=self.cancel_on_kill,
-                log=self.log,
-            )
-        except TaskDeferred:
-            self._ref = None  # the trigger waits now; a SIGTERM before this process exits is no kill
-            raise
+        return guard(self, context, lambda: self._execute(context), request_attr="_ref")
 
     def _execute(self, context: Context) -> Any:
         check_task_headers(self.headers)
@@ -194,7 +178,7 @@ class FalRequestSensor(BaseSensorOperator):
         return PokeReturnValue(is_done=True, xcom_value=ref.to_xcom())
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
-        return self._guarded(context, lambda: self._complete(event))
+        return guard(self, context, lambda: self._complete(event), request_attr="_ref")
 
     def _complete(self, event: dict[str, Any] | None) -> Any:
         status, ref = validate_event(event)
