@@ -1,138 +1,182 @@
-"""1,000 requests waiting in one process, the way one triggerer holds them.
+"""Many requests waiting in one event loop, the way one triggerer holds them, and fal-client beside it.
 
-    python benchmarks/triggers_1000.py [--requests 1000] [--duration 5] [--modes poll stream]
+    python benchmarks/triggers_1000.py [--requests 1000] [--duration 30] [--modes poll stream fal_client]
 
-For each wait mode: ``--requests`` requests are submitted to a ``fal-emulator`` subprocess (its CPU
-is not counted here) on ``emulator/echo``, each finishing ``--duration`` seconds (plus a small
-spread) after it starts; then as many ``FalRequestTrigger`` coroutines run on one event loop until
-all have fired. Printed: CPU seconds and peak RSS of this process, fal HTTP calls per request
-(emulator ``/_emulator/stats``), and completion-detection latency (the emulator marks the request
-COMPLETED -> the trigger yields its event), p50/p99.
+For each mode: ``--requests`` requests are submitted to a ``fal-emulator`` subprocess on
+``emulator/echo``, each running ``--duration`` s (plus up to 1 s of spread); then one waiter per
+request runs on one event loop until all have finished:
 
-A measurement, not a test: figures depend on the machine.
+* ``poll`` / ``stream``: ``FalRequestTrigger(wait_mode=...)`` (poll_interval 1 s, the default
+  ceiling), exactly what a triggerer runs;
+* ``fal_client``: fal-client's own async waiting loop on the same work
+  (``AsyncRequestHandle.iter_events()`` at its default interval until ``Completed``).
+
+Printed per mode: this process's CPU as a share of one core over the wait, the emulator's share
+(another process; its own line so it is never mistaken for the client's), peak RSS, failures,
+fal HTTP calls per request, detection latency (fal marks the request COMPLETED -> the waiter has
+its event) p50/p99, event-loop lag p99/max from a 50 ms heartbeat task, and the share of this
+process's CPU spent in the garbage collector (``gc.callbacks``; GC settings are not changed).
+
+A measurement, not a test: figures depend on the machine (its load average is printed).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import re
-import resource
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-KEY = "bench-key-id:bench-key-secret"
-
-
-def start_emulator(workdir: Path, concurrency: int) -> tuple[subprocess.Popen[bytes], str]:
-    log_path = workdir / "emulator.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fal_provider.emulator", "--port", "0", "--key", KEY,
-         "--concurrency", str(concurrency), "--ping-interval", "15"],
-        stdout=log_path.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        match = re.search(r"listening on (http://\S+)", log_path.read_text())
-        if match:
-            return proc, match.group(1)
-        time.sleep(0.1)
-    proc.terminate()
-    raise RuntimeError(f"fal-emulator did not start: {log_path.read_text()[-2000:]}")
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _bench
 
 
 def fal_calls(stats: dict[str, Any]) -> int:
     return int(stats["status_calls"]["total"] + stats["status_stream_calls"] + stats["result_calls"])
 
 
-async def run_mode(mode: str, base: str, n: int, duration: float) -> dict[str, Any]:
+async def _trigger_waiter(mode: str, ref: Any, fired: dict[str, float], failures: list[str]) -> None:
+    from fal_provider.triggers.fal import FalRequestTrigger
+
+    trigger = FalRequestTrigger(request=ref.to_xcom(), wait_mode=mode, poll_interval=1.0)
+    async for event in trigger.run():
+        if event.payload["status"] != "success":
+            failures.append(str(event.payload)[:200])
+        fired[ref.request_id] = time.time()
+
+
+async def _fal_client_waiter(client: Any, ref: Any, fired: dict[str, float], failures: list[str]) -> None:
+    import fal_client
+
+    handle = await client.get_handle(ref.app_id, ref.request_id)
+    try:
+        async for status in handle.iter_events():
+            if isinstance(status, fal_client.Completed):
+                break
+    except Exception as err:  # a benchmark counts failures, it does not stop on them
+        failures.append(f"{type(err).__name__}: {err}"[:200])
+    fired[ref.request_id] = time.time()
+
+
+async def run_mode(mode: str, emulator: _bench.Emulator, n: int, duration: float) -> dict[str, Any]:
     import httpx
 
     from fal_provider.hooks.fal import FalHook
-    from fal_provider.triggers.fal import FalRequestTrigger
 
     hook = FalHook()
-    refs = await asyncio.gather(
-        *(hook.asubmit("emulator/echo", {"duration_s": duration + (i % 50) * 0.02, "i": i}) for i in range(n))
-    )
-    fired: dict[str, float] = {}
-
-    async def wait(ref: Any) -> None:
-        trigger = FalRequestTrigger(
-            request=ref.to_xcom(), wait_mode=mode, poll_interval=1.0, max_poll_interval=30
+    refs = []
+    for start in range(0, n, 500):  # submits are not what is measured; keep their burst modest
+        refs += await asyncio.gather(
+            *(
+                hook.asubmit("emulator/echo", {"duration_s": duration + (i % 50) * 0.02, "i": i})
+                for i in range(start, min(n, start + 500))
+            )
         )
-        async for event in trigger.run():
-            assert event.payload["status"] == "success", event.payload
-            fired[ref.request_id] = time.time()
+    fired: dict[str, float] = {}
+    failures: list[str] = []
+    client = None
+    if mode == "fal_client":
+        import fal_client
 
-    async with httpx.AsyncClient(base_url=base, timeout=60) as admin:
+        client = fal_client.AsyncClient(key=_bench.KEY)
+        waiters = [_fal_client_waiter(client, ref, fired, failures) for ref in refs]
+    else:
+        waiters = [_trigger_waiter(mode, ref, fired, failures) for ref in refs]
+
+    heartbeat = _bench.Heartbeat()
+    async with httpx.AsyncClient(base_url=emulator.base, timeout=120) as admin:
         before = (await admin.get("/_emulator/stats")).json()
-        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-        started = time.monotonic()
-        await asyncio.gather(*(wait(ref) for ref in refs))
-        wall = time.monotonic() - started
-        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        emu_cpu0 = emulator.cpu_seconds()
+        heartbeat.start()
+        with _bench.GcTimer() as gc_timer:
+            cpu0, started = _bench.cpu_now(), time.monotonic()
+            results = await asyncio.gather(*waiters, return_exceptions=True)
+            cpu1, wall = _bench.cpu_now(), time.monotonic() - started
+        await heartbeat.stop()
+        emu_cpu = emulator.cpu_seconds() - emu_cpu0
+        failures += [f"{type(r).__name__}: {r}"[:200] for r in results if isinstance(r, BaseException)]
         after = (await admin.get("/_emulator/stats")).json()
         latencies = []
         for ref in refs:
             info = (await admin.get(f"/_emulator/requests/{ref.request_id}")).json()
-            latencies.append(fired[ref.request_id] - float(info["timings"]["completed_at"]))
+            completed_at = info["timings"].get("completed_at")
+            if ref.request_id in fired and completed_at:
+                latencies.append(fired[ref.request_id] - float(completed_at))
+    await hook.aclose_shared_client()
+    cpu = cpu1 - cpu0
     return {
         "mode": mode,
         "requests": n,
-        "wall_s": round(wall, 2),
-        "cpu_s": round((cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime), 2),
-        "peak_rss_mib": round(cpu1.ru_maxrss / 1024, 1),
-        "http_calls_per_request": round((fal_calls(after) - fal_calls(before)) / n, 2),
-        "latency_p50_s": round(pct(latencies, 0.50), 3),
-        "latency_p99_s": round(pct(latencies, 0.99), 3),
+        "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 2),
+        "core_pct": round(100 * cpu / wall, 1),
+        "emulator_core_pct": round(100 * emu_cpu / wall, 1),
+        "peak_rss_mib": round(_bench.peak_rss_mib(), 0),
+        "failures": len(failures),
+        "first_failure": failures[0] if failures else None,
+        "calls_per_request": round((fal_calls(after) - fal_calls(before)) / n, 1),
+        "detect_p50_s": round(_bench.pct(latencies, 0.50), 2),
+        "detect_p99_s": round(_bench.pct(latencies, 0.99), 2),
+        **heartbeat.summary(),
+        "gc_pct_of_cpu": round(100 * gc_timer.seconds / cpu, 1) if cpu else 0.0,
+        "gc_gen2_passes": gc_timer.passes[2],
     }
+
+
+COLUMNS = (
+    ("mode", "mode"),
+    ("requests", "waiters"),
+    ("wall_s", "wall s"),
+    ("core_pct", "client % of a core"),
+    ("emulator_core_pct", "emulator % of a core"),
+    ("peak_rss_mib", "peak RSS MiB"),
+    ("failures", "failures"),
+    ("calls_per_request", "HTTP calls/request"),
+    ("detect_p50_s", "detect p50 s"),
+    ("detect_p99_s", "detect p99 s"),
+    ("lag_p99_s", "loop lag p99 s"),
+    ("lag_max_s", "lag max s"),
+    ("gc_pct_of_cpu", "GC % of CPU"),
+)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=1000)
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds each request runs")
-    parser.add_argument("--modes", nargs="+", default=["poll", "stream"], choices=["poll", "stream"])
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds each request runs")
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["poll", "stream", "fal_client"],
+        choices=["poll", "stream", "fal_client"],
+    )
     args = parser.parse_args()
+    with _bench.emulator_process(concurrency=args.requests + 10) as emulator:
+        _bench.airflow_env(emulator)
+        _bench.quiet_logs()
+        os.environ["FAL_KEY"] = _bench.KEY
+        import fal_client.client as fal_module
 
-    workdir = Path(tempfile.mkdtemp(prefix="fal-bench-triggers-"))
-    os.environ["AIRFLOW_HOME"] = str(workdir / "airflow")
-    os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-    proc, base = start_emulator(workdir, concurrency=args.requests + 10)
-    try:
-        extra = {"run_url": f"{base}/run", "rest_url": f"{base}/rest", "cdn_url": f"{base}/cdn"}
-        os.environ["AIRFLOW_CONN_FAL_DEFAULT"] = json.dumps(
-            {"conn_type": "fal", "host": f"{base}/queue", "password": KEY, "extra": extra}
-        )
+        fal_module.QUEUE_URL_FORMAT = f"{emulator.base}/queue/"
+        print(f"{args.requests} waiters, requests of {args.duration} s; {_bench.load()}", flush=True)
         results = []
         for mode in args.modes:
-            result = asyncio.run(run_mode(mode, base, args.requests, args.duration))
+            result = asyncio.run(run_mode(mode, emulator, args.requests, args.duration))
             results.append(result)
-            print(json.dumps(result), flush=True)
-        print(
-            "\n| mode | requests | wall s | CPU s | peak RSS MiB | HTTP calls/request | latency p50 s | p99 s |"
-        )
-        print("|---|---|---|---|---|---|---|---|")
+            print(result, flush=True)
+        print("\n| " + " | ".join(title for _, title in COLUMNS) + " |")
+        print("|" + "---|" * len(COLUMNS))
         for r in results:
-            print(
-                f"| {r['mode']} | {r['requests']} | {r['wall_s']} | {r['cpu_s']} | {r['peak_rss_mib']} | "
-                f"{r['http_calls_per_request']} | {r['latency_p50_s']} | {r['latency_p99_s']} |"
-            )
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+            print("| " + " | ".join(str(r[key]) for key, _ in COLUMNS) + " |")
+        by_mode = {r["mode"]: r for r in results}
+        for mode in ("poll", "stream"):
+            if mode in by_mode and "fal_client" in by_mode and by_mode[mode]["cpu_s"]:
+                ratio = by_mode["fal_client"]["cpu_s"] / by_mode[mode]["cpu_s"]
+                print(f"fal_client CPU / {mode} CPU: {ratio:.1f}x")
+        print(_bench.load())
     return 0
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import time
+import weakref
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -235,26 +237,94 @@ class WaitPolicy:
         return dataclasses.asdict(self)
 
 
-class AdaptiveInterval:
-    """Poll often while a request runs, back off while it only waits in the queue.
+#: The longest wait between two polls of a *running* request with no better estimate: the bound
+#: on how late a completion is seen (poll mode), unless ``poll_interval`` is larger.
+RUNNING_DETECTION_BOUND = 5.0
+#: Each wait is shortened by up to this fraction at random, so waiters started together (a
+#: triggerer restart, a fan-out of 10,000 tasks) do not poll in lockstep. Never lengthened: the
+#: bounds above still hold.
+POLL_JITTER = 0.25
+_EWMA_WEIGHT = 0.3
+_MAX_APPS_TRACKED = 1024
 
-    A queued request can sit for minutes; polling it every second costs HTTP calls for nothing.
-    Once it starts, completion is near, so the interval drops back to the floor.
+
+class RunTimes:
+    """How long requests of each app ran, as observed by this process's waiters (an EWMA per app).
+
+    A request of an app whose requests usually run 10 minutes does not need asking every few
+    seconds in its first minutes. Kept per process (a triggerer learns from every request it
+    waited on); bounded to :data:`_MAX_APPS_TRACKED` apps.
     """
 
-    def __init__(self, floor: float, ceiling: float, factor: float = 1.5) -> None:
+    def __init__(self) -> None:
+        self._seconds: dict[str, float] = {}
+
+    def expected(self, app_id: str) -> float | None:
+        return self._seconds.get(app_id)
+
+    def record(self, app_id: str, seconds: float) -> None:
+        if not (seconds > 0 and seconds < 7 * 86400):
+            return
+        old = self._seconds.get(app_id)
+        if old is None and len(self._seconds) >= _MAX_APPS_TRACKED:
+            self._seconds.pop(next(iter(self._seconds)))
+        self._seconds[app_id] = seconds if old is None else old + _EWMA_WEIGHT * (seconds - old)
+
+
+#: The process's observed run times (see :class:`RunTimes`).
+RUN_TIMES = RunTimes()
+
+
+class AdaptiveInterval:
+    """The wait before the next poll, from what fal said: queue position, and time run so far.
+
+    * Queued: grows by ``factor`` per poll, and is at least ``floor`` x half the queue position
+      (a request behind 50 others is asked every ``25 x floor`` s), up to ``ceiling``.
+    * Running, with an expected run time ``D`` (the app's observed run times): half of what is
+      left of ``D`` (so polls land closer and closer to the expected end), then, past ``D``, as
+      without an estimate.
+    * Running, no estimate: a quarter of the time run so far, between ``floor`` and the running
+      bound ``max(floor, min(ceiling, RUNNING_DETECTION_BOUND))``.
+
+    Detection bound (poll mode): a completion is seen at most the running bound after it happens
+    (plus one call and the jitter's shortening only), except for a request that ends before its
+    app's expected run time, which is seen within ``(D - t) / 2`` (t: time it had run at the last
+    poll), capped at ``ceiling``.
+    """
+
+    def __init__(
+        self, floor: float, ceiling: float, factor: float = 1.5, *, expected: float | None = None
+    ) -> None:
         self.floor = floor
         self.ceiling = max(ceiling, floor)
         self.factor = factor
         self.current = floor
+        self.expected = expected
+        self.running_bound = max(floor, min(self.ceiling, RUNNING_DETECTION_BOUND))
+        self.running_since: float | None = None
 
-    def next(self, status: Status | None) -> float:
+    def next(self, status: Status | None, now: float | None = None) -> float:
         """The wait before the next poll, given the status just seen (``None``: an error)."""
         if isinstance(status, InProgressStatus):
-            self.current = self.floor
+            now = time.monotonic() if now is None else now
+            if self.running_since is None:
+                self.running_since = now
+            self.current = self._running_wait(now - self.running_since)
         else:
-            self.current = min(self.current * self.factor, self.ceiling)
+            grown = self.current * self.factor
+            position = getattr(status, "queue_position", None) or 0
+            self.current = min(max(grown, self.floor * position / 2), self.ceiling)
         return self.current
+
+    def _running_wait(self, elapsed: float) -> float:
+        if self.expected is not None and elapsed < self.expected:
+            return min(max((self.expected - elapsed) / 2, self.floor), self.ceiling)
+        return min(max(elapsed / 4, self.floor), self.running_bound)
+
+
+def jittered(seconds: float, rng: Any = random) -> float:
+    """``seconds`` shortened by up to :data:`POLL_JITTER` at random (never lengthened)."""
+    return seconds * (1.0 - POLL_JITTER * rng.random())
 
 
 class StatusReporter:
@@ -270,7 +340,9 @@ class StatusReporter:
         self.ref = ref
         self._last_state: str | None = None
         self._last_position: int | None = None
-        self._seen: deque[tuple[Any, str]] = deque(maxlen=512)
+        # Only a waiter that copies fal's logs needs the de-duplication window (10,000 waiters on
+        # one loop would otherwise each hold an empty deque and set for the collector to walk).
+        self._seen: deque[tuple[Any, str]] | None = deque(maxlen=512) if enabled else None
         self._seen_set: set[tuple[Any, str]] = set()
 
     def report(self, status: Status) -> None:
@@ -282,13 +354,15 @@ class StatusReporter:
         if isinstance(status, QueuedStatus) and status.queue_position != self._last_position:
             self._last_position = status.queue_position
             self.log.info("fal request %s: queue position %s", self.ref.request_id, status.queue_position)
+        seen = self._seen
+        assert seen is not None
         for entry in status.logs or []:
             key = (entry.timestamp, entry.message)
             if key in self._seen_set:
                 continue
-            if len(self._seen) == self._seen.maxlen:
-                self._seen_set.discard(self._seen[0])
-            self._seen.append(key)
+            if len(seen) == seen.maxlen:
+                self._seen_set.discard(seen[0])
+            seen.append(key)
             self._seen_set.add(key)
             self.log.info("[fal %s] %s", entry.level or "LOG", entry.message)
 
@@ -330,17 +404,31 @@ class PollPolicy:
     def __init__(self, ref: FalRequestRef, policy: WaitPolicy, log: logging.Logger | Any) -> None:
         self.ref = ref
         self.log = log
-        self.interval = AdaptiveInterval(policy.poll_interval, policy.max_poll_interval)
+        self.interval = AdaptiveInterval(
+            policy.poll_interval, policy.max_poll_interval, expected=RUN_TIMES.expected(ref.app_id)
+        )
         self.reporter = StatusReporter(log, policy.log_fal_logs, ref)
         self.errors = ErrorTolerance(policy.max_consecutive_errors)
 
     def observed(self, status: Status) -> dict[str, Any] | float:
-        """A status arrived: the final event, or the wait before the next poll."""
+        """A status arrived: the final event, or the (jittered) wait before the next poll."""
         self.errors.succeeded()
         self.reporter.report(status)
         if isinstance(status, CompletedStatus):
+            self._learn(status)
             return completed_event(status, self.ref)
-        return self.interval.next(status)
+        if self.interval.expected is None and isinstance(status, InProgressStatus):
+            self.interval.expected = RUN_TIMES.expected(self.ref.app_id)  # a peer may have finished
+        return jittered(self.interval.next(status))
+
+    def _learn(self, status: CompletedStatus) -> None:
+        """Record how long this request ran: fal's ``inference_time``, else what this wait saw."""
+        seconds = status.metrics.get("inference_time") if status.metrics else None
+        if not isinstance(seconds, int | float) or isinstance(seconds, bool):
+            since = self.interval.running_since
+            seconds = None if since is None else time.monotonic() - since
+        if seconds is not None and not status.failed:
+            RUN_TIMES.record(self.ref.app_id, float(seconds))
 
     def failed(self, err: Exception) -> dict[str, Any] | float:
         """A poll raised: an ``error`` event once it is permanent or too many in a row, else a wait
@@ -355,6 +443,61 @@ class PollPolicy:
             err,
         )
         return float(getattr(err, "retry_after", None) or self.interval.next(None))
+
+
+#: Status streams one event loop keeps open before further waiters poll instead
+#: (``[fal] max_status_streams``): each open stream is a socket and a connection the triggerer
+#: holds for the whole wait, and a loop with thousands of them spends its time on keep-alives.
+DEFAULT_MAX_STATUS_STREAMS = 2000
+#: New streams are opened over up to this many seconds once many are open, not all at once.
+STREAM_OPEN_SPREAD = 1.0
+
+
+class StreamSlots:
+    """How many status streams are open on one event loop, against the configured maximum."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+
+    def take(self) -> bool:
+        """A slot for one more stream, or False: the waiter polls instead."""
+        if self.open >= self.limit:
+            return False
+        self.open += 1
+        return True
+
+    def give_back(self) -> None:
+        self.open -= 1
+
+    def open_delay(self, rng: Any = random) -> float:
+        """A random delay before opening: none while few streams are open, up to
+        :data:`STREAM_OPEN_SPREAD` s as the loop nears its limit (spreads reconnect storms)."""
+        return STREAM_OPEN_SPREAD * min(1.0, self.open / max(1, self.limit)) * rng.random()
+
+
+_stream_slots: weakref.WeakKeyDictionary[Any, StreamSlots] = weakref.WeakKeyDictionary()
+
+
+def max_status_streams() -> int:
+    from fal_provider._compat import conf
+
+    try:
+        value = conf.getint("fal", "max_status_streams", fallback=DEFAULT_MAX_STATUS_STREAMS)
+    except (ValueError, TypeError):
+        return DEFAULT_MAX_STATUS_STREAMS
+    return max(0, int(value))
+
+
+def stream_slots() -> StreamSlots:
+    """The running loop's stream slots (created with the configured limit on first use)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    slots = _stream_slots.get(loop)
+    if slots is None:
+        slots = _stream_slots[loop] = StreamSlots(max_status_streams())
+    return slots
 
 
 class StreamFollower:

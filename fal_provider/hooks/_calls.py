@@ -16,7 +16,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
@@ -590,12 +590,7 @@ class CallBuilder:
         return ref, rebuilt
 
     def _on_queue_origin(self, url: str) -> bool:
-        try:
-            parsed = httpx.URL(url)
-        except (httpx.InvalidURL, TypeError, ValueError):
-            return False
-        plain = not (parsed.userinfo or parsed.query or parsed.fragment)
-        return plain and origin_of(parsed) == self.settings.queue_origin
+        return _plain_origin(url) == self.settings.queue_origin
 
     def _get(
         self,
@@ -730,6 +725,20 @@ class CallBuilder:
             content=b"{}",
             decode=partial(json_body, label="CDN storage token"),
         )
+
+
+@lru_cache(maxsize=16384)
+def _plain_origin(url: str) -> Origin | None:
+    """``url``'s origin if it is a plain URL (no user info, query or fragment), else ``None``.
+
+    Cached: a waiting request's status URL is checked on every poll."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return None
+    if parsed.userinfo or parsed.query or parsed.fragment:
+        return None
+    return origin_of(parsed)
 
 
 # -- answers ---------------------------------------------------------------------------------------

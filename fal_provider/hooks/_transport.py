@@ -18,7 +18,6 @@ and httpx drops ``Authorization`` when one leaves the origin.
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 import ssl
 import time
@@ -30,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-import tenacity
 
 from fal_provider.exceptions import (
     FalConnectionError,
@@ -42,6 +40,7 @@ from fal_provider.exceptions import (
     error_from_response,
     parse_retry_after,
 )
+from fal_provider.hooks._wire import WireLane, proxies_configured
 from fal_provider.models import check_headers
 
 if TYPE_CHECKING:
@@ -74,6 +73,8 @@ LONG_LIVED = "fal_long_lived"
 SHARDS = 16
 PER_SHARD = 8
 KEEPALIVE_EXPIRY = 30.0
+#: Long-lived streams being opened (connect and answer headers) at once per loop.
+MAX_CONNECTING_STREAMS = 32
 
 
 @lru_cache(maxsize=1)
@@ -152,6 +153,7 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         self._shards = [_Shard() for _ in range(shards)]
         # Created lazily: a semaphore binds to the loop that first waits on it.
         self._admission: asyncio.Semaphore | None = None
+        self._connecting: asyncio.Semaphore | None = None
         self._capacity = shards * per_shard
 
     @property
@@ -173,8 +175,13 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         return await self._send(shard.transport, request, on_close)
 
     async def _dedicated(self, request: httpx.Request) -> httpx.Response:
+        # Thousands of status streams opening at once (a fan-out, a triggerer restart) would each
+        # connect in the same loop iteration and stall it; a few connect at a time, the rest wait.
+        if self._connecting is None:
+            self._connecting = asyncio.Semaphore(MAX_CONNECTING_STREAMS)
         transport = dedicated_transport()
-        return await self._send(transport, request, [transport])
+        async with self._connecting:
+            return await self._send(transport, request, [transport])
 
     @staticmethod
     async def _send(
@@ -280,70 +287,55 @@ SUBMIT = RetryPolicy("submit", _submit_response, _submit_exception)
 NO_RETRY = RetryPolicy("none", lambda _response: False, lambda _exc: False)
 
 
-class BackoffWithRetryAfter(tenacity.wait.wait_base):
-    """Exponential backoff with jitter; a server's ``Retry-After`` wins (capped at ``max_wait``)."""
-
-    def __init__(self, min_wait: float, max_wait: float) -> None:
-        self.min_wait = min_wait
-        self.max_wait = max_wait
-
-    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
-        outcome = retry_state.outcome
-        exc = outcome.exception() if outcome is not None else None
-        if isinstance(exc, RetryableResponse) and exc.retry_after is not None:
-            return min(exc.retry_after, self.max_wait)
-        base = self.min_wait * (2 ** (retry_state.attempt_number - 1))
-        return min(self.max_wait, base * random.uniform(0.5, 1.5))
-
-
 def describe(exc: BaseException | None) -> str:
     if isinstance(exc, RetryableResponse):
         return f"HTTP {exc.response.status_code}"
     return f"{type(exc).__name__}: {exc}" if exc is not None else "unknown error"
 
 
-def _before_sleep(
-    log: logging.Logger | Any, label: str, limit: int
-) -> Callable[[tenacity.RetryCallState], None]:
-    def log_retry(state: tenacity.RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome is not None else None
-        wait = state.next_action.sleep if state.next_action is not None else 0.0
-        log.warning(
+class Retries:
+    """The attempts of one call: after each failure, give up (``None``) or the seconds to wait.
+
+    Exponential backoff with jitter from ``min_wait``; a server's ``Retry-After`` wins (both capped
+    at ``max_wait``); at most ``limit`` attempts. A plain counter rather than a retry library: a
+    status poll is the hot path of a triggerer, and building a retry controller per call cost more
+    CPU (~0.1 ms) than the rest of the call's own bookkeeping.
+    """
+
+    __slots__ = ("attempt", "label", "limit", "log", "max_wait", "min_wait", "policy")
+
+    def __init__(
+        self, policy: RetryPolicy, *, limit: int, min_wait: float, max_wait: float, log: Any, label: str
+    ) -> None:
+        self.policy = policy
+        self.limit = limit
+        self.min_wait = min_wait
+        self.max_wait = max_wait
+        self.log = log
+        self.label = label
+        self.attempt = 1
+
+    def wait(self, exc: BaseException) -> float:
+        if isinstance(exc, RetryableResponse) and exc.retry_after is not None:
+            return min(exc.retry_after, self.max_wait)
+        base = self.min_wait * (2 ** (self.attempt - 1))
+        return min(self.max_wait, base * random.uniform(0.5, 1.5))
+
+    def after_failure(self, exc: BaseException) -> float | None:
+        """``exc`` ended this attempt: the wait before the next one, or ``None`` to re-raise it."""
+        if self.attempt >= max(1, self.limit) or not self.policy.should_retry(exc):
+            return None
+        wait = self.wait(exc)
+        self.log.warning(
             "fal %s failed (%s); attempt %d of %d, retrying in %.2f s",
-            label,
+            self.label,
             describe(exc),
-            state.attempt_number,
-            limit,
+            self.attempt,
+            self.limit,
             wait,
         )
-
-    return log_retry
-
-
-def _common(policy: RetryPolicy, limit: int, min_wait: float, max_wait: float, log: Any, label: str) -> dict:
-    return {
-        "retry": tenacity.retry_if_exception(policy.should_retry),
-        "stop": tenacity.stop_after_attempt(max(1, limit)),
-        "wait": BackoffWithRetryAfter(min_wait, max_wait),
-        "before_sleep": _before_sleep(log, label, limit),
-        "reraise": True,
-    }
-
-
-def sync_retrying(
-    policy: RetryPolicy, *, limit: int, min_wait: float, max_wait: float, log: Any, label: str
-) -> tenacity.Retrying:
-    return tenacity.Retrying(
-        sleep=lambda seconds: sleep(seconds), **_common(policy, limit, min_wait, max_wait, log, label)
-    )
-
-
-def async_retrying(
-    policy: RetryPolicy, *, limit: int, min_wait: float, max_wait: float, log: Any, label: str
-) -> tenacity.AsyncRetrying:
-    return tenacity.AsyncRetrying(
-        sleep=lambda seconds: asleep(seconds), **_common(policy, limit, min_wait, max_wait, log, label)
-    )
+        self.attempt += 1
+        return wait
 
 
 # ---------------------------------------------------------------------------
@@ -428,9 +420,12 @@ _HTTP_SCHEME_OF = {"ws": "http", "wss": "https"}
 Origin = tuple[str, str, int]
 
 
+@lru_cache(maxsize=16384)
 def origin_of(url: str | httpx.URL) -> Origin | None:
     """The origin a request to ``url`` would connect to, parsed as httpx parses it; ``None`` when
-    ``url`` is not an absolute http(s)/ws(s) URL (such a URL never gets the key)."""
+    ``url`` is not an absolute http(s)/ws(s) URL (such a URL never gets the key).
+
+    Cached: every poll of a waiting request checks the same status URL (parsing costs ~0.1 ms)."""
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError, ValueError):
@@ -469,8 +464,15 @@ def shared_async_client() -> httpx.AsyncClient:
     if client is None or client.is_closed:
         _forget_closed_loops()
         client = httpx.AsyncClient(transport=ShardedTransport(), follow_redirects=True)
+        # The lean lane for short GETs (see ``_wire``); only on clients made here, and never when
+        # the environment names a proxy (httpx routes through it; the lane does not).
+        client._fal_wire = None if proxies_configured() else WireLane(shared_ssl_context)  # type: ignore[attr-defined]
         _async_clients[loop] = client
     return client
+
+
+def _wire_of(client: httpx.AsyncClient) -> WireLane | None:
+    return getattr(client, "_fal_wire", None)
 
 
 def _forget_closed_loops() -> None:
@@ -483,6 +485,9 @@ async def close_shared_async_client() -> None:
     """Close the running loop's shared client (a task's own loop ending, or a triggerer shutting a loop down)."""
     client = _async_clients.pop(asyncio.get_running_loop(), None)
     if client is not None:
+        lane = _wire_of(client)
+        if lane is not None:
+            await lane.aclose()
         await client.aclose()
 
 
@@ -624,14 +629,21 @@ def send(
 ) -> httpx.Response:
     """Send with the call's retry policy; a streamed answer is returned open (caller closes it)."""
     headers = request_headers(call, settings)
+    retries = Retries(call.policy, **_retry_options(call, settings, log))
     try:
-        for attempt in sync_retrying(call.policy, **_retry_options(call, settings, log)):
-            with attempt:
+        while True:
+            try:
                 response = client.send(call.build(client, headers), stream=stream)
                 if call.policy.retry_response(response):
                     response.read()
                     response.close()
                     raise RetryableResponse(response)
+                break
+            except Exception as exc:
+                wait = retries.after_failure(exc)
+                if wait is None:
+                    raise
+                sleep(wait)
     except RetryableResponse as exc:
         response = exc.response
     except httpx.TransportError as exc:
@@ -642,19 +654,37 @@ def send(
     return check_response(call, response)
 
 
+async def _asend_once(
+    client: httpx.AsyncClient, lane: WireLane | None, call: Call, headers: dict[str, str], stream: bool
+) -> httpx.Response:
+    """One attempt: the lean lane when it takes the call, else httpx; a retryable answer raises."""
+    response = None if lane is None else await lane.get(call.url, call.params, headers, call.timeout)
+    if response is None:
+        response = await client.send(call.build(client, headers, long_lived=stream), stream=stream)
+    if call.policy.retry_response(response):
+        await response.aread()
+        await response.aclose()
+        raise RetryableResponse(response)
+    return response
+
+
 async def asend(
     client: httpx.AsyncClient, call: Call, settings: FalSettings, log: Any, *, stream: bool = False
 ) -> httpx.Response:
     """Async twin of :func:`send`."""
     headers = request_headers(call, settings)
+    lane = _wire_of(client) if not stream and call.method == "GET" and call.content is None else None
+    retries = Retries(call.policy, **_retry_options(call, settings, log))
     try:
-        async for attempt in async_retrying(call.policy, **_retry_options(call, settings, log)):
-            with attempt:
-                response = await client.send(call.build(client, headers, long_lived=stream), stream=stream)
-                if call.policy.retry_response(response):
-                    await response.aread()
-                    await response.aclose()
-                    raise RetryableResponse(response)
+        while True:
+            try:
+                response = await _asend_once(client, lane, call, headers, stream)
+                break
+            except Exception as exc:
+                wait = retries.after_failure(exc)
+                if wait is None:
+                    raise
+                await asleep(wait)
     except RetryableResponse as exc:
         response = exc.response
     except httpx.TransportError as exc:

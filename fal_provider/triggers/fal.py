@@ -22,6 +22,7 @@ from fal_provider.waiting import (
     WaitPolicy,
     backstop_event,
     error_event,
+    stream_slots,
     timeout_event,
 )
 
@@ -143,7 +144,23 @@ class FalRequestTrigger(BaseTrigger):
             await asyncio.sleep(step)
 
     async def _wait_stream(self, hook: Any, ref: FalRequestRef) -> dict[str, Any] | None:
-        """Follow fal's status SSE; ``None`` means the stream broke and polling should take over."""
+        """Follow fal's status SSE; ``None`` means polling takes over (the stream broke, or this
+        loop already holds its maximum of open streams)."""
+        slots = stream_slots()
+        if not slots.take():
+            self.log.debug(
+                "fal request %s: %d status streams open on this loop; polling", ref.request_id, slots.open
+            )
+            return None
+        try:
+            delay = slots.open_delay()
+            if delay:
+                await asyncio.sleep(delay)
+            return await self._follow_stream(hook, ref)
+        finally:
+            slots.give_back()
+
+    async def _follow_stream(self, hook: Any, ref: FalRequestRef) -> dict[str, Any] | None:
         follower = StreamFollower(ref, log=self.log, log_fal_logs=self.policy.log_fal_logs)
         try:
             async for status in hook.aiter_status(ref, logs=self.policy.log_fal_logs):

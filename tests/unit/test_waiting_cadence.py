@@ -1,0 +1,133 @@
+"""Poll cadence (queue position, observed run times, jitter, detection bound) and the stream cap."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from fal_provider.waiting import (
+    POLL_JITTER,
+    RUNNING_DETECTION_BOUND,
+    AdaptiveInterval,
+    PollPolicy,
+    RunTimes,
+    StreamSlots,
+    WaitPolicy,
+    jittered,
+    stream_slots,
+)
+from tests.unit.operators.fakes import done, make_ref, queued, running
+
+
+def _running_waits(interval: AdaptiveInterval, until: float) -> list[float]:
+    now, waits = 0.0, []
+    while now < until:
+        waits.append(interval.next(running(), now=now))
+        now += waits[-1]
+    return waits
+
+
+def test_queue_position_spaces_polls_of_a_request_deep_in_the_queue() -> None:
+    assert AdaptiveInterval(1.0, 30.0).next(queued(50)) == 25.0
+    assert AdaptiveInterval(1.0, 30.0).next(queued(500)) == 30.0  # never past the ceiling
+    assert AdaptiveInterval(1.0, 30.0).next(queued(0)) == 1.5  # next in line: the usual growth
+
+
+def test_running_without_estimate_grows_with_run_time_up_to_the_detection_bound() -> None:
+    waits = _running_waits(AdaptiveInterval(1.0, 30.0), until=120)
+    assert waits[:5] == [1.0] * 5  # a short request is seen within a second
+    assert max(waits) == RUNNING_DETECTION_BOUND and waits[-1] == RUNNING_DETECTION_BOUND
+    assert len(waits) < 35  # 120 s at a 1 s floor would be 120 polls
+
+
+def test_detection_bound_respects_a_larger_floor_and_a_smaller_ceiling() -> None:
+    assert AdaptiveInterval(10.0, 60.0).running_bound == 10.0
+    assert AdaptiveInterval(1.0, 2.0).running_bound == 2.0
+
+
+def test_expected_run_time_polls_towards_the_expected_end_then_at_the_bound() -> None:
+    interval = AdaptiveInterval(1.0, 300.0, expected=600.0)
+    assert interval.next(running(), now=0.0) == 300.0  # half of what is left of 10 minutes
+    assert interval.next(running(), now=300.0) == 150.0
+    assert interval.next(running(), now=599.5) == 1.0  # near the end: the floor
+    assert interval.next(running(), now=800.0) == RUNNING_DETECTION_BOUND  # overdue: the bound
+    assert len(_running_waits(AdaptiveInterval(1.0, 300.0, expected=600.0), until=600)) < 15
+
+
+def test_jitter_only_shortens_and_spreads_waits() -> None:
+    rng = random.Random(7)
+    waits = [jittered(4.0, rng) for _ in range(1000)]
+    assert all(4.0 * (1 - POLL_JITTER) <= w <= 4.0 for w in waits)
+    assert max(waits) - min(waits) > 0.8  # 10,000 waiters started together do not stay in step
+
+
+def test_run_times_learn_an_ewma_per_app_and_ignore_nonsense() -> None:
+    times = RunTimes()
+    assert times.expected("fal-ai/x") is None
+    times.record("fal-ai/x", 100.0)
+    times.record("fal-ai/x", 200.0)
+    assert times.expected("fal-ai/x") == pytest.approx(130.0)
+    times.record("fal-ai/x", -1)
+    times.record("fal-ai/x", float("nan"))
+    assert times.expected("fal-ai/x") == pytest.approx(130.0)
+
+
+def test_poll_policy_learns_from_fal_inference_time_and_uses_it_for_the_next_waiter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fal_provider import waiting
+
+    monkeypatch.setattr(waiting, "RUN_TIMES", RunTimes())
+    ref = make_ref()
+    first = PollPolicy(ref, WaitPolicy(max_poll_interval=300), log=_Log())
+    status = done()
+    status.metrics["inference_time"] = 400.0
+    assert isinstance(first.observed(status), dict)
+    second = PollPolicy(ref, WaitPolicy(max_poll_interval=300), log=_Log())
+    wait = second.observed(running())
+    assert isinstance(wait, float) and 150.0 <= wait <= 200.0  # (400 - 0) / 2, jittered
+
+
+def test_a_failed_request_teaches_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fal_provider import waiting
+
+    monkeypatch.setattr(waiting, "RUN_TIMES", RunTimes())
+    policy = PollPolicy(make_ref(), WaitPolicy(), log=_Log())
+    status = done(error="boom")
+    status.metrics["inference_time"] = 5.0
+    policy.observed(status)
+    assert waiting.RUN_TIMES.expected(make_ref().app_id) is None
+
+
+def test_stream_slots_cap_open_streams_and_spread_opens_as_they_fill() -> None:
+    slots = StreamSlots(limit=2)
+    rng = random.Random(1)
+    assert slots.open_delay(rng) == 0.0  # nothing open: open now
+    assert slots.take() and slots.take()
+    assert not slots.take()  # the third waiter polls
+    assert 0.0 <= slots.open_delay(rng) <= 1.0
+    slots.give_back()
+    assert slots.take()
+
+
+async def test_stream_slots_are_per_loop_and_read_the_configured_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AIRFLOW__FAL__MAX_STATUS_STREAMS", "3")
+    slots = stream_slots()
+    assert slots is stream_slots() and slots.limit == 3
+
+
+def test_a_new_loop_gets_its_own_slots() -> None:
+    async def grab() -> StreamSlots:
+        return stream_slots()
+
+    assert asyncio.run(grab()) is not asyncio.run(grab())
+
+
+class _Log:
+    def info(self, *args: object) -> None: ...
+
+    def warning(self, *args: object) -> None: ...
