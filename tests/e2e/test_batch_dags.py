@@ -17,7 +17,7 @@ import pytest
 from fal_provider.emulator.testing import FalEmulator, run_emulator
 from tests.e2e.harness import AirflowEnv
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
 KILL_DAG = textwrap.dedent(
     """

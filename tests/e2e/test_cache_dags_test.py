@@ -17,7 +17,7 @@ from fal_provider.cache import ResultCache
 from fal_provider.emulator.testing import FalEmulator, run_emulator
 from tests.e2e.harness import AirflowEnv
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]  # three pipeline runs
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]  # three pipeline runs
 
 DAG_ID = "fal_pipeline"
 MODEL_TASKS = ("text_to_image", "upscale", "caption")

@@ -78,9 +78,9 @@ def test_pipeline(airflow: AirflowEnv, emulator: FalEmulator, output_dir: Path) 
     for name in ("generated.png", "upscaled.png"):
         assert Path(report[name]).read_bytes().startswith(PNG_MAGIC)
     assert Path(report["folder"]).is_relative_to(output_dir)
-    # the extra link was materialised for the deferred tasks (status URL, off fal.ai)
+    # the extra link was materialised for the deferred tasks: the emulator's page for the request
     links = airflow.xcoms("fal_pipeline", run_id, key="fal_request_url")
-    assert links[("text_to_image", -1)].startswith(emulator.queue_url)
+    assert links[("text_to_image", -1)].startswith(f"{emulator.base_url}/_emulator/requests/")
     # What the run says it cost is what the emulator billed, request by request and in total.
     cost = xcoms[("cost", -1)]
     billing = emulator.billing()

@@ -33,7 +33,7 @@ import pytest
 from fal_provider.emulator.testing import FalEmulator, run_emulator
 from tests.e2e.harness import REPO_ROOT, AirflowEnv, free_port
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
 README = Path(os.environ.get("FAL_README_PATH") or REPO_ROOT / "README.md")
 SKIP = re.compile(r"<!--\s*recipe:\s*skip\s*\((?P<why>[^)]*)\)\s*-->")

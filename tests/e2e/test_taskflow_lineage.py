@@ -16,7 +16,7 @@ from tests.e2e.harness import AirflowEnv
 
 pytest.importorskip("airflow.providers.openlineage")
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from tests.e2e.deployment.cluster import DeploymentCluster
 from tests.e2e.deployment.conftest import Services
 from tests.e2e.deployment.dags.fal_budget_dags import BUDGET_LIMIT, BUDGET_TASKS
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 
 DATABASE = "airflow_test_budget_deployment"
 PRICE = 0.0001  # emulator/echo, per request

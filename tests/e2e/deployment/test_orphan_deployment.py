@@ -18,7 +18,7 @@ import pytest
 
 from tests.e2e.deployment.cluster import DeploymentCluster
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 
 DAG_ID = "fal_orphan_killed_before_the_answer"
 

@@ -43,7 +43,10 @@ def test_inputs_outputs_and_the_fal_run_facet() -> None:
     assert [(d.namespace, d.name) for d in lineage.outputs] == [("https://v3.fal.media", "/files/a/out.png")]
     facet = lineage.run_facets["fal"]
     assert facet.appId == APP and facet.requestIds == ["req-1"]
-    assert facet.metrics == {"inference_time": 0.5} and facet.cost is None
+    assert facet.metrics == {"inference_time": 0.5}
+    # The completion's cost record, kept on the operator, is the facet's cost.
+    assert facet.cost is not None and facet.cost["request_id"] == "req-1"
+    assert facet.cost == {k: v for k, v in op.fal_cost.items() if not isinstance(v, dict | list)}
 
 
 def test_output_path_files_are_outputs(tmp_path: Path) -> None:
@@ -64,6 +67,7 @@ def test_cost_record_left_on_the_operator_goes_into_the_facet() -> None:
 
 def test_cost_xcom_is_read_only_in_the_task_process() -> None:
     op, _, _ = finished()
+    op.fal_cost = None  # no record left on the operator: lineage falls back to the XCom
     ti = MagicMock(name="ti", task_id="t2i", map_index=-1)
     ti.xcom_pull.return_value = {"cost": 0.01, "currency": "USD"}
     assert op.get_openlineage_facets_on_complete(ti).run_facets["fal"].cost == {

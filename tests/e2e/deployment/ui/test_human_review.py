@@ -12,7 +12,7 @@ import pytest
 
 from tests.e2e.deployment.ui.conftest import UICluster
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 
 DAG_ID = "example_fal_human_review"
 #: the emulator's fast text-to-image model; the DAG's default is fal-ai/flux/schnell
