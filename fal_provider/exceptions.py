@@ -20,6 +20,7 @@ The tree (every public fal error lives in this module)::
     │   ├── FalConnectionError                   connection failed or broke before fal answered
     │   ├── FalRequestFailed                     a queued request finished with a retryable error
     │   ├── FalBatchIncomplete                   a batch under its success ratio, some items retryable
+    │   ├── FalIntentNotRecorded                 the intent to submit could not be stored: nothing was sent
     │   └── FalStreamError                       a stream or realtime session broke
     │       └── FalRealtimeError                 an ``x-fal-error`` frame (``.error``, ``.reason``)
     └── FalPermanentError (AirflowFailException) the same input fails again: no retries spent
@@ -126,6 +127,15 @@ class FalTransientError(FalError):
     """Trouble that can pass: Airflow's ``retries`` apply."""
 
     retryable = True
+
+
+class FalIntentNotRecorded(FalTransientError):
+    """The record that this try is about to submit could not be written, so nothing was submitted.
+
+    Paying without it could pay twice: a try whose task instance Airflow has already replaced (a
+    stale execution after a lost resume) cannot write its state, and a request it submitted would
+    be known to nobody. The retry writes the record and submits then.
+    """
 
 
 class FalPermanentError(FalError, AirflowFailException):

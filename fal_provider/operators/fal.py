@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from fal_provider.cache import CacheEntry, input_digest
-from fal_provider.exceptions import FalInputError, ResponseTooLarge
+from fal_provider.exceptions import FalInputError, FalIntentNotRecorded, ResponseTooLarge
 from fal_provider.models import (
     TEMPLATE_HINT,
     AppId,
@@ -728,7 +728,12 @@ class FalInferenceOperator(_SubmittingOperator, FalWaitingOperator):
         store = RequestStore(context)
 
         def write(body: dict[str, Any]) -> None:
-            store.save_intent(fingerprint, input_digest(body), time.time())
+            if not store.save_intent(fingerprint, input_digest(body), time.time()):
+                raise FalIntentNotRecorded(
+                    f"{self.app_id}: the task's state store could not record the submit it was about to "
+                    "make, so nothing was submitted (a request no later try could find might be paid "
+                    "twice); the retry submits once the store answers"
+                )
 
         return write
 

@@ -458,9 +458,9 @@ class RequestStore:
     def save_intent(self, fingerprint: str, input_sha: str, at: float) -> bool:
         """Record, before the POST, that this try is about to pay for a request with these inputs.
 
-        Best effort like :meth:`save`: a store that cannot be written loses the reattach anyway (the
-        request id cannot be saved either), and refusing to run inference over it would turn a
-        bookkeeping outage into failed pipelines. It is logged, and the try goes on.
+        Unlike :meth:`save` (after the POST, when the request is paid for and must be waited for),
+        ``False`` here stops the submit: the caller raises
+        :class:`~fal_provider.exceptions.FalIntentNotRecorded` before anything is paid.
         """
         record = {
             "run_id": self._run_id,
@@ -471,8 +471,7 @@ class RequestStore:
         }
         return self._write(
             record,
-            "Could not record the intent to submit (%s: %s); if this try dies before fal answers, "
-            "a retry cannot look for the request it sent",
+            "Could not record the intent to submit (%s: %s); nothing is submitted by this try",
         )
 
     def _write(self, record: dict[str, Any], failure: str) -> bool:

@@ -10,6 +10,7 @@ import pytest
 
 from fal_provider._compat import AirflowException, AirflowFailException, TaskDeferred
 from fal_provider.exceptions import (
+    FalIntentNotRecorded,
     FalNotFoundError,
     FalPermanentRequestFailed,
     FalRequestFailed,
@@ -227,21 +228,47 @@ def test_failing_to_store_the_request_still_waits_for_it(
 ) -> None:
     """The submit is paid: losing the reattach record must not abandon the running request."""
 
-    def unavailable(*args: Any, **kwargs: Any) -> None:
-        raise RuntimeError("state store unavailable")
+    writes: list[Any] = []
+
+    def unavailable_after_the_intent(original: Any) -> Any:
+        def write(*args: Any, **kwargs: Any) -> None:
+            writes.append(args)
+            if len(writes) > 1:  # the intent (before the POST) is written; the request id is not
+                raise RuntimeError("state store unavailable")
+            original(*args, **kwargs)
+
+        return write
 
     hook = make_hook([done()], result={"waited": True})
     store = FakeStateStore()
-    monkeypatch.setattr(store, "set", unavailable)  # task_state_store (Airflow >= 3.3)
+    monkeypatch.setattr(store, "set", unavailable_after_the_intent(store.set))  # Airflow >= 3.3
     from airflow.sdk import Variable
 
-    monkeypatch.setattr(Variable, "set", unavailable)  # the Variable fallback (below 3.3)
+    monkeypatch.setattr(Variable, "set", unavailable_after_the_intent(Variable.set))  # below 3.3
     context = make_context(store)
     with caplog.at_level("WARNING"):
         assert inference(hook).execute(context) == {"waited": True}
     hook.submit.assert_called_once()
     hook.get_result.assert_called_once()
     assert "Could not store fal request" in caplog.text
+
+
+def test_an_intent_that_cannot_be_recorded_stops_the_submit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A try that cannot record what it is about to pay for (a stale execution whose task instance
+    Airflow replaced answers 404) must not pay: a request nobody can find would be paid twice."""
+
+    def unavailable(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("Task instance not found")
+
+    hook = make_hook([done()], result={"waited": True})
+    store = FakeStateStore()
+    monkeypatch.setattr(store, "set", unavailable)
+    from airflow.sdk import Variable
+
+    monkeypatch.setattr(Variable, "set", unavailable)
+    with pytest.raises(FalIntentNotRecorded, match="nothing was submitted"):
+        inference(hook).execute(make_context(store))
+    hook.submit.assert_not_called()
 
 
 @pytest.mark.parametrize(
