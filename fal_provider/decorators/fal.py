@@ -40,6 +40,14 @@ if TYPE_CHECKING:
 __all__ = ["FalDecoratedOperator", "fal_task"]
 
 
+def call_decorated(op: DecoratedOperator, context: Context) -> Any:
+    """What the decorated function returns, called as Airflow calls a TaskFlow function (its
+    ``op_kwargs`` merged into the context, context values passed where the signature asks)."""
+    context_merge(context, op.op_kwargs)
+    kwargs = determine_kwargs(op.python_callable, op.op_args, context)
+    return op.python_callable(*op.op_args, **kwargs)
+
+
 class FalDecoratedOperator(DecoratedOperator, FalInferenceOperator):
     """The operator behind ``@task.fal``: calls the function for ``arguments``, then runs the inference.
 
@@ -80,9 +88,7 @@ class FalDecoratedOperator(DecoratedOperator, FalInferenceOperator):
         super().__init__(python_callable=python_callable, op_args=op_args, op_kwargs=op_kwargs, **kwargs)
 
     def execute(self, context: Context) -> Any:
-        context_merge(context, self.op_kwargs)
-        kwargs = determine_kwargs(self.python_callable, self.op_args, context)
-        arguments = self.python_callable(*self.op_args, **kwargs)
+        arguments = call_decorated(self, context)
         if not isinstance(arguments, Mapping):
             raise FalInputError(
                 f"The @task.fal function {self.python_callable.__name__!r} must return the request's "

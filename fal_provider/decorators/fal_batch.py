@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from airflow.sdk.bases.decorator import DecoratedOperator, TaskDecorator, task_decorator_factory
 from airflow.sdk.definitions._internal.types import SET_DURING_EXECUTION
 
+from fal_provider.decorators.fal import call_decorated
 from fal_provider.operators.batch import FalBatchOperator
 
 if TYPE_CHECKING:
@@ -52,12 +53,7 @@ class _FalBatchDecoratedOperator(DecoratedOperator, FalBatchOperator):
         )
 
     def execute(self, context: Context) -> Any:
-        from airflow.sdk.bases.decorator import determine_kwargs
-        from airflow.sdk.definitions.context import context_merge
-
-        context_merge(context, self.op_kwargs)
-        kwargs = determine_kwargs(self.python_callable, self.op_args, context)
-        self.inputs = self.python_callable(*self.op_args, **kwargs)
+        self.inputs = call_decorated(self, context)
         return FalBatchOperator.execute(self, context)
 
 
