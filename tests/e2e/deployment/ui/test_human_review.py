@@ -12,7 +12,7 @@ import pytest
 
 from tests.e2e.deployment.ui.conftest import UICluster
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 DAG_ID = "example_fal_human_review"
 #: the emulator's fast text-to-image model; the DAG's default is fal-ai/flux/schnell
@@ -46,13 +46,26 @@ def _wait_review(cluster: UICluster, run_id: str, round_no: int) -> dict[str, An
     return cluster.wait_for(pending, 240, f"{run_id}: review_{round_no} waiting for a person")
 
 
+def _params_input(cluster: UICluster, run_id: str, round_no: int, feedback: str) -> dict[str, Any]:
+    """Every param the review asks for, ``feedback`` set and the rest as shown, as the UI's form sends.
+
+    Airflow refuses an answer whose keys differ from the review task's params, and on 3.1 those
+    include the DAG's params (prompt, seed, ...), not only the review's own ``feedback``.
+    """
+    shown = cluster.api("GET", _hitl_path(run_id, round_no)).json()["params"]
+    answer = {key: param.get("value") for key, param in shown.items()}
+    assert "feedback" in answer, shown
+    answer["feedback"] = feedback
+    return answer
+
+
 def _answer(cluster: UICluster, run_id: str, round_no: int, option: str, feedback: str = "") -> None:
     """Answer the review and wait until its task took the answer.
 
     The example retries a task once (under load Airflow can fail a resumed task whose process
     exited before its success was recorded); a retried review asks again, and gets the same answer.
     """
-    body = {"chosen_options": [option], "params_input": {"feedback": feedback}}
+    body = {"chosen_options": [option], "params_input": _params_input(cluster, run_id, round_no, feedback)}
     response = cluster.api("PATCH", _hitl_path(run_id, round_no), json=body)
     assert response.status_code == 200, response.text
 
