@@ -335,6 +335,50 @@ class _Incomplete(Exception):
     """The connection ended before any answer: retried once on a fresh one if it was reused."""
 
 
+async def _next_event(conn: _Connection, loop: asyncio.AbstractEventLoop, read_timeout: float | None) -> Any:
+    """The next h11 event of a streamed answer, waiting at most ``read_timeout`` s per read (as httpx)."""
+    while True:
+        try:
+            event = conn.http.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise httpx.RemoteProtocolError(str(exc)) from exc
+        if event is not h11.NEED_DATA:
+            return event
+        if conn.eof:
+            raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+        conn.waiter = loop.create_future()
+        timer = loop.call_later(read_timeout or 1e9, conn.expire, "Timed out reading the answer")
+        try:
+            await conn.waiter
+        finally:
+            timer.cancel()
+            conn.waiter = None
+
+
+class _LaneBody(httpx.AsyncByteStream):
+    """The body of a streamed lane answer, read as it arrives; its connection closes with it."""
+
+    def __init__(self, conn: _Connection, read_timeout: float | None) -> None:
+        self._conn = conn
+        self._read_timeout = read_timeout
+
+    async def __aiter__(self):  # type: ignore[no-untyped-def]
+        loop = asyncio.get_running_loop()
+        while True:
+            event = await _next_event(self._conn, loop, self._read_timeout)
+            if isinstance(event, h11.Data):
+                yield bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                return
+            elif isinstance(event, h11.ConnectionClosed):
+                raise httpx.RemoteProtocolError(
+                    "peer closed connection without sending complete message body"
+                )
+
+    async def aclose(self) -> None:
+        self._conn.close()
+
+
 class WireLane:
     """Kept-alive h11 connections for one event loop (see module docstring)."""
 
@@ -345,6 +389,7 @@ class WireLane:
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._slots: asyncio.Semaphore | None = None
         self._max = max_connections
+        self._connecting: asyncio.Semaphore | None = None
         self.closed = False
 
     async def get(
@@ -368,6 +413,59 @@ class WireLane:
         if 300 <= status < 400:
             return None
         return httpx.Response(status, headers=raw_headers, content=body)
+
+    async def stream(
+        self, url: str, params: Mapping[str, str], headers: Mapping[str, str], timeout: httpx.Timeout
+    ) -> httpx.Response | None:
+        """``GET url`` answered as soon as its headers arrive, the body still streaming, or ``None``.
+
+        For status streams that hold their connection for the whole wait: a connection of its own
+        (closed with the body), a few opened at a time per loop (``MAX_CONNECTING_STREAMS``) so a
+        fan-out or a triggerer restart does not connect thousands in one loop iteration. Costs a
+        fraction of httpx's stream path (pool, anyio cancel scopes per read).
+        """
+        target = plain_target(url)
+        query = _query(params) if target is not None else None
+        if target is None or query is None or self.closed:
+            return None
+        scheme, host, port, netloc, path = target
+        request = h11.Request(method="GET", target=path + query, headers=[("Host", netloc), *headers.items()])
+        if self._connecting is None:
+            self._connecting = asyncio.Semaphore(MAX_CONNECTING_STREAMS)
+        async with self._connecting:
+            conn = await self._connect((scheme, host, port), timeout.connect)
+            try:
+                status, raw_headers = await self._head(conn, request, timeout.read)
+            except BaseException:
+                conn.close()
+                raise
+        if 300 <= status < 400:
+            conn.close()
+            return None  # httpx follows it, with its rules for the key
+        return httpx.Response(
+            status,
+            headers=raw_headers,
+            stream=_LaneBody(conn, timeout.read),
+            request=httpx.Request("GET", url + query, headers=headers),
+        )
+
+    @staticmethod
+    async def _head(
+        conn: _Connection, request: h11.Request, read_timeout: float | None
+    ) -> tuple[int, list[tuple[bytes, bytes]]]:
+        http = conn.http
+        assert conn.transport is not None
+        conn.transport.write(http.send(request) + http.send(h11.EndOfMessage()))
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                event = await _next_event(conn, loop, read_timeout)
+            except httpx.RemoteProtocolError:
+                raise httpx.RemoteProtocolError("Server disconnected without sending a response.") from None
+            if isinstance(event, h11.Response):
+                return event.status_code, list(event.headers)
+            if isinstance(event, h11.ConnectionClosed):
+                raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
 
     async def _admit(self, pool_timeout: float | None) -> None:
         if self._slots is None:
@@ -951,7 +1049,12 @@ async def _asend_once(
     client: httpx.AsyncClient, lane: WireLane | None, call: Call, headers: dict[str, str], stream: bool
 ) -> httpx.Response:
     """One attempt: the lean lane when it takes the call, else httpx; a retryable answer raises."""
-    response = None if lane is None else await lane.get(call.url, call.params, headers, call.timeout)
+    if lane is None:
+        response = None
+    elif stream:
+        response = await lane.stream(call.url, call.params, headers, call.timeout)
+    else:
+        response = await lane.get(call.url, call.params, headers, call.timeout)
     if response is None:
         response = await client.send(call.build(client, headers, long_lived=stream), stream=stream)
     if call.policy.retry_response(response):
@@ -966,7 +1069,7 @@ async def asend(
 ) -> httpx.Response:
     """Async twin of :func:`send`."""
     headers = request_headers(call, settings)
-    lane = _wire_of(client) if not stream and call.method == "GET" and call.content is None else None
+    lane = _wire_of(client) if call.method == "GET" and call.content is None else None
     retries = Retries(call.policy, **_retry_options(call, settings, log))
     try:
         while True:
