@@ -6,11 +6,13 @@ Not a public module and not a test helper: the scripts next to it import it by p
 from __future__ import annotations
 
 import asyncio
+import atexit
 import gc
 import json
 import os
 import re
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -50,29 +52,74 @@ class Emulator:
         return json.dumps({"conn_type": "fal", "host": f"{self.base}/queue", "password": KEY, "extra": extra})
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the emulator gets SIGKILL when this process dies, even by SIGKILL (no finally runs then)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the emulator's whole process group (its own session): TERM, then KILL after 10 s."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def _exit_on_sigterm() -> None:
+    """``timeout`` and CI send SIGTERM: turn it into SystemExit so the ``finally`` below still runs."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, handler)
+
+
 @contextmanager
 def emulator_process(concurrency: int, *extra: str) -> Iterator[Emulator]:
-    """``fal-emulator`` in a subprocess, so its CPU is not this process's (and is reported apart)."""
+    """``fal-emulator`` in a subprocess, so its CPU is not this process's (and is reported apart).
+
+    It never outlives the benchmark: stopped in ``finally`` (SIGTERM is made an exit so that runs),
+    at interpreter exit, and, on Linux, by the kernel when this process dies any other way.
+    """
+    _exit_on_sigterm()
     workdir = Path(tempfile.mkdtemp(prefix="fal-bench-"))
     log_path = workdir / "emulator.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "fal_provider.emulator", "--port", "0", "--key", KEY,
          "--concurrency", str(concurrency), "--ping-interval", "15", *extra],
         stdout=log_path.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=_die_with_parent,
     )  # fmt: skip
+    atexit.register(_stop_group, proc)
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             match = re.search(r"listening on (http://\S+)", log_path.read_text())
             if match:
                 break
+            if proc.poll() is not None:
+                break
             time.sleep(0.1)
         else:
+            match = None
+        if match is None:
             raise RuntimeError(f"fal-emulator did not start: {log_path.read_text()[-2000:]}")
         yield Emulator(proc, match.group(1))
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        _stop_group(proc)
+        atexit.unregister(_stop_group)
 
 
 def airflow_env(emulator: Emulator) -> None:
@@ -84,13 +131,22 @@ def airflow_env(emulator: Emulator) -> None:
 
 
 def quiet_logs() -> None:
-    """Airflow logs through structlog; an info line per request would be what gets measured."""
+    """Airflow logs through structlog; an info line per request would be what gets measured.
+
+    Airflow configures logging when it is first imported, so import it (and the provider) first and
+    filter afterwards; filtering before the import is undone by it.
+    """
     import logging
 
+    import airflow.sdk  # noqa: F401  (configures logging)
     import structlog
+
+    import fal_provider.triggers.fal  # noqa: F401
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     logging.getLogger().setLevel(logging.WARNING)
+    for name in ("airflow", "fal_provider"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def cpu_now() -> float:

@@ -154,7 +154,7 @@ def main() -> int:
         choices=["poll", "stream", "fal_client"],
     )
     args = parser.parse_args()
-    with _bench.emulator_process(concurrency=args.requests + 10) as emulator:
+    with _bench.emulator_process(concurrency=min(args.requests + 10, 10000)) as emulator:
         _bench.airflow_env(emulator)
         _bench.quiet_logs()
         os.environ["FAL_KEY"] = _bench.KEY

@@ -244,6 +244,8 @@ RUNNING_DETECTION_BOUND = 5.0
 #: triggerer restart, a fan-out of 10,000 tasks) do not poll in lockstep. Never lengthened: the
 #: bounds above still hold.
 POLL_JITTER = 0.25
+#: Share of a running request's run time so far waited before the next poll (no estimate).
+RUNNING_RAMP = 0.5
 _EWMA_WEIGHT = 0.3
 _MAX_APPS_TRACKED = 1024
 
@@ -283,8 +285,10 @@ class AdaptiveInterval:
     * Running, with an expected run time ``D`` (the app's observed run times): half of what is
       left of ``D`` (so polls land closer and closer to the expected end), then, past ``D``, as
       without an estimate.
-    * Running, no estimate: a quarter of the time run so far, between ``floor`` and the running
-      bound ``max(floor, min(ceiling, RUNNING_DETECTION_BOUND))``.
+    * Running, no estimate: :data:`RUNNING_RAMP` (half) of the time run so far, between ``floor``
+      and the running bound ``max(floor, min(ceiling, RUNNING_DETECTION_BOUND))``: a request that
+      has run 10 s is unlikely to end in the next second, and half keeps the extra wait of a short
+      request at most half its run time (a quarter made 16 polls of a 30 s request, half makes 11).
 
     Detection bound (poll mode): a completion is seen at most the running bound after it happens
     (plus one call and the jitter's shortening only), except for a request that ends before its
@@ -319,7 +323,7 @@ class AdaptiveInterval:
     def _running_wait(self, elapsed: float) -> float:
         if self.expected is not None and elapsed < self.expected:
             return min(max((self.expected - elapsed) / 2, self.floor), self.ceiling)
-        return min(max(elapsed / 4, self.floor), self.running_bound)
+        return min(max(elapsed * RUNNING_RAMP, self.floor), self.running_bound)
 
 
 def jittered(seconds: float, rng: Any = random) -> float:

@@ -12,7 +12,7 @@ import pytest
 
 from fal_provider.emulator.testing import FalEmulator
 from fal_provider.exceptions import FalTimeoutError
-from fal_provider.hooks import _transport, _wire
+from fal_provider.hooks import _transport
 from fal_provider.hooks.fal import FalHook
 from fal_provider.models import InProgressStatus
 
@@ -23,14 +23,14 @@ async def test_status_polls_go_through_the_lane_and_match_the_sync_hook(
     fal_emulator_conn: FalEmulator, ahook: FalHook, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sent: list[str] = []
-    original = _wire.WireLane.get
+    original = _transport.WireLane.get
 
-    async def spy(self: _wire.WireLane, url: str, *args: Any) -> httpx.Response | None:
+    async def spy(self: _transport.WireLane, url: str, *args: Any) -> httpx.Response | None:
         response = await original(self, url, *args)
         sent.append(url if response is not None else "fallback")
         return response
 
-    monkeypatch.setattr(_wire.WireLane, "get", spy)
+    monkeypatch.setattr(_transport.WireLane, "get", spy)
     ref = await ahook.asubmit("emulator/echo", {"duration_s": 30})
     statuses = [await ahook.aget_status(ref) for _ in range(3)]
     assert sent == [ref.status_url] * 3
@@ -51,16 +51,16 @@ async def test_with_an_environment_proxy_the_lane_steps_aside(monkeypatch: pytes
 
 
 def test_only_plain_urls_and_parameters_take_the_lane() -> None:
-    assert _wire.plain_target("https://queue.fal.run/a/b/requests/1/status") == (
+    assert _transport.plain_target("https://queue.fal.run/a/b/requests/1/status") == (
         "https", "queue.fal.run", 443, "queue.fal.run", "/a/b/requests/1/status",
     )  # fmt: skip
-    assert _wire.plain_target("http://h:8080/x")[2:4] == (8080, "h:8080")  # type: ignore[index]
+    assert _transport.plain_target("http://h:8080/x")[2:4] == (8080, "h:8080")  # type: ignore[index]
     for url in ("https://u:p@h/x", "https://h/x?a=1", "https://h/x#f", "ftp://h/x", "https://:0/x"):
-        assert _wire.plain_target(url) is None, url
+        assert _transport.plain_target(url) is None, url
     # The path goes on the wire exactly as httpx would send it (percent-encoded).
-    assert _wire.plain_target("https://h/ü")[4] == httpx.URL("https://h/ü").raw_path.decode()  # type: ignore[index]
-    assert _wire._query({"logs": "0"}) == "?logs=0"
-    assert _wire._query({"q": "a b"}) is None
+    assert _transport.plain_target("https://h/ü")[4] == httpx.URL("https://h/ü").raw_path.decode()  # type: ignore[index]
+    assert _transport._query({"logs": "0"}) == "?logs=0"
+    assert _transport._query({"q": "a b"}) is None
 
 
 # -- a scripted server, for what the emulator does not do ------------------------------------------

@@ -332,3 +332,27 @@ async def test_upload_parts_to_a_storage_host_elsewhere_never_carry_the_key(
         for request in elsewhere:
             assert request.headers["authorization"] == "Bearer cdn-tok"
         assert all(KEY not in str(dict(r.headers)) for r in script.requests[1:])
+
+
+def test_the_header_check_cache_never_skips_a_header_set_it_has_not_found_valid() -> None:
+    """Calls remember header sets found valid (a poll repeats the same ones); a bad set, or a valid
+    set with one value changed to a bad one, is checked and refused every time."""
+    import httpx
+
+    from fal_provider.hooks import _transport
+
+    def call(headers: dict[str, Any]) -> _transport.Call:
+        return _transport.Call(
+            "GET", "https://queue.fal.run/x", "status", _transport.IDEMPOTENT, headers, httpx.Timeout(5)
+        )
+
+    call({"X-Fal-Runner": "ok"})
+    call({"X-Fal-Runner": "ok"})  # remembered
+    for _ in range(2):
+        with pytest.raises(FalInputError):
+            call({"X-Fal-Runner": "ok\r\nInjected: 1"})
+    with pytest.raises(FalInputError):
+        call({"X-Fal-Runner": "ok", "Bad Name": "v"})
+    assert ("X-Fal-Runner", "ok\r\nInjected: 1") not in {
+        h for items in _transport._VALID_HEADER_SETS for h in items
+    }
