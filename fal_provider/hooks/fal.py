@@ -173,10 +173,14 @@ class FalHook(BaseHook):
             "headers": dict(headers) if headers else None,
         }
         self._client: httpx.Client | None = None
-        self._cdn_tokens = _upload.CdnTokenCache()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(fal_conn_id={self.fal_conn_id!r})"
+
+    @cached_property
+    def _cdn_tokens(self) -> _upload.CdnTokenCache:
+        """Made on the first upload: a hook that never uploads never touches the upload code."""
+        return _upload.CdnTokenCache()
 
     __str__ = __repr__
 

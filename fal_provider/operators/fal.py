@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from fal_provider.cache import CacheEntry, input_digest
+from fal_provider.cost import CostGuard, CostSettings, endpoint_of, record_cost
 from fal_provider.exceptions import FalInputError, FalIntentNotRecorded, ResponseTooLarge
 from fal_provider.models import (
     TEMPLATE_HINT,
@@ -40,7 +41,6 @@ from fal_provider.models import (
 )
 from fal_provider.operators._caching import TaskCache, open_cache
 from fal_provider.operators._orphans import check_on_orphan, recover
-from fal_provider.operators.costing import CostGuard, CostSettings, endpoint_of, record_cost
 from fal_provider.operators.lifecycle import (
     FalRequestLink,
     RequestStore,
@@ -455,7 +455,7 @@ class _SubmittingOperator(FalBaseOperator):
     field or a wrong type fails as ``FalInputError`` without paying for a 422; a deprecated model
     logs fal's replacement. Without a schema (no Platform API, a private app) nothing is checked.
 
-    Money (see :mod:`fal_provider.operators.costing`):
+    Money (see :mod:`fal_provider.cost`):
 
     :param tags: request tags (``X-Fal-Tags``) besides ``airflow.dag`` / ``airflow.task``, which every
         request carries; fal's usage reports split by them. fal's rules are checked here.

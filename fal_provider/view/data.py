@@ -84,10 +84,7 @@ def load_view(key: TaskKey, *, session: Any) -> TaskView | None:
 
     ti = session.scalar(
         select(TaskInstance).where(
-            TaskInstance.dag_id == key.dag_id,
-            TaskInstance.run_id == key.run_id,
-            TaskInstance.task_id == key.task_id,
-            TaskInstance.map_index == key.map_index,
+            *_of_task(TaskInstance, key),
         )
     )
     if ti is None:
@@ -111,16 +108,24 @@ def load_view(key: TaskKey, *, session: Any) -> TaskView | None:
     return view
 
 
+def _of_task(model: Any, key: TaskKey) -> tuple[Any, ...]:
+    """The WHERE clauses that pick one task instance's rows of ``model`` (the three tables share
+    the four key columns)."""
+    return (
+        model.dag_id == key.dag_id,
+        model.run_id == key.run_id,
+        model.task_id == key.task_id,
+        model.map_index == key.map_index,
+    )
+
+
 def _xcoms(key: TaskKey, session: Any) -> dict[str, Any]:
     from airflow.models.xcom import XComModel
     from sqlalchemy import select
 
     rows = session.scalars(
         select(XComModel).where(
-            XComModel.dag_id == key.dag_id,
-            XComModel.run_id == key.run_id,
-            XComModel.task_id == key.task_id,
-            XComModel.map_index == key.map_index,
+            *_of_task(XComModel, key),
             XComModel.key.in_(_KEYS),
         )
     )
@@ -134,10 +139,7 @@ def _rendered_inputs(key: TaskKey, session: Any) -> dict[str, Any]:
 
     fields = session.scalar(
         select(RTIF.rendered_fields).where(
-            RTIF.dag_id == key.dag_id,
-            RTIF.run_id == key.run_id,
-            RTIF.task_id == key.task_id,
-            RTIF.map_index == key.map_index,
+            *_of_task(RTIF, key),
         )
     )
     if not isinstance(fields, Mapping):

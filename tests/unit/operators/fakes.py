@@ -18,11 +18,11 @@ from unittest.mock import MagicMock, NonCallableMagicMock, create_autospec
 from airflow.triggers.base import BaseTrigger
 
 from fal_provider._compat import AIRFLOW_V_3_3_PLUS
+from fal_provider.cost import SPEND_KEY
+from fal_provider.cost import VARIABLE_PREFIX as SPEND_VARIABLE_PREFIX
 from fal_provider.exceptions import FalServerError
 from fal_provider.hooks.fal import FalHook
 from fal_provider.models import FalRequestRef, parse_status
-from fal_provider.operators.costing import SPEND_KEY
-from fal_provider.operators.costing import VARIABLE_PREFIX as SPEND_VARIABLE_PREFIX
 from fal_provider.operators.lifecycle import STATE_KEY, VARIABLE_PREFIX, RequestStore
 from fal_provider.platform import FetchedResult
 
