@@ -55,6 +55,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fal_provider.exceptions import FalError, FalInputError
+from fal_provider.models import canonical_json
+from fal_provider.models import input_digest as input_digest  # its home is models; still importable here
 from fal_provider.results import MediaFetch, StagedOutput, iter_media
 
 log = logging.getLogger(__name__)
@@ -124,23 +126,6 @@ def cached_run(
 
 class FalCacheError(FalInputError):
     """The cache location is not usable (missing, unwritable, not a URI): fix the configuration."""
-
-
-def canonical_json(value: Any) -> str:
-    """``value`` as one JSON text per meaning: sorted keys, no whitespace, no NaN.
-
-    Raises :class:`FalInputError` for what JSON cannot carry (a fal body is JSON, so such an
-    argument could never have been sent either).
-    """
-    try:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as err:
-        raise FalInputError(f"fal arguments must be JSON values to be cached: {err}") from None
-
-
-def input_digest(arguments: Mapping[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of a request body (also how an orphaned request is matched)."""
-    return hashlib.sha256(canonical_json(dict(arguments)).encode()).hexdigest()
 
 
 def cache_key(

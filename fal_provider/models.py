@@ -12,6 +12,7 @@ request or needs Airflow.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -182,6 +183,26 @@ def loads_if_json(value: Any) -> Any:
         except ValueError:
             pass
     return value
+
+
+def canonical_json(value: Any) -> str:
+    """``value`` as one JSON text per meaning: sorted keys, no whitespace, no NaN.
+
+    The request digest below and the result cache's key (:func:`fal_provider.cache.cache_key`) are
+    both hashes of it, so ``{"a": 1, "b": 2}`` and ``{"b": 2, "a": 1}`` are one input to both.
+    Raises :class:`FalInputError` for what JSON cannot carry (a fal body is JSON, so such an
+    argument could never have been sent either).
+    """
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise FalInputError(f"fal arguments must be JSON values to be cached: {err}") from None
+
+
+def input_digest(arguments: Mapping[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of a request body: what a submit's intent record stores, and
+    how an orphaned request (a POST whose answer was lost) is matched to it."""
+    return hashlib.sha256(canonical_json(dict(arguments)).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,8 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from fal_provider.cache import input_digest
 from fal_provider.exceptions import FalInputError, FalOrphanedRequestError
-from fal_provider.models import FalRequestRef
+from fal_provider.models import FalRequestRef, input_digest
 
 log = logging.getLogger(__name__)
 

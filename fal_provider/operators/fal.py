@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from fal_provider.cache import CacheEntry, input_digest
+from fal_provider.cache import CacheEntry
 from fal_provider.cost import CostGuard, CostSettings, endpoint_of, record_cost
 from fal_provider.exceptions import FalInputError, FalIntentNotRecorded, ResponseTooLarge
 from fal_provider.models import (
@@ -35,6 +35,7 @@ from fal_provider.models import (
     check_seconds,
     check_task_headers,
     coerce_request,
+    input_digest,
     input_errors,
     is_templated,
     loads_if_json,

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from fal_provider.cache import input_digest
 from fal_provider.exceptions import FalInputError, FalOrphanedRequestError, FalServerError
+from fal_provider.models import input_digest
 from fal_provider.operators._orphans import CLOCK_SKEW, endpoint_id, find_orphan
 from fal_provider.operators.fal import FalInferenceOperator
 from fal_provider.platform import HistoryEntry
