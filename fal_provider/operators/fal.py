@@ -174,6 +174,24 @@ def coerce_arguments(arguments: Any) -> dict[str, Any]:
     return dict(arguments)
 
 
+def may_name_cached_copy(value: Any) -> bool:
+    """Whether ``value`` holds a string a result cache could own, so the cache must be opened.
+
+    Cached copies are named by the cache's ``ObjectStoragePath`` (``file:///...``, ``s3://...``);
+    no cache is ever written at an ``http(s)`` root (fsspec's HTTP filesystem is read-only), so a
+    task whose inputs and result hold only plain text, ``http(s)`` URLs and ``data:`` URIs leaves
+    the cache (and its configuration lookup) out entirely. Walks what
+    :meth:`~fal_provider.cache.ResultCache.upload_inputs` walks: mappings and lists.
+    """
+    if isinstance(value, Mapping):
+        return any(may_name_cached_copy(item) for item in value.values())
+    if isinstance(value, list):
+        return any(may_name_cached_copy(item) for item in value)
+    if not isinstance(value, str) or "://" not in value or value.startswith("data:"):
+        return False
+    return value.split("://", 1)[0].lower() not in ("http", "https")
+
+
 # ---------------------------------------------------------------------------
 # The operators
 # ---------------------------------------------------------------------------
@@ -181,6 +199,7 @@ def coerce_arguments(arguments: Any) -> dict[str, Any]:
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from fal_provider.cache import ResultCache
     from fal_provider.hooks.fal import FalHook
     from fal_provider.platform import FetchedResult
 
@@ -562,6 +581,8 @@ class _SubmittingOperator(FalBaseOperator):
 
     def _reachable_inputs(self, arguments: dict[str, Any]) -> dict[str, Any]:
         """Inputs that name copies in the result cache, uploaded to fal's CDN (fal cannot read them)."""
+        if not may_name_cached_copy(arguments):
+            return arguments
         cache = open_cache(getattr(self, "cache_path", None), self.hook)
         if cache is None:
             return arguments
@@ -768,10 +789,24 @@ class FalInferenceOperator(_SubmittingOperator, FalWaitingOperator):
             return result
 
     def media_fetch(self) -> Callable[[str, float], tuple[bytes, str | None]]:
-        cache = open_cache(self.cache_path, self.hook)
-        if cache is None:
-            return self.hook.fetch_media
-        return lambda url, timeout: cache.read(url, self.hook.fetch_media, timeout)
+        """The hook's download, except for a URL naming a cached copy, read from the cache itself.
+
+        The cache is opened on the first URL that could be a copy (see :func:`may_name_cached_copy`),
+        not before: a result of fal CDN URLs never looks it up.
+        """
+        opened: list[ResultCache | None] = []
+
+        def fetch(url: str, timeout: float) -> tuple[bytes, str | None]:
+            if not may_name_cached_copy(url):
+                return self.hook.fetch_media(url, timeout)
+            if not opened:
+                opened.append(open_cache(self.cache_path, self.hook))
+            cache = opened[0]
+            if cache is None:
+                return self.hook.fetch_media(url, timeout)
+            return cache.read(url, self.hook.fetch_media, timeout)
+
+        return fetch
 
     def _previous_request(self, context: Context, fingerprint: str) -> tuple[FalRequestRef, Status] | None:
         """A request an earlier try submitted that is still worth waiting for, with its status.

@@ -203,3 +203,68 @@ def test_cache_off_does_not_touch_the_store(tmp_path: Path) -> None:
     install_hook(operator, hook)
     assert operator.execute(make_context()) == RESULT
     assert not (tmp_path / "entries").exists()
+
+
+def test_a_task_without_cached_copies_never_opens_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inputs and result media on http(s) (or data: URIs) cannot be cached copies: the cache and
+    its configuration stay out of the default task, even with a cache_path configured."""
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the cache was opened for a task that cannot use it")
+
+    monkeypatch.setattr("fal_provider.operators.fal.open_cache", refuse)
+    hook = hook_with_media()
+    hook.settings.cache_path = str(tmp_path)
+    arguments = {"image_url": "https://cdn.example/in.png", "mask": "data:image/png;base64,AAAA", "n": [1]}
+    operator = FalInferenceOperator(
+        task_id="t",
+        app_id=APP,
+        arguments=arguments,
+        output_path=str(tmp_path / "out"),
+        download_media=True,
+        poll_interval=0.01,
+    )
+    install_hook(operator, hook).execute(make_context())
+    hook.submit.assert_called_once()
+    assert hook.submit.call_args.args[1] == arguments
+    hook.fetch_media.assert_called_once()
+
+
+def test_without_cache_true_a_cached_copy_is_still_uploaded_and_read_from_the_cache(tmp_path: Path) -> None:
+    value = op(hook_with_media(), tmp_path).execute(make_context())
+    copy = value["images"][0]["url"]
+    hook = hook_with_media(result={"images": [{"url": copy, "content_type": "image/png"}]})
+    hook.upload.return_value = "https://cdn.example/uploaded.png"
+    downstream = FalInferenceOperator(
+        task_id="upscale",
+        app_id=APP,
+        arguments={"image_url": copy},
+        cache_path=tmp_path,
+        output_path=str(tmp_path / "out"),
+        download_media=True,
+        poll_interval=0.01,
+    )
+    install_hook(downstream, hook).execute(make_context())
+    assert hook.submit.call_args.args[1] == {"image_url": "https://cdn.example/uploaded.png"}
+    hook.fetch_media.assert_not_called()  # the copy is read from the cache, not downloaded
+
+
+@pytest.mark.parametrize(
+    ("value", "may"),
+    [
+        ("a cat", False),
+        ("https://cdn.example/a.png", False),
+        ("HTTP://cdn.example/a.png", False),
+        ("data:text/plain,see://this", False),
+        ("file:///data/fal-cache/media/ab.png", True),
+        ("s3://aws_default@bucket/fal-cache/media/ab.png", True),
+        ({"a": [{"b": "gs://bucket/x.png"}]}, True),
+        ({"a": [{"b": "https://x"}], "n": 3}, False),
+    ],
+)
+def test_what_may_name_a_cached_copy(value: Any, may: bool) -> None:
+    from fal_provider.operators.fal import may_name_cached_copy
+
+    assert may_name_cached_copy(value) is may
