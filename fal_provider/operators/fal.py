@@ -15,6 +15,7 @@ The POST happens in ``execute()`` on the worker, once per try; triggers only rea
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
@@ -387,10 +388,18 @@ class FalWaitingOperator(FalLineageMixin, FalBaseOperator):
             metrics=metrics,
         ).to_xcom()
         inputs = getattr(self, "lineage_inputs", None) or getattr(self, "arguments", None)
-        lineage = record_result(
-            ref.app_id, [ref.request_id], arguments=inputs, result=result, value=value, metrics=metrics
-        )
-        self.keep_lineage(context, lineage)
+        source: dict[str, Any] = {
+            "app_id": ref.app_id,
+            "request_ids": [ref.request_id],
+            "arguments": inputs,
+            "result": result,
+            "value": value,
+            "metrics": metrics,
+        }
+        if getattr(self, "outlets", None):  # the asset events need the record now
+            self.keep_lineage(context, record_result(**source))
+        else:  # built if and when the OpenLineage listener asks (FalLineageMixin)
+            self.fal_lineage_source = {**source, "pid": os.getpid()}
         self.after_success(context, ref)
         return value
 

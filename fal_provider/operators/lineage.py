@@ -10,7 +10,7 @@ listener after a successful try):
 * a ``fal`` run facet: app id, request id(s), fal's timings, billable units and the cost record
   the ``fal_cost`` XCom holds when cost tracking produced one.
 
-Each operator records a :class:`LineageRecord` when it completes; nothing here talks to fal, and
+Each operator leaves a :class:`LineageRecord` (or what to build it from) when it completes; nothing here talks to fal, and
 the OpenLineage imports happen only when the listener asks, so the provider does not depend on the
 OpenLineage provider. The same record feeds the ``extra`` of the asset events Airflow emits for
 the task's ``outlets``, so a DAG scheduled on those assets learns which files appeared.
@@ -264,11 +264,32 @@ def operator_lineage(operator: Any, task_instance: Any) -> Any:
 class FalLineageMixin:
     """``get_openlineage_facets_on_complete`` from the :class:`LineageRecord` the operator kept.
 
-    Operators call :meth:`keep_lineage` when they finish; the listener calls the OpenLineage
-    method afterwards, possibly in a forked child, so everything it needs is already in memory.
+    The listener calls the OpenLineage method after the try, possibly in a forked child, so
+    everything it needs must already be in memory. An operator finishing a task either calls
+    :meth:`keep_lineage` with the record (a task with ``outlets`` needs it at once, for the asset
+    events), or sets :attr:`fal_lineage_source`: the keyword arguments of :func:`record_result`
+    plus ``pid`` (``os.getpid()`` of the task process). Those are references to what the task
+    holds anyway (arguments, fal's result, the XCom value), so a task the listener never asks
+    about walks no result for URLs; :attr:`fal_lineage` builds the record on first use.
     """
 
-    fal_lineage: LineageRecord | None = None
+    _fal_lineage: LineageRecord | None = None
+    #: ``record_result``'s keyword arguments and ``pid``, until :attr:`fal_lineage` is read.
+    fal_lineage_source: dict[str, Any] | None = None
+
+    @property
+    def fal_lineage(self) -> LineageRecord | None:
+        if self._fal_lineage is None and self.fal_lineage_source is not None:
+            source = dict(self.fal_lineage_source)
+            self._fal_lineage_pid = source.pop("pid", None)
+            self._fal_lineage = record_result(**source)
+            self.fal_lineage_source = None
+        return self._fal_lineage
+
+    @fal_lineage.setter
+    def fal_lineage(self, record: LineageRecord | None) -> None:
+        self._fal_lineage = record
+        self.fal_lineage_source = None
 
     def keep_lineage(self, context: Any, record: LineageRecord) -> None:
         self.fal_lineage = record

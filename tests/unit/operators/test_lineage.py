@@ -49,6 +49,21 @@ def test_inputs_outputs_and_the_fal_run_facet() -> None:
     assert facet.cost == {k: v for k, v in op.fal_cost.items() if not isinstance(v, dict | list)}
 
 
+def test_without_outlets_the_record_is_built_only_when_the_listener_asks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def eager(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the lineage record was built in execute_complete")
+
+    monkeypatch.setattr("fal_provider.operators.fal.record_result", eager)
+    op, _, _ = finished()
+    assert op.fal_lineage_source is not None
+    lineage = op.get_openlineage_facets_on_complete(MagicMock(name="ti"))
+    assert [(d.namespace, d.name) for d in lineage.outputs] == [("https://v3.fal.media", "/files/a/out.png")]
+    assert lineage.run_facets["fal"].requestIds == ["req-1"]
+    assert op.fal_lineage_source is None, "built once, then only the small record stays"
+
+
 def test_output_path_files_are_outputs(tmp_path: Path) -> None:
     op, _, manifest = finished(output_path=str(tmp_path))
     lineage = op.get_openlineage_facets_on_complete(MagicMock(name="ti"))
