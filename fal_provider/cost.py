@@ -137,7 +137,7 @@ def cost_record(
 ) -> CostRecord:
     """The record of a finished request from its billed ``units`` and a ``Price`` (or ``None``).
 
-    ``price`` is a :class:`fal_provider.platform.Price` (``unit_price``, ``unit``, ``currency``).
+    ``price`` is a :class:`fal_provider.hooks.platform.Price` (``unit_price``, ``unit``, ``currency``).
     Without units or a price the cost is unknown and ``reason`` (or a default) says why.
     """
     unit = getattr(price, "unit", None)

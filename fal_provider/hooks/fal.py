@@ -57,21 +57,6 @@ from fal_provider.hooks._calls import (
     media_download,
     resolve_settings,
 )
-from fal_provider.hooks._platform import (
-    MAX_PAGES,
-    HistoryQuery,
-    Page,
-    PlatformCalls,
-    batches,
-    billable_units,
-    cache_key,
-    cached_prices,
-    endpoint_ids,
-    note_failure,
-    recent_failure,
-    remember_model,
-    remember_prices,
-)
 from fal_provider.hooks._realtime import (
     MAX_BUFFERING_RANGE,
     WS_OPEN_ERRORS,
@@ -108,17 +93,30 @@ from fal_provider.hooks._transport import (
     send,
     shared_async_client,
 )
-from fal_provider.models import AppId, FalRequestRef, check_headers, check_path
-from fal_provider.platform import (
+from fal_provider.hooks.platform import (
+    MAX_PAGES,
     MODELS,
     BillingEvent,
     CostEstimate,
     FetchedResult,
     HistoryEntry,
+    HistoryQuery,
     ModelInfo,
+    Page,
+    PlatformCalls,
     Price,
+    batches,
+    billable_units,
+    cache_key,
+    cached_prices,
     check_arguments,
+    endpoint_ids,
+    note_failure,
+    recent_failure,
+    remember_model,
+    remember_prices,
 )
+from fal_provider.models import AppId, FalRequestRef, check_headers, check_path
 
 #: What the operators (and TaskFlow code) use of fal's protocols, from this public module.
 __all__ = [

@@ -202,7 +202,7 @@ if TYPE_CHECKING:
 
     from fal_provider.cache import ResultCache
     from fal_provider.hooks.fal import FalHook
-    from fal_provider.platform import FetchedResult
+    from fal_provider.hooks.platform import FetchedResult
 
 __all__ = [
     "FalCancelOperator",

@@ -15,7 +15,7 @@ from fal_provider.cost import (
     total_of,
 )
 from fal_provider.exceptions import FalInputError, FalPermanentError
-from fal_provider.platform import Price
+from fal_provider.hooks.platform import Price
 
 SCHNELL = Price("fal-ai/flux/schnell", 0.003, "megapixels", "USD")
 

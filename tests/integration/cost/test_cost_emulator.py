@@ -12,9 +12,9 @@ import pytest
 from fal_provider._compat import AIRFLOW_V_3_3_PLUS
 from fal_provider.emulator.testing import FalEmulator
 from fal_provider.exceptions import FalBudgetExceeded
+from fal_provider.hooks.platform import clear_caches
 from fal_provider.operators.costing import FalCostReportOperator
 from fal_provider.operators.fal import FalInferenceOperator
-from fal_provider.platform import clear_caches
 
 
 class StateStore:

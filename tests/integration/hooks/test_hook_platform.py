@@ -17,8 +17,8 @@ import pytest
 from fal_provider.emulator.testing import FalEmulator
 from fal_provider.exceptions import FalAuthError, FalInputError, FalMissingCredentialsError, FalRateLimitError
 from fal_provider.hooks.fal import FalHook
+from fal_provider.hooks.platform import clear_caches
 from fal_provider.models import CompletedStatus, FalRequestRef
-from fal_provider.platform import clear_caches
 
 
 @pytest.fixture(autouse=True)

@@ -21,8 +21,8 @@ from fal_provider.exceptions import FalInputError, FalServerError
 from fal_provider.hooks._calls import FalSettings
 from fal_provider.hooks._transport import IDEMPOTENT, Call, default_timeout, request_headers, send
 from fal_provider.hooks.fal import FalHook
+from fal_provider.hooks.platform import clear_caches
 from fal_provider.models import CompletedStatus
-from fal_provider.platform import clear_caches
 from tests.integration.hooks.test_security_hook_key_origins import Recorder, serving
 
 

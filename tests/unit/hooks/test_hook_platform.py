@@ -18,9 +18,9 @@ from fal_provider.exceptions import (
     FalValidationError,
     error_from_response,
 )
-from fal_provider.hooks import _platform
+from fal_provider.hooks import platform
 from fal_provider.hooks._calls import DEFAULT_PLATFORM_URL, resolve_settings
-from fal_provider.platform import ModelInfo, TtlCache, check_arguments, clear_caches
+from fal_provider.hooks.platform import ModelInfo, TtlCache, check_arguments, clear_caches
 from tests.unit.hooks.hook_fakes import Script, connection_json, mock_hook, ok
 
 PLATFORM = "http://fal.test/platform/v1"
@@ -30,7 +30,7 @@ ADMIN = "admin-key-id:admin-key-secret"
 @pytest.fixture(autouse=True)
 def platform_conn(monkeypatch: pytest.MonkeyPatch) -> None:
     clear_caches()
-    _platform._failures.clear()
+    platform._failures.clear()
     conn = connection_json()
     import json
 
@@ -122,7 +122,7 @@ def test_cache_entries_expire_after_their_lifetime() -> None:
 
 def test_platform_cache_ttl_comes_from_the_connection(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = [0.0]
-    monkeypatch.setattr(_platform.PRICES, "_clock", lambda: clock[0])
+    monkeypatch.setattr(platform.PRICES, "_clock", lambda: clock[0])
     import json
 
     data = json.loads(connection_json())
@@ -312,10 +312,10 @@ def test_bad_platform_arguments_fail_before_the_network() -> None:
 
 
 def test_billable_units_header_parsing() -> None:
-    assert _platform.billable_units(httpx.Response(200, headers={"x-fal-billable-units": "2.5"})) == 2.5
-    assert _platform.billable_units(httpx.Response(200, headers={"x-fal-billable-units": "lots"})) is None
-    assert _platform.billable_units(httpx.Response(200, headers={"x-fal-billable-units": "-1"})) is None
-    assert _platform.billable_units(httpx.Response(200)) is None
+    assert platform.billable_units(httpx.Response(200, headers={"x-fal-billable-units": "2.5"})) == 2.5
+    assert platform.billable_units(httpx.Response(200, headers={"x-fal-billable-units": "lots"})) is None
+    assert platform.billable_units(httpx.Response(200, headers={"x-fal-billable-units": "-1"})) is None
+    assert platform.billable_units(httpx.Response(200)) is None
 
 
 def test_the_admin_key_is_masked_in_task_logs(monkeypatch: pytest.MonkeyPatch) -> None:

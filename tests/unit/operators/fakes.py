@@ -22,9 +22,9 @@ from fal_provider.cost import SPEND_KEY
 from fal_provider.cost import VARIABLE_PREFIX as SPEND_VARIABLE_PREFIX
 from fal_provider.exceptions import FalServerError
 from fal_provider.hooks.fal import FalHook
+from fal_provider.hooks.platform import FetchedResult
 from fal_provider.models import FalRequestRef, parse_status
 from fal_provider.operators.lifecycle import STATE_KEY, VARIABLE_PREFIX, RequestStore
-from fal_provider.platform import FetchedResult
 
 APP = "fal-ai/flux/schnell"
 BASE = "http://127.0.0.1:9/queue/fal-ai/flux/requests"

@@ -12,9 +12,9 @@ import pytest
 from fal_provider import cost as costing
 from fal_provider._compat import TaskDeferred
 from fal_provider.exceptions import FalBudgetExceeded, FalInputError, FalPermanentError
+from fal_provider.hooks.platform import CostEstimate, Price
 from fal_provider.operators.costing import FalCostReportOperator
 from fal_provider.operators.fal import FalInferenceOperator, FalSubmitOperator
-from fal_provider.platform import CostEstimate, Price
 from tests.unit.operators.fakes import (
     APP,
     FakeStateStore,

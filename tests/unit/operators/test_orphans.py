@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from fal_provider.exceptions import FalInputError, FalOrphanedRequestError, FalServerError
+from fal_provider.hooks.platform import HistoryEntry
 from fal_provider.models import input_digest
 from fal_provider.operators._orphans import CLOCK_SKEW, endpoint_id, find_orphan
 from fal_provider.operators.fal import FalInferenceOperator
-from fal_provider.platform import HistoryEntry
 from tests.unit.operators.fakes import (
     APP,
     FakeStateStore,
