@@ -71,6 +71,10 @@ class BatchBudget:
                 self._estimates[endpoint] = 0.0
         return self._estimates[endpoint]
 
+    def spent_so_far(self) -> float:
+        """For the progress line: the estimates of every POST this task announced, all tries."""
+        return self.spent
+
     def estimate_of(self, app_id: str, path: str) -> float | None:
         """The estimate already looked up for the endpoint (what a cached copy is said to save)."""
         return self._estimates.get(endpoint_of(app_id, path))

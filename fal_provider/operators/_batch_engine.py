@@ -85,6 +85,8 @@ class Progress:
     counts: Counter[str] = field(default_factory=Counter)
     in_flight: int = 0
     last_log: float = field(default_factory=time.monotonic)
+    #: The estimated spend so far, when the task has a spending limit (the budget's running sum).
+    spend: Callable[[], float] | None = None
 
     def line(self) -> str:
         done = sum(self.counts.values())
@@ -93,9 +95,10 @@ class Progress:
         left = self.total - self.skipped - done
         eta = f"{left / rate:.0f}s" if rate > 0 else "?"
         failed = done - self.counts["success"]
+        cost = "" if self.spend is None else f", ~{self.spend():.4g} USD spent"
         return (
             f"fal batch: {done + self.skipped}/{self.total} done ({self.skipped} from earlier tries), "
-            f"{self.in_flight} in flight, {failed} failed, {rate:.1f} items/s, ETA {eta}"
+            f"{self.in_flight} in flight, {failed} failed, {rate:.1f} items/s, ETA {eta}{cost}"
         )
 
 

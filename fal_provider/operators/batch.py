@@ -255,7 +255,11 @@ class FalBatchOperator(FalBaseOperator):
                 failed=Part(folder / "parts", "failed", try_number),
                 media=self._media_copier(folder) if self.download_media else None,
             ),
-            progress=Progress(total=total, skipped=len(state.finished)),
+            progress=Progress(
+                total=total,
+                skipped=len(state.finished),
+                spend=None if budget is None else budget.spent_so_far,
+            ),
             log=self.log,
             budget=budget,
             cache=self._open_cache(),

@@ -131,3 +131,18 @@ def test_cached_inputs_make_no_request_and_cost_nothing(
     paid = {line["index"]: line for line in read_jsonl(first["results_path"])}
     assert all(lines[i]["result"] == paid[i]["result"] for i in range(6))  # the stored result
     assert all(lines[i]["request_id"] == paid[i]["request_id"] for i in range(6))
+
+
+def test_the_progress_line_says_what_was_spent_so_far(tmp_path: Path, price: float) -> None:
+    op = batch(tmp_path, n=4, max_cost=10 * price, progress_interval=0.01)
+    seen: list[str] = []
+    original = op.log.info
+
+    def info(message: str, *args: Any, **kwargs: Any) -> None:
+        seen.append(message % args if args else message)
+        original(message, *args, **kwargs)
+
+    op.log.info = info  # type: ignore[method-assign]
+    op.execute(batch_context())
+    progress = [line for line in seen if line.startswith("fal batch: ")]
+    assert progress and "USD spent" in progress[-1]
