@@ -38,8 +38,10 @@ class BatchBudget:
         self.reserved_here = 0.0
         self.key: str | None = None
         self.limit = 0.0
-        self.stopped: FalBudgetExceeded | None = None
+        #: Why submission stopped: a limit (``FalBudgetExceeded``) or, with ``strict_budget``, no price.
+        self.stopped: FalPermanentError | None = None
         self._estimates: dict[str, float] = {}
+        self._lookup: asyncio.Lock | None = None
         if settings.budget is not None:
             # Configuration mistakes fail here, before anything is sent.
             ti = context["ti"]
@@ -54,6 +56,16 @@ class BatchBudget:
 
     async def _estimate(self, app_id: str, path: str) -> float:
         endpoint = endpoint_of(app_id, path)
+        if endpoint in self._estimates:
+            return self._estimates[endpoint]
+        # One lookup per endpoint, not one per item of the first window (created on the loop).
+        self._lookup = self._lookup or asyncio.Lock()
+        async with self._lookup:
+            return await self._look_up(endpoint)
+
+    async def _look_up(self, endpoint: str) -> float:
+        if self.stopped is not None:  # strict_budget refused while this item waited for the lock
+            raise self.stopped
         if endpoint not in self._estimates:
             try:
                 estimate = await asyncio.to_thread(
@@ -62,11 +74,12 @@ class BatchBudget:
                 self._estimates[endpoint] = float(estimate.total_cost)
             except Exception as err:
                 if self.settings.strict_budget:
-                    raise FalPermanentError(
+                    self.stopped = FalPermanentError(
                         f"strict_budget: the cost of a request to {endpoint} cannot be estimated ({err}), "
                         "so the batch submits nothing more. Pass strict_budget=False to let unpriced "
                         "requests through."
-                    ) from None
+                    )
+                    raise self.stopped from None
                 log.warning("No fal cost estimate for %s (%s); budget checks count it as 0", endpoint, err)
                 self._estimates[endpoint] = 0.0
         return self._estimates[endpoint]
@@ -81,7 +94,8 @@ class BatchBudget:
 
     async def reserve(self, app_id: str, path: str) -> float:
         """The estimate of one more POST, counted and reserved; raises ``FalBudgetExceeded`` (and
-        remembers it in :attr:`stopped`) when it does not fit."""
+        remembers it in :attr:`stopped`) when it does not fit, or ``FalPermanentError`` when
+        ``strict_budget`` and the endpoint has no price."""
         if self.stopped is not None:
             raise self.stopped
         needed = await self._estimate(app_id, path)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from fal_provider.exceptions import FalBudgetExceeded, FalError, FalNotFoundError, error_from_completed
+from fal_provider.exceptions import FalError, FalNotFoundError, FalPermanentError, error_from_completed
 from fal_provider.models import CompletedStatus, FalRequestRef
 from fal_provider.operators._batch_budget import BatchBudget
 from fal_provider.operators._batch_cache import BatchCache
@@ -339,7 +339,7 @@ class BatchEngine:
         if self.budget is not None:
             try:
                 estimate = await self.budget.reserve(self.settings.app_id, item.path)
-            except FalBudgetExceeded as err:
+            except FalPermanentError as err:  # a limit, or strict_budget without a price
                 if self.budget.stopped is err and not self._budget_logged:
                     self._budget_logged = True
                     self.log.warning("fal batch: %s; submitting no more items", err)

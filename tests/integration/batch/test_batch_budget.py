@@ -146,3 +146,23 @@ def test_the_progress_line_says_what_was_spent_so_far(tmp_path: Path, price: flo
     op.execute(batch_context())
     progress = [line for line in seen if line.startswith("fal batch: ")]
     assert progress and "USD spent" in progress[-1]
+
+
+def test_strict_budget_without_a_price_sends_nothing_and_looks_the_price_up_once(
+    emu: FalEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lookups: list[Any] = []
+
+    def no_price(self: FalHook, *args: Any, **kwargs: Any) -> Any:
+        lookups.append(args)
+        raise RuntimeError("no price for this endpoint")
+
+    monkeypatch.setattr(FalHook, "estimate_cost", no_price)
+    op = batch(tmp_path, n=12, max_cost=1.0, strict_budget=True, max_in_flight=6)
+    with pytest.raises(FalBatchFailed, match="0 of 12 inputs succeeded"):
+        op.execute(batch_context())
+
+    assert emu.stats()["submits_total"] == 0
+    assert len(lookups) == 1  # not one per item of the first window
+    assert manifest_of(tmp_path)["counts"] == {"not_submitted": 12}
+    assert "strict_budget" in manifest_of(tmp_path)["cost"]["budget_stop"]
