@@ -21,13 +21,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from fal_provider.exceptions import FalError, FalNotFoundError, error_from_completed
+from fal_provider.exceptions import FalError, FalNotFoundError, FalPermanentError, error_from_completed
 from fal_provider.models import CompletedStatus, FalRequestRef
+from fal_provider.operators._batch_budget import BatchBudget
+from fal_provider.operators._batch_cache import BatchCache
 from fal_provider.operators._batch_history import arguments_hash, find_orphans, recover_output, recovered
 from fal_provider.operators._batch_inputs import BatchItem
 from fal_provider.operators._batch_journal import Journal, JournalState, OpenItem
 from fal_provider.operators._batch_store import Part
 from fal_provider.waiting import AdaptiveInterval, ErrorTolerance, is_transient
+
+#: The outcome of an input a budget stop left unsent (never POSTed, nothing paid).
+NOT_SUBMITTED = "not_submitted"
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,8 @@ class Progress:
     counts: Counter[str] = field(default_factory=Counter)
     in_flight: int = 0
     last_log: float = field(default_factory=time.monotonic)
+    #: The estimated spend so far, when the task has a spending limit (the budget's running sum).
+    spend: Callable[[], float] | None = None
 
     def line(self) -> str:
         done = sum(self.counts.values())
@@ -88,9 +95,10 @@ class Progress:
         left = self.total - self.skipped - done
         eta = f"{left / rate:.0f}s" if rate > 0 else "?"
         failed = done - self.counts["success"]
+        cost = "" if self.spend is None else f", ~{self.spend():.4g} USD spent"
         return (
             f"fal batch: {done + self.skipped}/{self.total} done ({self.skipped} from earlier tries), "
-            f"{self.in_flight} in flight, {failed} failed, {rate:.1f} items/s, ETA {eta}"
+            f"{self.in_flight} in flight, {failed} failed, {rate:.1f} items/s, ETA {eta}{cost}"
         )
 
 
@@ -108,8 +116,12 @@ class BatchEngine:
         outputs: Outputs,
         progress: Progress,
         log: logging.Logger | Any,
+        budget: BatchBudget | None = None,
+        cache: BatchCache | None = None,
     ) -> None:
         self.hook = hook
+        self.budget = budget
+        self.cache = cache
         self.settings = settings
         self.items = items
         self.state = state
@@ -123,6 +135,7 @@ class BatchEngine:
         self._tasks: set[asyncio.Task[None]] = set()
         self._halted = False
         self._cancel_on_halt = False
+        self._budget_logged = False
 
     # -- control -------------------------------------------------------------------------------
 
@@ -154,6 +167,9 @@ class BatchEngine:
                     break
                 if item.index in self.state.finished:
                     continue
+                if self.budget is not None and self.budget.stopped is not None:
+                    self._not_submitted(item, self.budget.stopped)
+                    continue
                 while len(self._tasks) >= self.settings.max_in_flight and not self._halted:
                     await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
                 if self._halted:
@@ -165,6 +181,8 @@ class BatchEngine:
                 await asyncio.wait(set(self._tasks))
         finally:
             ticker.cancel()
+            if self.budget is not None:
+                await asyncio.to_thread(self.budget.settle)
             if self._cancel_on_halt:
                 await self._cancel_in_flight()
             self.journal.close()
@@ -224,6 +242,8 @@ class BatchEngine:
             self.progress.in_flight -= 1
 
     async def _attempts(self, item: BatchItem, earlier: OpenItem | None) -> None:
+        if earlier is None and await self._cached(item):
+            return
         attempt, ref = self._resume_point(item, earlier)
         if attempt < 0:
             self._record_failure(item, _Failure(_orphan_error(item), retryable=False, outcome="orphaned"))
@@ -260,6 +280,30 @@ class BatchEngine:
             return -1, None
         return earlier.attempt, None
 
+    async def _cached(self, item: BatchItem) -> bool:
+        """A cache hit: its output line is written and no request is made (nothing journalled as
+        sent, nothing counted against a budget)."""
+        if self.cache is None:
+            return False
+        entry = await self.cache.lookup(item.arguments, item.path)
+        if entry is None:
+            return False
+        self.outputs.results.write(
+            {
+                "index": item.index,
+                "status": "success",
+                "request_id": entry.request_id,
+                "cached": True,
+                "attempts": 0,
+                "meta": item.meta,
+                "result": entry.result,
+            }
+        )
+        self.outputs.results.sync()
+        self.journal.done(item.index, "success")
+        self.progress.counts["success"] += 1
+        return True
+
     async def _one_attempt(self, item: BatchItem, attempt: int, ref: FalRequestRef | None) -> None:
         if ref is None:
             ref = await self._submit(item, attempt)
@@ -268,6 +312,11 @@ class BatchEngine:
         if status.failed:
             raise self._classified(await self._failure_of(ref, status))
         result = await self._result(ref)
+        if self.cache is not None:
+            estimate = (
+                None if self.budget is None else self.budget.estimate_of(self.settings.app_id, item.path)
+            )
+            result = await self.cache.store(item.arguments, item.path, ref.request_id, result, estimate)
         if self.outputs.media is not None:
             result = await asyncio.to_thread(self.outputs.media, item.index, result)
         self.outputs.results.write(
@@ -286,7 +335,16 @@ class BatchEngine:
         self.progress.counts["success"] += 1
 
     async def _submit(self, item: BatchItem, attempt: int) -> FalRequestRef:
-        self.journal.intent(item.index, attempt, item.fingerprint, arguments_hash(item.arguments))
+        estimate = None
+        if self.budget is not None:
+            try:
+                estimate = await self.budget.reserve(self.settings.app_id, item.path)
+            except FalPermanentError as err:  # a limit, or strict_budget without a price
+                if self.budget.stopped is err and not self._budget_logged:
+                    self._budget_logged = True
+                    self.log.warning("fal batch: %s; submitting no more items", err)
+                raise _Failure(err, retryable=False, outcome=NOT_SUBMITTED) from None
+        self.journal.intent(item.index, attempt, item.fingerprint, arguments_hash(item.arguments), estimate)
         self.http_calls["submit"] += 1
         post = asyncio.ensure_future(
             self.hook.asubmit(self.settings.app_id, item.arguments, path=item.path, options=item.options)
@@ -387,6 +445,10 @@ class BatchEngine:
         base = min(self.settings.retry_min_wait * 2 ** (attempt - 1), self.settings.retry_max_wait)
         return base * random.uniform(0.5, 1.5)
 
+    def _not_submitted(self, item: BatchItem, err: BaseException) -> None:
+        """An input left unsent by a budget stop: recorded, and sent by a later try that fits."""
+        self._record_failure(item, _Failure(err, retryable=False, outcome=NOT_SUBMITTED), attempts=0)
+
     def _record_failure(self, item: BatchItem, failure: _Failure, attempts: int | None = None) -> None:
         fields = _error_fields(failure.err)
         retryable = failure.retryable
@@ -399,8 +461,13 @@ class BatchEngine:
         self.outputs.failed.write({**item.spec, "meta": {"index": item.index, **fields}})
         self.outputs.results.sync()
         self.outputs.failed.sync()
-        self.journal.done(item.index, failure.outcome, retryable=retryable)
+        # Not sent is not final: the journal lets a later try (a higher limit) submit it.
+        self.journal.done(
+            item.index, failure.outcome, retryable=retryable or failure.outcome == NOT_SUBMITTED
+        )
         self.progress.counts[failure.outcome] += 1
+        if failure.outcome == NOT_SUBMITTED:
+            return
         self.log.warning("fal batch item %d: %s (%s)", item.index, failure.outcome, fields["error"][:300])
 
 

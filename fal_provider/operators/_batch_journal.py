@@ -2,7 +2,8 @@
 
 Records (one JSON object per line, ``i`` = input index):
 
-* ``intent``    written *before* the POST (with the attempt and the item's fingerprint);
+* ``intent``    written *before* the POST (with the attempt, the item's fingerprint and, when the
+  task has a spending limit, ``est``: the estimate reserved for that POST);
 * ``submitted`` written right after it, with fal's request id;
 * ``released``  the request was cancelled by a user's kill: a later try submits the item again;
 * ``done``      a terminal outcome; its output line is already in a results part.
@@ -41,12 +42,15 @@ class JournalState:
     open: dict[int, OpenItem] = field(default_factory=dict)
     #: Items whose last outcome was a retryable failure: a new try gives them fresh attempts.
     retryable: set[int] = field(default_factory=set)
+    #: The estimates of every POST announced so far (``est`` of the intents): the batch's spend.
+    spent: float = 0.0
 
     def apply(self, record: dict[str, Any]) -> None:
         index, event = record.get("i"), record.get("e")
         if not isinstance(index, int):
             return
         if event == "intent":
+            self.spent += float(record.get("est") or 0.0)
             self.open[index] = OpenItem(
                 int(record.get("a", 1)), record.get("fp"), None, record.get("ah"), float(record.get("t", 0))
             )
@@ -83,8 +87,18 @@ class Journal:
     def __init__(self, folder: Any, try_number: int) -> None:
         self.part = Part(folder / "journal", "journal", try_number)
 
-    def intent(self, index: int, attempt: int, fingerprint: str, arguments_hash: str) -> None:
-        record = {"i": index, "e": "intent", "a": attempt, "fp": fingerprint, "ah": arguments_hash}
+    def intent(
+        self, index: int, attempt: int, fingerprint: str, arguments_hash: str, estimate: float | None = None
+    ) -> None:
+        record: dict[str, Any] = {
+            "i": index,
+            "e": "intent",
+            "a": attempt,
+            "fp": fingerprint,
+            "ah": arguments_hash,
+        }
+        if estimate is not None:
+            record["est"] = estimate
         record["t"] = round(time.time(), 3)
         self.part.write(record)
         self.part.sync()  # durable before the POST it announces

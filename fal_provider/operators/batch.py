@@ -25,11 +25,15 @@ from typing import TYPE_CHECKING, Any
 
 from fal_provider.exceptions import FalBatchFailed, FalBatchIncomplete, FalInputError
 from fal_provider.models import FalRequestRef, check_number, is_templated
+from fal_provider.operators._batch_budget import BatchBudget
+from fal_provider.operators._batch_cache import BatchCache
 from fal_provider.operators._batch_engine import BatchEngine, EngineSettings, Outputs, Progress
 from fal_provider.operators._batch_inputs import BatchInputError, iter_items, validate_all
 from fal_provider.operators._batch_journal import Journal, load_state
 from fal_provider.operators._batch_output import assemble
 from fal_provider.operators._batch_store import Part, batch_folder, check_writable
+from fal_provider.operators._caching import open_cache
+from fal_provider.operators.costing import CostSettings
 from fal_provider.operators.fal import FalBaseOperator, check_submit_params, merge_options
 from fal_provider.operators.lifecycle import WorkerShutdown, run_guarded
 
@@ -114,6 +118,17 @@ class FalBatchOperator(FalBaseOperator):
     :param download_media: copy each result's media under ``<folder>/media/<index>/``.
     :param progress_interval: seconds between progress lines in the task log.
     :param cancel_on_kill: cancel every request in flight when a user kills or marks the task.
+    :param max_cost: spending limit of this task across its tries, checked before every POST against
+        the estimates its journal already counts; the first POST that would pass it stops submission
+        (see ``_batch_budget``): items in flight finish, the rest are recorded ``not_submitted``.
+    :param budget: a named budget shared with other tasks (``budget_limit``, ``budget_scope`` and
+        ``strict_budget`` as on ``FalInferenceOperator``); reserved item by item, same stop.
+    :param cache: per item, reuse the stored result of an earlier request with the same app id,
+        path, arguments and ``cache_version`` (no request, no spend; its line says ``"cached": true``)
+        and store every fetched result (see ``_batch_cache``).
+    :param cache_version: part of every item's cache key.
+    :param cache_path: where results are cached (default: the connection's ``cache_path`` extra,
+        else ``[fal] cache_path``).
     """
 
     template_fields: Sequence[str] = ("app_id", "inputs", "path", "output_path", "options", "headers")
@@ -139,9 +154,29 @@ class FalBatchOperator(FalBaseOperator):
         download_media: bool = False,
         progress_interval: float = 30.0,
         cancel_on_kill: bool = True,
+        max_cost: float | None = None,
+        budget: str | None = None,
+        budget_limit: float | None = None,
+        budget_scope: str = "global",
+        strict_budget: bool = False,
+        cache: bool = False,
+        cache_version: str | int | None = None,
+        cache_path: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.cost_settings = CostSettings.build(
+            max_cost=max_cost,
+            budget=budget,
+            budget_limit=budget_limit,
+            budget_scope=budget_scope,
+            strict_budget=strict_budget,
+        )
+        if not isinstance(cache, bool):
+            raise FalInputError(f"cache must be True or False, got {cache!r}")
+        self.cache = cache
+        self.cache_version = cache_version
+        self.cache_path = cache_path
         self.app_id = app_id
         self.inputs = inputs
         self.output_path = output_path
@@ -206,6 +241,9 @@ class FalBatchOperator(FalBaseOperator):
         self.log.debug("fal queue at %s", self.hook.settings.queue_url)
         state = load_state(folder)
         try_number = int(getattr(ti, "try_number", 1) or 1)
+        budget = None
+        if self.cost_settings.limited:
+            budget = BatchBudget(self.cost_settings, self.hook, context, spent=state.spent)
         engine = BatchEngine(
             self.hook,
             self._engine_settings(),
@@ -217,8 +255,14 @@ class FalBatchOperator(FalBaseOperator):
                 failed=Part(folder / "parts", "failed", try_number),
                 media=self._media_copier(folder) if self.download_media else None,
             ),
-            progress=Progress(total=total, skipped=len(state.finished)),
+            progress=Progress(
+                total=total,
+                skipped=len(state.finished),
+                spend=None if budget is None else budget.spent_so_far,
+            ),
             log=self.log,
+            budget=budget,
+            cache=self._open_cache(),
         )
         self._engine = engine
         self.log.info(
@@ -246,6 +290,19 @@ class FalBatchOperator(FalBaseOperator):
                 "its journal lets the next try resume"
             )
         return self._finish(folder, engine, total, time.monotonic() - started, try_number)
+
+    def _open_cache(self) -> BatchCache | None:
+        """The result cache, probed before the first POST (a bad cache path fails the task here)."""
+        if not self.cache:
+            return None
+        cache = open_cache(self.cache_path, self.hook)
+        if cache is None:
+            raise FalInputError(
+                "cache=True needs a place to store results: set cache_path=... on the operator, the "
+                "'cache_path' extra of the fal connection, or [fal] cache_path (AIRFLOW__FAL__CACHE_PATH)"
+            )
+        cache.check_writable()
+        return BatchCache(cache, self.hook, app_id=str(self.app_id), cache_version=self.cache_version)
 
     def _engine_settings(self) -> EngineSettings:
         return EngineSettings(
@@ -341,7 +398,10 @@ class FalBatchOperator(FalBaseOperator):
             "results_path": assembled.results_path,
             "failed_inputs_path": assembled.failed_inputs_path,
             "folder": str(folder),
-            "cost": None,
+            "cost": _cost_summary(engine.budget),
+            "cache": None
+            if engine.cache is None
+            else {"hits": engine.cache.hits, "stored": engine.cache.stored},
             "this_try": {
                 "try_number": try_number,
                 "items": processed,
@@ -373,10 +433,23 @@ class FalBatchOperator(FalBaseOperator):
         return manifest
 
 
+def _cost_summary(budget: BatchBudget | None) -> dict[str, Any] | None:
+    """What the manifest says about money: the estimated spend and, after a stop, why."""
+    if budget is None:
+        return None
+    return {
+        "estimated_spend": round(budget.spent, 10),
+        "max_cost": budget.settings.max_cost,
+        "budget": budget.key,
+        "budget_stop": None if budget.stopped is None else str(budget.stopped),
+    }
+
+
 def iter_batch_results(manifest: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
     """The output lines of a finished batch (its XCom manifest), one per input, streamed.
 
-    Each line has ``index``, ``status`` (``success``, ``failed``, ``expired``, ``orphaned``),
+    Each line has ``index``, ``status`` (``success``, ``failed``, ``expired``, ``orphaned``,
+    ``not_submitted``),
     ``request_id``, ``meta`` and either ``result`` or ``error`` / ``error_type``.
     """
     from airflow.sdk import ObjectStoragePath

@@ -43,6 +43,10 @@ def context() -> dict[str, Any]:
         ({"output_path": None}, "needs output_path"),
         ({"inputs": {"prompt": "x"}}, "must be a list of argument dicts"),
         ({"app_id": "not an app"}, "app"),
+        ({"max_cost": -1}, "max_cost"),
+        ({"budget_limit": 5}, "budget_limit needs budget="),
+        ({"budget": "nightly", "budget_scope": "everywhere"}, "budget_scope must be one of"),
+        ({"cache": "yes"}, "cache must be True or False"),
     ],
 )
 def test_bad_parameters_fail_when_the_dag_is_parsed(kwargs: dict[str, Any], message: str) -> None:
@@ -132,6 +136,22 @@ def test_journal_replay_keeps_only_open_items_and_finished_indexes() -> None:
     assert state.finished == {0}
     assert {i: (o.attempt, o.request_id) for i, o in state.open.items()} == {1: (1, "r1"), 2: (2, None)}
     assert state.retryable == {4}
+
+
+def test_journal_replay_sums_the_estimates_of_every_announced_post() -> None:
+    """max_cost across tries reads the spend from the journal: each intent's estimate counts,
+    retried attempts too (they may have been paid), items never announced do not."""
+    state = JournalState()
+    for record in [
+        {"i": 0, "e": "intent", "a": 1, "fp": "f0", "est": 0.25},
+        {"i": 0, "e": "done", "outcome": "failed", "retryable": True},
+        {"i": 0, "e": "intent", "a": 2, "fp": "f0", "est": 0.25},
+        {"i": 1, "e": "intent", "a": 1, "fp": "f1"},
+        {"i": 2, "e": "done", "outcome": "not_submitted", "retryable": True},
+    ]:
+        state.apply(record)
+    assert state.spent == 0.5
+    assert 2 in state.retryable and 2 not in state.finished  # a later try sends it
 
 
 def test_assembly_has_one_line_per_index_success_winning_over_an_earlier_failure(tmp_path: Path) -> None:
