@@ -22,8 +22,8 @@ import logging
 from typing import Any
 
 from fal_provider import budgets
+from fal_provider.cost import CostSettings, endpoint_of
 from fal_provider.exceptions import FalBudgetExceeded, FalPermanentError
-from fal_provider.operators.costing import CostSettings, endpoint_of
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from fal_provider.cost import CostSettings
 from fal_provider.exceptions import FalBatchFailed, FalBatchIncomplete, FalInputError
 from fal_provider.models import FalRequestRef, check_number, is_templated
 from fal_provider.operators._batch_budget import BatchBudget
@@ -33,7 +34,6 @@ from fal_provider.operators._batch_journal import Journal, load_state
 from fal_provider.operators._batch_output import assemble
 from fal_provider.operators._batch_store import Part, batch_folder, check_writable
 from fal_provider.operators._caching import open_cache
-from fal_provider.operators.costing import CostSettings
 from fal_provider.operators.fal import FalBaseOperator, check_submit_params, merge_options
 from fal_provider.operators.lifecycle import WorkerShutdown, run_guarded
 

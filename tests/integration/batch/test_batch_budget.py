@@ -13,8 +13,8 @@ from fal_provider import budgets
 from fal_provider.emulator.testing import FalEmulator
 from fal_provider.exceptions import FalBatchFailed
 from fal_provider.hooks.fal import FalHook
+from fal_provider.hooks.platform import clear_caches
 from fal_provider.operators.batch import FalBatchOperator
-from fal_provider.platform import clear_caches
 from tests.integration.batch.conftest import batch_context, read_jsonl
 
 APP = "fal-ai/flux/schnell"
