@@ -1,6 +1,6 @@
 """1,000 requests waiting in ``wait_mode="webhook"``: what it costs fal, the triggerer and the API server.
 
-    python benchmarks/triggers_webhook.py [--requests 1000] [--window 30] [--skip-poll]
+    python benchmarks/triggers_webhook.py [--requests 1000] [--window 30] [--skip-poll] [--skip-callbacks]
 
 Two measurements, both against a ``fal-emulator`` subprocess (so its CPU is not counted here):
 
@@ -9,7 +9,9 @@ A. **Waiting** (the triggerer's side). ``--requests`` requests are submitted wit
    coroutines run on one event loop, the way one triggerer holds them, for ``--window`` seconds.
    Counted: fal HTTP calls during the window (emulator ``/_emulator/stats``), callback-record reads
    (each is one Execution API round trip in a real triggerer; here the reader is counted in memory),
-   process CPU seconds and RSS growth. The same is measured for ``wait_mode="poll"`` (operator
+   process CPU seconds and share of a core, the emulator's share apart, RSS growth and peak,
+   failures (a waiter that ends in the window), event-loop lag p99/max from a 50 ms heartbeat.
+   Submission (in batches of 500) ends before the window opens and is timed apart. The same is measured for ``wait_mode="poll"`` (operator
    defaults: 1 s floor, 30 s ceiling) for comparison, unless ``--skip-poll``.
 
 B. **Callback to resume** (the API server's side). A real Airflow metadata DB (SQLite, migrated into
@@ -80,17 +82,29 @@ def emulator_calls(stats: dict[str, Any]) -> int:
 # ------------------------------------------------------------------------------------ A. waiting
 
 
-async def measure_waiting(base: str, n: int, window: float, mode: str) -> dict[str, float]:
+async def measure_waiting(base: str, n: int, window: float, mode: str, emulator_pid: int) -> dict[str, float]:
     import httpx
+    import psutil
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _bench
 
     from fal_provider.hooks.fal import FalHook
     from fal_provider.triggers.fal import FalRequestTrigger
     from fal_provider.webhooks import waiting
 
     hook = FalHook("fal_bench")
-    refs = await asyncio.gather(
-        *(hook.asubmit("emulator/echo", {"duration_s": window + 60, "i": i}) for i in range(n))
-    )
+    submit0 = time.monotonic()
+    refs = []
+    for start in range(0, n, 500):  # submission is not measured; it ends before the window opens
+        refs += await asyncio.gather(
+            *(
+                hook.asubmit("emulator/echo", {"duration_s": window + 60 + n / 250, "i": i})
+                for i in range(start, min(n, start + 500))
+            )
+        )
+    submit_s = time.monotonic() - submit0
+    emulator = psutil.Process(emulator_pid)
     reads = 0
 
     async def counting_reader(key: str) -> str | None:
@@ -102,6 +116,9 @@ async def measure_waiting(base: str, n: int, window: float, mode: str) -> dict[s
     async with httpx.AsyncClient() as http:
         before = (await http.get(f"{base}/_emulator/stats")).json()
         cpu0, rss0 = time.process_time(), rss_mib()
+        emu0 = sum(emulator.cpu_times()[:2])
+        heartbeat = _bench.Heartbeat()
+        heartbeat.start()
         triggers = [
             FalRequestTrigger(
                 request=ref.to_xcom(), fal_conn_id="fal_bench", wait_mode=mode, backstop_interval=300
@@ -111,12 +128,22 @@ async def measure_waiting(base: str, n: int, window: float, mode: str) -> dict[s
         tasks = [asyncio.create_task(t.run().__anext__()) for t in triggers]
         await asyncio.sleep(window)
         cpu, rss = time.process_time() - cpu0, rss_mib() - rss0
+        emu_cpu = sum(emulator.cpu_times()[:2]) - emu0
+        await heartbeat.stop()
         after = (await http.get(f"{base}/_emulator/stats")).json()
+        # No request completes and no callback arrives in the window: a waiter that ended is a failure.
+        failures = sum(1 for task in tasks if task.done())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*(hook.acancel(ref) for ref in refs))
     return {
+        "submit_s_not_measured": submit_s,
+        "client_pct_of_a_core": 100 * cpu / window,
+        "emulator_pct_of_a_core": 100 * emu_cpu / window,
+        "peak_rss_mib": _bench.peak_rss_mib(),
+        "failures": failures,
+        **heartbeat.summary(),
         "fal_calls_per_request": (emulator_calls(after) - emulator_calls(before)) / n,
         "record_reads_per_request": reads / n,
         "cpu_seconds": cpu,
@@ -223,6 +250,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--window", type=float, default=30.0)
     parser.add_argument("--skip-poll", action="store_true")
+    parser.add_argument("--skip-callbacks", action="store_true", help="run A only")
     parser.add_argument(
         "--spread", type=float, default=0.02, help="B: seconds between completions (0: one burst)"
     )
@@ -245,10 +273,12 @@ def main() -> int:
     try:
         modes = ["webhook"] if args.skip_poll else ["webhook", "poll"]
         for mode in modes:
-            result = asyncio.run(measure_waiting(base, args.requests, args.window, mode))
+            result = asyncio.run(measure_waiting(base, args.requests, args.window, mode, emulator.pid))
             print(f"A. {args.requests} waiting requests, wait_mode={mode}, {args.window:.0f} s window:")
             for name, value in result.items():
                 print(f"   {name:32s} {value:10.3f}")
+        if args.skip_callbacks:
+            return 0
         prepare_airflow_db(workdir)
         result_b = measure_callbacks(base, args.requests, args.spread)
         print(
