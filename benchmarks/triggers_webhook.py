@@ -263,7 +263,7 @@ def main() -> int:
     os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
     sys.path.insert(0, str(REPO))
     logging.getLogger("fal_provider.webhooks.receiver").setLevel(logging.WARNING)
-    emulator, base = start_emulator(workdir, concurrency=args.requests + 10)
+    emulator, base = start_emulator(workdir, concurrency=min(args.requests + 10, 10000))
     os.environ["AIRFLOW_CONN_FAL_BENCH"] = (
         f'{{"conn_type": "fal", "host": "{base}/queue", "password": "{KEY}", '
         f'"extra": {{"rest_url": "{base}/rest", "run_url": "{base}/run"}}}}'
