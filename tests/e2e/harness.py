@@ -216,6 +216,32 @@ class AirflowEnv:
         if "api-server" in components:
             self._wait_for_port(self.api_port, timeout=120)
 
+    def executor_released(self, dag_id: str, run_id: str, task_id: str, states: Iterable[str]) -> bool:
+        """Whether the scheduler has processed its executor's report that the process of
+        ``task_id``'s current try exited while the task was in one of ``states``.
+
+        A task that parks (deferred, awaiting input) keeps its key and try number, so if it is
+        resumed before the scheduler has seen the parking process exit, that stale "finished"
+        report can land on the resumed try and fail it (Airflow's state-mismatch check). Anything
+        that resumes a task from outside, as a test answering a review does, waits for this first.
+        """
+        path = self.home / "scheduler.log"
+        if not path.exists():
+            return False
+        tries = self.query(
+            "SELECT try_number FROM task_instance WHERE dag_id=? AND run_id=? AND task_id=? AND map_index=-1",
+            [dag_id, run_id, task_id],
+        )
+        if not tries:
+            return False
+        prefix = f"TaskInstance Finished: dag_id={dag_id}, task_id={task_id}, run_id={run_id}, "
+        this_try = f" try_number={tries[0][0]},"
+        wanted = tuple(f" state={state}," for state in states)
+        return any(
+            prefix in line and this_try in line and any(state in line for state in wanted)
+            for line in path.read_text(errors="replace").splitlines()
+        )
+
     def _wait_for_port(self, port: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

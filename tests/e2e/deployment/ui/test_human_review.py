@@ -37,13 +37,23 @@ def _wait_review(cluster: UICluster, run_id: str, round_no: int) -> dict[str, An
     """
 
     def pending() -> dict[str, Any] | None:
-        if cluster.task_states(DAG_ID, run_id).get((f"review_{round_no}", -1)) not in WAITING_STATES:
+        if not _parked(cluster, run_id, round_no):
             return None
         response = cluster.api("GET", _hitl_path(run_id, round_no))
         body = response.json() if response.status_code == 200 else {}
         return body if body.get("body") and not body.get("response_received") else None
 
     return cluster.wait_for(pending, 240, f"{run_id}: review_{round_no} waiting for a person")
+
+
+def _parked(cluster: UICluster, run_id: str, round_no: int) -> bool:
+    """The review task waits for a person, and the scheduler has seen the process that parked it
+    exit: an answer before that can be failed by Airflow's stale "finished" report (see
+    :meth:`~tests.e2e.harness.AirflowEnv.executor_released`); a person never answers that fast."""
+    task_id = f"review_{round_no}"
+    return cluster.task_states(DAG_ID, run_id).get((task_id, -1)) in WAITING_STATES and (
+        cluster.executor_released(DAG_ID, run_id, task_id, WAITING_STATES)
+    )
 
 
 def _params_input(cluster: UICluster, run_id: str, round_no: int, feedback: str) -> dict[str, Any]:
@@ -71,7 +81,7 @@ def _answer(cluster: UICluster, run_id: str, round_no: int, option: str, feedbac
 
     def taken() -> bool:
         state = cluster.task_states(DAG_ID, run_id).get((f"review_{round_no}", -1))
-        if state in WAITING_STATES:
+        if state in WAITING_STATES and _parked(cluster, run_id, round_no):
             pending = cluster.api("GET", _hitl_path(run_id, round_no)).json()
             if not pending.get("response_received"):  # a retry asks again
                 cluster.api("PATCH", _hitl_path(run_id, round_no), json=body)
