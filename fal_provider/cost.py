@@ -123,6 +123,16 @@ class CostRecord:
         return cls(**{k: v for k, v in value.items() if k in names})
 
 
+#: Decimal places a cost is kept to: far below any price fal quotes, and enough to drop the binary
+#: noise of float products and sums (``0.1 + 0.2``) that would otherwise show in XCom and reports.
+MONEY_PLACES = 12
+
+
+def money(value: float) -> float:
+    """``value`` rounded to :data:`MONEY_PLACES`, as every cost figure of the provider is."""
+    return round(value, MONEY_PLACES)
+
+
 def _num(value: float | None) -> str:
     return "?" if value is None else f"{value:.10g}"
 
@@ -146,7 +156,7 @@ def cost_record(
     if units is None or price is None or unit_price is None:
         why = reason or ("fal sent no billable units" if units is None else "no unit price for this app")
         return CostRecord(app_id, request_id, units, unit, unit_price, currency, None, reason=why)
-    return CostRecord(app_id, request_id, units, unit, unit_price, currency, units * float(unit_price))
+    return CostRecord(app_id, request_id, units, unit, unit_price, currency, money(units * float(unit_price)))
 
 
 def reconciled(record: CostRecord, event: Any) -> CostRecord:
@@ -163,7 +173,7 @@ def reconciled(record: CostRecord, event: Any) -> CostRecord:
         record.unit,
         price,
         event.currency,
-        float(event.cost_total),
+        money(float(event.cost_total)),
         exact=True,
     )
 
@@ -198,7 +208,7 @@ def total_of(records: Iterable[CostRecord | Mapping[str, Any]]) -> CostTotal:
     if len(currencies) > 1:
         raise ValueError(f"Cannot add costs in several currencies: {sorted(map(str, currencies))}")
     return CostTotal(
-        total=sum(r.cost or 0.0 for r in known),
+        total=money(math.fsum(r.cost or 0.0 for r in known)),
         currency=next(iter(currencies), None) or "USD",
         requests=len(seen),
         unknown=len(seen) - len(known),
@@ -428,11 +438,12 @@ class SpendStore:
 
 def spent_of(entries: Mapping[str, Mapping[str, Any]]) -> float:
     """What the task's requests cost so far: the actual cost, else the estimate reserved for it."""
-    total = 0.0
-    for entry in entries.values():
-        cost = entry.get("cost")
-        total += float(cost if cost is not None else entry.get("estimate") or 0.0)
-    return total
+    return money(
+        math.fsum(
+            float(entry["cost"] if entry.get("cost") is not None else entry.get("estimate") or 0.0)
+            for entry in entries.values()
+        )
+    )
 
 
 @dataclass(frozen=True)

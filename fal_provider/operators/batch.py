@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fal_provider.cost import CostSettings
+from fal_provider.cost import CostSettings, money
 from fal_provider.exceptions import FalBatchFailed, FalBatchIncomplete, FalInputError
 from fal_provider.models import FalRequestRef, check_number, is_templated
 from fal_provider.operators._batch_budget import BatchBudget
@@ -438,7 +438,7 @@ def _cost_summary(budget: BatchBudget | None) -> dict[str, Any] | None:
     if budget is None:
         return None
     return {
-        "estimated_spend": round(budget.spent, 10),
+        "estimated_spend": money(budget.spent),
         "max_cost": budget.settings.max_cost,
         "budget": budget.key,
         "budget_stop": None if budget.stopped is None else str(budget.stopped),

@@ -11,6 +11,7 @@ from fal_provider.cost import (
     check_tags,
     cost_record,
     request_tags,
+    spent_of,
     tags_header,
     total_of,
 )
@@ -55,6 +56,16 @@ def test_a_total_counts_each_request_once_and_reports_the_unknown_ones() -> None
     assert (total.requests, total.unknown, total.currency, total.exact) == (3, 1, "USD", False)
     assert "1 of unknown cost" in total.describe()
     assert total_of([]).total == 0
+
+
+def test_costs_carry_no_float_noise_into_xcom_and_reports() -> None:
+    """0.1 + 0.2 is 0.30000000000000004 in floats; a cost report must say 0.3."""
+    price = Price("a/b", 0.1, "images", "USD")
+    records = [cost_record("a/b", "r1", 1.0, price), cost_record("a/b", "r2", 2.0, price)]
+    assert records[1].cost == 0.2
+    assert total_of(records).total == 0.3
+    assert cost_record("a/b", "r3", 3.0, Price("a/b", 0.0012121, "images", "USD")).cost == 0.0036363
+    assert spent_of({"r1": {"cost": 0.1}, "r2": {"estimate": 0.2}}) == 0.3
 
 
 def test_every_request_is_tagged_with_dag_and_task_plus_the_users_tags() -> None:
