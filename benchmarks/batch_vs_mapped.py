@@ -11,6 +11,9 @@
    emulator's counters.
 2. ``--big`` inputs through one batch task in a plain Python process (no scheduler), and ``--items``
    the same way for comparison: wall time, peak RSS of that process, HTTP calls per item.
+3. ``--slow N`` (off by default): N inputs that each run ``--duration`` seconds on fal, through one
+   batch task waiting on its worker and one with ``deferrable=True`` (a triggerer runs for both):
+   wall time, Airflow CPU, HTTP calls per item, the number of resumes and what each one cost.
 
 A measurement, not a test: figures depend on the machine (print ``os.getloadavg()`` with them).
 """
@@ -48,6 +51,15 @@ DAGS = textwrap.dedent(
             task_id="batch", app_id="emulator/echo", inputs=INPUTS,
             output_path="file://" + os.environ["BENCH_OUTPUT"], max_in_flight=int(os.environ["BENCH_WINDOW"]),
         )
+
+    SLOW = [{"n": n, "duration_s": float(os.environ["BENCH_DURATION"])} for n in range(int(os.environ["BENCH_SLOW"]))]
+    for dag_id, deferrable in (("bench_slow_worker", False), ("bench_slow_deferred", True)):
+        with DAG(dag_id, schedule=None, catchup=False):
+            FalBatchOperator(
+                task_id="batch", app_id="emulator/echo", inputs=SLOW, deferrable=deferrable,
+                output_path="file://" + os.environ["BENCH_OUTPUT"] + "/" + dag_id,
+                max_in_flight=int(os.environ["BENCH_WINDOW"]), poll_interval=1, max_poll_interval=5,
+            )
 
     with DAG("bench_mapped", schedule=None, catchup=False, max_active_tasks=64):
         FalInferenceOperator.partial(
@@ -112,7 +124,15 @@ def batch_elapsed(output: Path) -> float | None:
     return None
 
 
-def scheduler_phase(items: int, window: int, dag_ids: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+def resumes(cluster: Any, dag_id: str) -> int:
+    """How often a deferrable batch resumed (its task log says so once per resume)."""
+    logs = cluster.home.glob(f"logs/dag_id={dag_id}/**/*.log")
+    return sum(path.read_text(errors="replace").count("fal batch: resumed") for path in logs)
+
+
+def scheduler_phase(
+    items: int, window: int, dag_ids: tuple[str, ...], slow: int = 0, duration: float = 0.0
+) -> dict[str, dict[str, Any]]:
     from tests.e2e.deployment.cluster import DeploymentCluster, EmulatorProcess, PostgresServer
 
     root = Path(tempfile.mkdtemp(prefix="fal-bench-"))
@@ -126,7 +146,13 @@ def scheduler_phase(items: int, window: int, dag_ids: tuple[str, ...]) -> dict[s
     emulator.start()
     try:
         pg.create_database("airflow")
-        env = {"BENCH_ITEMS": str(items), "BENCH_OUTPUT": str(root / "out"), "BENCH_WINDOW": str(window)}
+        env = {
+            "BENCH_ITEMS": str(items),
+            "BENCH_OUTPUT": str(root / "out"),
+            "BENCH_WINDOW": str(window),
+            "BENCH_SLOW": str(slow),
+            "BENCH_DURATION": str(duration),
+        }
         os.environ.update(env)
         for position, dag_id in enumerate(dag_ids):
             emulator.reset()
@@ -136,7 +162,8 @@ def scheduler_phase(items: int, window: int, dag_ids: tuple[str, ...]) -> dict[s
                 if position == 0:
                     cluster.migrate()
                 cpu_before = children_cpu()
-                cluster.start("api-server", "scheduler", "dag-processor")
+                triggerer = ("triggerer",) if dag_id.startswith("bench_slow") else ()
+                cluster.start("api-server", "scheduler", "dag-processor", *triggerer)
                 cluster.wait_healthy("api-server")
                 cluster.wait_for_dags([dag_id], timeout=300)
                 started = time.monotonic()
@@ -145,6 +172,7 @@ def scheduler_phase(items: int, window: int, dag_ids: tuple[str, ...]) -> dict[s
                 wall = time.monotonic() - started
                 stats = emulator.stats()
                 span = task_span(cluster, dag_id, run_id)
+                resumed = resumes(cluster, dag_id)
             finally:
                 cluster.stop()
             results[dag_id] = {
@@ -152,8 +180,11 @@ def scheduler_phase(items: int, window: int, dag_ids: tuple[str, ...]) -> dict[s
                 "wall_s": round(wall, 1),
                 "task_span_s": round(span, 1),
                 "airflow_cpu_s": round(children_cpu() - cpu_before, 1),
-                "http_calls_per_item": round(calls(stats) / items, 2),
+                "http_calls_per_item": round(
+                    calls(stats) / (slow if dag_id.startswith("bench_slow") else items), 2
+                ),
                 "submits": stats["submits_total"],
+                "resumes": resumed,
             }
             if dag_id == "bench_batch":
                 results[dag_id]["execute_s"] = batch_elapsed(root / "out")
@@ -184,6 +215,22 @@ def engine_phase(n: int, window: int, mode: str) -> dict[str, Any]:
     return figures
 
 
+def slow_phase(n: int, duration: float, window: int) -> None:
+    dag_ids = ("bench_slow_worker", "bench_slow_deferred")
+    figures = scheduler_phase(0, window, dag_ids, slow=n, duration=duration)
+    worker, deferred = (figures[dag_id] for dag_id in dag_ids)
+    print(f"\n{n} inputs of {duration:g} s each, window {window} (LocalExecutor, PostgreSQL, a triggerer):")
+    print(f"{'':24}{'on the worker':>22}{'deferrable=True':>22}")
+    for key in ("state", "wall_s", "airflow_cpu_s", "http_calls_per_item", "submits", "resumes"):
+        print(f"{key:24}{worker.get(key, '-')!s:>22}{deferred.get(key, '-')!s:>22}")
+    if deferred["resumes"]:
+        extra_wall = (deferred["wall_s"] - worker["wall_s"]) / deferred["resumes"]
+        extra_cpu = (deferred["airflow_cpu_s"] - worker["airflow_cpu_s"]) / deferred["resumes"]
+        print(
+            f"each resume: {extra_wall:+.2f} s wall, {extra_cpu:+.2f} s Airflow CPU (vs waiting on the worker)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=1000)
@@ -192,6 +239,8 @@ def main() -> None:
     parser.add_argument("--skip-scheduler", action="store_true")
     parser.add_argument("--skip-mapped", action="store_true", help="scheduler phase: the batch DAG only")
     parser.add_argument("--skip-engine", action="store_true", help="no plain-process phase")
+    parser.add_argument("--slow", type=int, default=0, help="inputs of the worker vs deferrable phase")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds each --slow input runs")
     args = parser.parse_args()
     print(f"load average before: {os.getloadavg()}, cpus: {os.cpu_count()}")
     if not args.skip_scheduler:
@@ -214,6 +263,8 @@ def main() -> None:
         if batch["wall_s"] and mapped:
             print(f"speed-up per item: {mapped['wall_s'] / batch['wall_s']:.1f}x wall, "
                   f"{mapped['airflow_cpu_s'] / max(batch['airflow_cpu_s'], 0.1):.1f}x CPU")  # fmt: skip
+    if args.slow:
+        slow_phase(args.slow, args.duration, args.window)
     if args.skip_engine:
         return
     print("\nOne batch task in a plain process (no scheduler):")

@@ -54,7 +54,14 @@ class _FalBatchDecoratedOperator(DecoratedOperator, FalBatchOperator):
 
     def execute(self, context: Context) -> Any:
         self.inputs = call_decorated(self, context)
+        if self.deferrable:
+            self.inputs = self.freeze_inputs(context)
         return FalBatchOperator.execute(self, context)
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
+        """A later round: the inputs the function returned in the first one, never called again."""
+        self.inputs = self.frozen_inputs(context)
+        return FalBatchOperator.execute_complete(self, context, event)
 
 
 def fal_batch_task(python_callable: Callable[..., Any] | None = None, **kwargs: Any) -> TaskDecorator:

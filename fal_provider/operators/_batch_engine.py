@@ -8,6 +8,12 @@ permanent one (422, content policy) is recorded once. The window means the queue
 never holds more than the window, so every result is fetched seconds after it completes, well
 inside fal's retention (1 h, 6 min for results >= 10 KB), and a kill has at most the window to
 cancel.
+
+A deferrable batch runs the engine in rounds (``park=True``): an item whose request is submitted,
+or reattached but not among the ``ready`` request ids a trigger saw finish, is parked instead of
+waited for; parked items count towards the window, and the round ends once the window holds only
+parked items (or no input is left). The operator then defers on the parked requests; the next
+round reattaches them from the journal, fetches the finished ones and tops the window up.
 """
 
 from __future__ import annotations
@@ -21,7 +27,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from fal_provider.exceptions import FalError, FalNotFoundError, FalPermanentError, error_from_completed
+from fal_provider.exceptions import (
+    FalError,
+    FalNotFoundError,
+    FalPermanentError,
+    FalRequestCancelled,
+    error_from_completed,
+)
 from fal_provider.models import CompletedStatus, FalRequestRef
 from fal_provider.operators._batch_budget import BatchBudget
 from fal_provider.operators._batch_cache import BatchCache
@@ -49,6 +61,8 @@ class EngineSettings:
     on_orphan: str
     max_consecutive_errors: int = 5
     download_media: bool = False
+    #: A deferrable round: park what is still running instead of waiting for it (see the module doc).
+    park: bool = False
 
 
 @dataclass
@@ -118,8 +132,13 @@ class BatchEngine:
         log: logging.Logger | Any,
         budget: BatchBudget | None = None,
         cache: BatchCache | None = None,
+        ready: frozenset[str] = frozenset(),
     ) -> None:
         self.hook = hook
+        #: Request ids a trigger saw finish: a round waits for (and fetches) only these.
+        self.ready = ready
+        #: Items of this round whose requests still run, for the trigger to wait on.
+        self.parked: dict[int, FalRequestRef] = {}
         self.budget = budget
         self.cache = cache
         self.settings = settings
@@ -170,10 +189,10 @@ class BatchEngine:
                 if self.budget is not None and self.budget.stopped is not None:
                     self._not_submitted(item, self.budget.stopped)
                     continue
-                while len(self._tasks) >= self.settings.max_in_flight and not self._halted:
+                while self._window_full() and self._tasks and not self._halted:
                     await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
-                if self._halted:
-                    break
+                if self._halted or self._window_full():
+                    break  # halted, or (a round) the window holds only parked requests
                 task = asyncio.ensure_future(self._process(item, self.state.open.pop(item.index, None)))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -188,6 +207,9 @@ class BatchEngine:
             self.journal.close()
             self.outputs.results.close()
             self.outputs.failed.close()
+
+    def _window_full(self) -> bool:
+        return len(self._tasks) + len(self.parked) >= self.settings.max_in_flight
 
     async def _adopt_orphans(self) -> None:
         """Orphans whose POST fal accepted get their request id back from fal's request history."""
@@ -254,6 +276,18 @@ class BatchEngine:
                 return
             except _Failure as failure:
                 self.in_flight.pop(item.index, None)
+                if ref is not None and isinstance(failure.err, FalRequestCancelled):
+                    # Left running by an earlier round or try and cancelled since (a user's kill
+                    # of the deferred task cancels from the trigger, which cannot write the
+                    # journal): no result was paid for and the input is not at fault, so it is
+                    # sent again, as a kill on the worker releases its window for the next try.
+                    self.log.info(
+                        "fal batch item %d: request %s was cancelled; submitting again",
+                        item.index,
+                        ref.request_id,
+                    )
+                    ref = None
+                    continue
                 if not failure.retryable or attempt >= self.settings.max_item_attempts:
                     self._record_failure(item, failure, attempts=attempt)
                     return
@@ -308,6 +342,9 @@ class BatchEngine:
         if ref is None:
             ref = await self._submit(item, attempt)
         self.in_flight[item.index] = ref
+        if self.settings.park and ref.request_id not in self.ready:
+            self.parked[item.index] = ref
+            return
         status = await self._wait(ref)
         if status.failed:
             raise self._classified(await self._failure_of(ref, status))

@@ -9,13 +9,17 @@ clear or a killed worker resumes without paying twice (see ``_batch_journal``). 
 small manifest.
 
 Inputs are validated whole before the first POST (a bad item fails the task naming its index).
-The wait is on the worker: a deferrable mode is not offered (see the README's "Bulk inference").
+The wait is on the worker by default. With ``deferrable=True`` the task runs in rounds: a round
+fetches what has finished and tops the window up, then defers on the requests still running
+(:class:`~fal_provider.triggers.batch.FalBatchTrigger`) until a share of them has finished; the
+journal carries everything from one round to the next, as it does from one try to the next.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,13 +33,15 @@ from fal_provider.models import FalRequestRef, check_number, is_templated
 from fal_provider.operators._batch_budget import BatchBudget
 from fal_provider.operators._batch_cache import BatchCache
 from fal_provider.operators._batch_engine import BatchEngine, EngineSettings, Outputs, Progress
-from fal_provider.operators._batch_inputs import BatchInputError, iter_items, validate_all
+from fal_provider.operators._batch_inputs import BatchInputError, iter_items, iter_raw, validate_all
 from fal_provider.operators._batch_journal import Journal, load_state
 from fal_provider.operators._batch_output import assemble
-from fal_provider.operators._batch_store import Part, batch_folder, check_writable
+from fal_provider.operators._batch_store import Part, batch_folder, check_writable, dumps
 from fal_provider.operators._caching import open_cache
 from fal_provider.operators.fal import FalBaseOperator, check_submit_params, merge_options
 from fal_provider.operators.lifecycle import WorkerShutdown, run_guarded
+from fal_provider.triggers.batch import FalBatchTrigger
+from fal_provider.waiting import error_from_event, validate_event
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -47,6 +53,8 @@ __all__ = ["DEFAULT_MAX_IN_FLIGHT", "FalBatchOperator", "iter_batch_results"]
 #: kill has at most 32 requests to cancel. Set it to about twice your account's limit.
 DEFAULT_MAX_IN_FLIGHT = 32
 BATCH_WAIT_MODES = ("stream", "poll")
+#: Where a deferrable task that computes its inputs keeps them between rounds (see ``freeze_inputs``).
+FROZEN_INPUTS = "inputs.jsonl"
 ORPHAN_POLICIES = ("resubmit", "fail")
 
 
@@ -118,6 +126,13 @@ class FalBatchOperator(FalBaseOperator):
     :param download_media: copy each result's media under ``<folder>/media/<index>/``.
     :param progress_interval: seconds between progress lines in the task log.
     :param cancel_on_kill: cancel every request in flight when a user kills or marks the task.
+    :param deferrable: release the worker while the window's requests run: each round fetches the
+        finished results, submits up to the window, and defers until ``resume_fraction`` of the
+        running requests (at least one) have finished. Each resume starts the task again (a worker
+        start, re-reading the inputs and the journal), so it pays off for requests that run for
+        minutes, not for instant ones (see the README's "Bulk inference").
+    :param resume_fraction: deferrable only: the share of the deferred window that must finish
+        before the task resumes (0 < x <= 1; default 0.25).
     :param max_cost: spending limit of this task across its tries, checked before every POST against
         the estimates its journal already counts; the first POST that would pass it stops submission
         (see ``_batch_budget``): items in flight finish, the rest are recorded ``not_submitted``.
@@ -162,6 +177,8 @@ class FalBatchOperator(FalBaseOperator):
         cache: bool = False,
         cache_version: str | int | None = None,
         cache_path: Any = None,
+        deferrable: bool = False,
+        resume_fraction: float = 0.25,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -193,10 +210,15 @@ class FalBatchOperator(FalBaseOperator):
         for value, name in ((retry_min_wait, "retry_min_wait"), (retry_max_wait, "retry_max_wait")):
             check_number(value, name, minimum=0)
         check_number(progress_interval, "progress_interval", positive=True)
+        check_number(resume_fraction, "resume_fraction", positive=True)
+        if resume_fraction > 1:
+            raise FalInputError(f"resume_fraction must be in (0, 1], got {resume_fraction!r}")
+        if not isinstance(deferrable, bool):
+            raise FalInputError(f"deferrable must be True or False, got {deferrable!r}")
         if wait_mode not in BATCH_WAIT_MODES:
             raise FalInputError(
                 f"FalBatchOperator wait_mode must be one of {', '.join(BATCH_WAIT_MODES)}, got "
-                f"{wait_mode!r} (webhooks resume a deferred task; a batch waits on its worker)"
+                f"{wait_mode!r} (webhook mode is not offered for batches)"
             )
         if on_orphan not in ORPHAN_POLICIES:
             raise FalInputError(f"on_orphan must be one of {', '.join(ORPHAN_POLICIES)}, got {on_orphan!r}")
@@ -219,23 +241,34 @@ class FalBatchOperator(FalBaseOperator):
         self.download_media = download_media
         self.progress_interval = progress_interval
         self.cancel_on_kill = cancel_on_kill
+        self.deferrable = deferrable
+        self.resume_fraction = float(resume_fraction)
         self._engine: BatchEngine | None = None
 
     # -- execute -------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any]:
+        return self._round(context, frozenset())
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A deferrable batch resumes: some of the window finished (``event["done"]``)."""
+        status, _ = validate_event(event)
+        assert isinstance(event, dict)  # validate_event refuses anything else
+        if status == "error":
+            raise error_from_event(event)
+        done = event.get("done") or []
+        self.log.info("fal batch: resumed, %d requests of the window finished", len(done))
+        return self._round(context, frozenset(str(request_id) for request_id in done))
+
+    def _round(self, context: Context, ready: frozenset[str]) -> dict[str, Any]:
+        """One run of the engine: the whole batch, or (deferrable) one round of it."""
         self.check_rendered(context)
         inputs = _coerce_inputs(self.inputs)
         shared = dict(self.options or {})
         # Everything that can be wrong locally fails here, before the first POST.
         total = validate_all(inputs, app_id=str(self.app_id), path=self.path or "", shared_options=shared)
         ti = context["ti"]
-        folder = batch_folder(
-            _storage_path(self.output_path, "output_path"),
-            str(context["run_id"]),
-            str(ti.task_id),
-            _map_index(ti),
-        )
+        folder = self._folder(context)
         check_writable(folder)
         # Resolved here: the engine's thread must not look up the connection itself.
         self.log.debug("fal queue at %s", self.hook.settings.queue_url)
@@ -263,6 +296,7 @@ class FalBatchOperator(FalBaseOperator):
             log=self.log,
             budget=budget,
             cache=self._open_cache(),
+            ready=ready,
         )
         self._engine = engine
         self.log.info(
@@ -289,7 +323,40 @@ class FalBatchOperator(FalBaseOperator):
                 f"fal batch stopped before it finished ({len(engine.in_flight)} requests were in flight); "
                 "its journal lets the next try resume"
             )
+        if engine.parked:
+            self._defer_window(list(engine.parked.values()))
         return self._finish(folder, engine, total, time.monotonic() - started, try_number)
+
+    def _folder(self, context: Context) -> Any:
+        ti = context["ti"]
+        return batch_folder(
+            _storage_path(self.output_path, "output_path"),
+            str(context["run_id"]),
+            str(ti.task_id),
+            _map_index(ti),
+        )
+
+    def freeze_inputs(self, context: Context) -> Any:
+        """Write the inputs as ``inputs.jsonl`` in the task's folder and return that path.
+
+        A deferrable task that computes its inputs (``@task.fal_batch``) resumes in a new process
+        without them, and computing them again might give others (the journal would then see new
+        items and pay for them). Its rounds read this file instead; each try writes it afresh.
+        """
+        shared = dict(self.options or {})
+        inputs = _coerce_inputs(self.inputs)
+        validate_all(inputs, app_id=str(self.app_id), path=self.path or "", shared_options=shared)
+        folder = self._folder(context)
+        check_writable(folder)
+        target = folder / FROZEN_INPUTS
+        with target.open("wb") as handle:
+            for _, raw in iter_raw(inputs):
+                handle.write(dumps(raw))
+        return target
+
+    def frozen_inputs(self, context: Context) -> Any:
+        """The inputs :meth:`freeze_inputs` wrote for this task."""
+        return self._folder(context) / FROZEN_INPUTS
 
     def _open_cache(self) -> BatchCache | None:
         """The result cache, probed before the first POST (a bad cache path fails the task here)."""
@@ -316,6 +383,25 @@ class FalBatchOperator(FalBaseOperator):
             retry_max_wait=self.retry_max_wait,
             progress_interval=self.progress_interval,
             on_orphan=self.on_orphan,
+            park=self.deferrable,
+        )
+
+    def _defer_window(self, refs: list[FalRequestRef]) -> None:
+        ready = max(1, math.ceil(len(refs) * self.resume_fraction))
+        self.log.info(
+            "fal batch: %d requests running; deferring until %d of them have finished", len(refs), ready
+        )
+        self.defer(
+            trigger=FalBatchTrigger(
+                requests=[ref.to_xcom() for ref in refs],
+                ready_count=ready,
+                fal_conn_id=self.fal_conn_id,
+                cancel_on_kill=self.cancel_on_kill,
+                wait_mode="poll",
+                poll_interval=self.poll_interval,
+                max_poll_interval=self.max_poll_interval,
+            ),
+            method_name="execute_complete",
         )
 
     def _media_copier(self, folder: Any) -> Any:

@@ -46,6 +46,27 @@ KILL_DAG = textwrap.dedent(
     """
 )
 
+DEFER_DAG = textwrap.dedent(
+    """
+    import os
+    from airflow.sdk import DAG
+    from fal_provider.operators.batch import FalBatchOperator
+
+    with DAG("fal_batch_deferred", schedule=None, catchup=False):
+        FalBatchOperator(
+            task_id="batch",
+            app_id="emulator/echo",
+            inputs=[{"n": n, "duration_s": 0.5} for n in range(24)],
+            output_path="file://" + os.environ["FAL_BATCH_TEST_OUTPUT"] + "-deferred",
+            max_in_flight=8,
+            deferrable=True,
+            resume_fraction=0.5,
+            poll_interval=0.2,
+            max_poll_interval=1,
+        )
+    """
+)
+
 
 @pytest.fixture(scope="module")
 def emulator() -> Iterator[FalEmulator]:
@@ -64,6 +85,7 @@ def airflow(
 ) -> Iterator[AirflowEnv]:
     dags = Path(tmp_path_factory.mktemp("dags"))
     (dags / "fal_batch_kill.py").write_text(KILL_DAG)
+    (dags / "fal_batch_deferred.py").write_text(DEFER_DAG)
     repo_dags = Path(__file__).resolve().parents[2] / "dags"
     (dags / "example_fal_batch.py").write_text((repo_dags / "example_fal_batch.py").read_text())
     (dags / "data").mkdir()
@@ -116,6 +138,44 @@ def test_example_nightly_batch_and_its_downstream_reader(airflow: AirflowEnv, em
     assert xcoms[("collect", -1)]["images"] == 12
     assert xcoms[("collect", -1)]["first"].startswith(emulator.cdn_url)
     assert emulator.stats()["submits_total"] - before == 12
+
+
+def deferred_manifest(
+    airflow: AirflowEnv, run_id: str, emulator: FalEmulator, submits_before: int, logs: str
+) -> None:
+    assert airflow.run_state("fal_batch_deferred", run_id) == "success", airflow.component_logs()
+    manifest = airflow.xcoms("fal_batch_deferred", run_id)[("batch", -1)]
+    assert manifest["counts"] == {"success": 24}
+    assert emulator.stats()["submits_total"] - submits_before == 24, "a resume paid for an item again"
+    assert manifest["this_try"]["try_number"] == 1, "the rounds are one try: deferrals, not retries"
+    assert logs.count("fal batch: resumed") >= 24 // 8 - 1, "the task deferred between rounds"
+
+
+def test_a_deferrable_batch_runs_in_rounds_under_dags_test(
+    airflow: AirflowEnv, emulator: FalEmulator
+) -> None:
+    before = emulator.stats()["submits_total"]
+    proc = airflow.dags_test("fal_batch_deferred")
+    run_id = airflow.latest_run_id("fal_batch_deferred")
+    deferred_manifest(airflow, run_id, emulator, before, proc.stdout + proc.stderr)
+
+
+def test_a_deferrable_batch_resumes_through_a_real_triggerer(
+    airflow: AirflowEnv, emulator: FalEmulator
+) -> None:
+    before = emulator.stats()["submits_total"]
+    try:
+        airflow.start("api-server", "dag-processor", "scheduler", "triggerer")
+        airflow.run("dags", "reserialize")
+        airflow.run("dags", "unpause", "fal_batch_deferred")
+        run_id = airflow.trigger("fal_batch_deferred")
+        airflow.wait_for_run("fal_batch_deferred", run_id, timeout=600)
+    finally:
+        airflow.stop()
+    logs = "".join(
+        p.read_text(errors="replace") for p in airflow.home.glob("logs/dag_id=fal_batch_deferred/**/*.log")
+    )
+    deferred_manifest(airflow, run_id, emulator, before, logs)
 
 
 def test_sigkill_half_way_then_the_retry_finishes_with_exactly_500_submissions(

@@ -38,7 +38,7 @@ def context() -> dict[str, Any]:
         ({"min_success_ratio": 1.5}, "between 0 and 1"),
         ({"min_success_ratio": -0.1}, "min_success_ratio must be a number >= 0"),
         ({"max_item_attempts": 0}, "max_item_attempts"),
-        ({"wait_mode": "webhook"}, "a batch waits on its worker"),
+        ({"wait_mode": "webhook"}, "not offered for batches"),
         ({"on_orphan": "adopt"}, "on_orphan must be one of"),
         ({"output_path": None}, "needs output_path"),
         ({"inputs": {"prompt": "x"}}, "must be a list of argument dicts"),
