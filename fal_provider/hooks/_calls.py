@@ -219,21 +219,7 @@ def resolve_settings(
     Raises :class:`FalMissingCredentialsError` naming the connection and the ``FAL_KEY`` fallback when
     no key is found anywhere.
     """
-    environ = os.environ if env is None else env
-    key = (password or "").strip() or key_from_env(environ)
-    if not key:
-        where = (
-            f"connection {conn_id!r} has no password (API Key)"
-            if conn_found
-            # Outside a task (a script, a notebook), Airflow 3 hooks see only connections from
-            # environment variables and secrets backends, not those stored in the metadata database.
-            else f"connection {conn_id!r} is not defined here (outside a task Airflow 3 only reads "
-            f"connections from AIRFLOW_CONN_{conn_id.upper()} and secrets backends)"
-        )
-        raise FalMissingCredentialsError(
-            f"No fal API key: {where}, and neither FAL_KEY nor FAL_KEY_ID + FAL_KEY_SECRET is set in "
-            "the environment."
-        )
+    key = _api_key(password, os.environ if env is None else env, conn_id, conn_found)
     merged: dict[str, Any] = {k: v for k, v in extras.items() if v not in (None, "")}
     merged.update({k: v for k, v in overrides.items() if v is not None})
     headers = parse_headers(extras.get("headers"), conn_id)
@@ -241,7 +227,6 @@ def resolve_settings(
     min_wait = _number(merged.get("retry_min_wait", DEFAULT_RETRY_MIN_WAIT), "retry_min_wait", conn_id)
     max_wait = _number(merged.get("retry_max_wait", DEFAULT_RETRY_MAX_WAIT), "retry_max_wait", conn_id)
     queue_url = normalize_url(host, DEFAULT_QUEUE_URL)
-    admin_key = str(merged.get("admin_api_key") or "").strip() or None
     return FalSettings(
         key=key,
         queue_url=queue_url,
@@ -251,11 +236,11 @@ def resolve_settings(
         jwks_url=normalize_url(merged.get("jwks_url"), DEFAULT_JWKS_URL),
         webhook_base_url=normalize_url(merged.get("webhook_base_url"), "") or None,
         platform_url=platform_url_for(merged.get("platform_url"), queue_url),
-        admin_key=admin_key,
+        admin_key=_text(merged, "admin_api_key"),
         platform_cache_ttl=_number(
             merged.get("platform_cache_ttl", DEFAULT_PLATFORM_CACHE_TTL), "platform_cache_ttl", conn_id
         ),
-        request_page_url=str(merged["request_page_url"]).strip() if merged.get("request_page_url") else None,
+        request_page_url=_text(merged, "request_page_url"),
         headers=headers,
         retry_limit=_number(
             merged.get("retry_limit", DEFAULT_RETRY_LIMIT), "retry_limit", conn_id, integer=True, minimum=1
@@ -264,8 +249,33 @@ def resolve_settings(
         retry_max_wait=max(max_wait, min_wait),
         timeout=_number(merged.get("timeout", DEFAULT_TIMEOUT), "timeout", conn_id, minimum=0.001),
         conn_id=conn_id,
-        cache_path=str(merged["cache_path"]).strip() or None if merged.get("cache_path") else None,
+        cache_path=_text(merged, "cache_path"),
     )
+
+
+def _api_key(password: str | None, environ: Mapping[str, str], conn_id: str, conn_found: bool) -> str:
+    """The connection's password, else ``FAL_KEY`` / ``FAL_KEY_ID`` + ``FAL_KEY_SECRET``; raises
+    :class:`FalMissingCredentialsError` saying where it looked."""
+    key = (password or "").strip() or key_from_env(environ)
+    if key:
+        return key
+    where = (
+        f"connection {conn_id!r} has no password (API Key)"
+        if conn_found
+        # Outside a task (a script, a notebook), Airflow 3 hooks see only connections from
+        # environment variables and secrets backends, not those stored in the metadata database.
+        else f"connection {conn_id!r} is not defined here (outside a task Airflow 3 only reads "
+        f"connections from AIRFLOW_CONN_{conn_id.upper()} and secrets backends)"
+    )
+    raise FalMissingCredentialsError(
+        f"No fal API key: {where}, and neither FAL_KEY nor FAL_KEY_ID + FAL_KEY_SECRET is set in "
+        "the environment."
+    )
+
+
+def _text(merged: Mapping[str, Any], name: str) -> str | None:
+    """An optional text setting, stripped; blank is unset."""
+    return str(merged.get(name) or "").strip() or None
 
 
 # ---------------------------------------------------------------------------
