@@ -15,8 +15,9 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
 
-from fal_provider.view.data import TaskKey, hook_live_status, load_view
+from fal_provider.view.data import hook_live_status, load_view
 from fal_provider.view.render import render_message, render_page
+from fal_provider.webhooks.urls import TaskIdentity
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def create_app() -> FastAPI:
         user = await current_user(request)
         from starlette.concurrency import run_in_threadpool
 
-        key = TaskKey(dag_id, run_id, task_id, parse_map_index(request.query_params.get("map_index")))
+        key = TaskIdentity(dag_id, run_id, task_id, parse_map_index(request.query_params.get("map_index")))
         await run_in_threadpool(authorize, user, dag_id)
         page, code = await run_in_threadpool(_page, key)
         return HTMLResponse(page, status_code=code, headers=_HEADERS)
@@ -82,7 +83,7 @@ def create_app() -> FastAPI:
     return app
 
 
-def _page(key: TaskKey) -> tuple[str, int]:
+def _page(key: TaskIdentity) -> tuple[str, int]:
     from airflow.utils.session import create_session
 
     with create_session() as session:

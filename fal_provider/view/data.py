@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from fal_provider.webhooks.urls import TaskIdentity
+
 #: XCom keys the view reads. ``fal_request`` / ``fal_request_url`` are pushed by the operators
 #: before they wait (``operators/lifecycle.py``); ``fal_cost`` by the cost accounting when present.
 REQUEST_KEY = "fal_request"
@@ -25,14 +27,6 @@ _INPUT_FIELDS = ("app_id", "path", "arguments", "request")
 #: The live status lookup gets a short budget: a page must not hang on a slow fal.
 LIVE_TIMEOUT_SECONDS = 10.0
 ACTIVE_TI_STATES = frozenset({"queued", "scheduled", "running", "deferred", "up_for_retry", "restarting"})
-
-
-@dataclass(frozen=True)
-class TaskKey:
-    dag_id: str
-    run_id: str
-    task_id: str
-    map_index: int = -1
 
 
 @dataclass
@@ -52,7 +46,7 @@ class LiveStatus:
 class TaskView:
     """One task instance's fal request as the page shows it."""
 
-    key: TaskKey
+    key: TaskIdentity
     state: str | None
     try_number: int | None
     operator: str | None
@@ -74,7 +68,7 @@ class TaskView:
         return self.live is not None and self.live.status in ("IN_QUEUE", "IN_PROGRESS")
 
 
-def load_view(key: TaskKey, *, session: Any) -> TaskView | None:
+def load_view(key: TaskIdentity, *, session: Any) -> TaskView | None:
     """What Airflow recorded for one task instance, or None when it has no such task instance.
 
     The live status is added by the caller after the session is closed, so a slow fal never holds
@@ -108,7 +102,7 @@ def load_view(key: TaskKey, *, session: Any) -> TaskView | None:
     return view
 
 
-def _of_task(model: Any, key: TaskKey) -> tuple[Any, ...]:
+def _of_task(model: Any, key: TaskIdentity) -> tuple[Any, ...]:
     """The WHERE clauses that pick one task instance's rows of ``model`` (the three tables share
     the four key columns)."""
     return (
@@ -119,7 +113,7 @@ def _of_task(model: Any, key: TaskKey) -> tuple[Any, ...]:
     )
 
 
-def _xcoms(key: TaskKey, session: Any) -> dict[str, Any]:
+def _xcoms(key: TaskIdentity, session: Any) -> dict[str, Any]:
     from airflow.models.xcom import XComModel
     from sqlalchemy import select
 
@@ -132,7 +126,7 @@ def _xcoms(key: TaskKey, session: Any) -> dict[str, Any]:
     return {row.key: XComModel.deserialize_value(row) for row in rows}
 
 
-def _rendered_inputs(key: TaskKey, session: Any) -> dict[str, Any]:
+def _rendered_inputs(key: TaskIdentity, session: Any) -> dict[str, Any]:
     """The rendered (and secret-masked) inputs Airflow stored for this task instance."""
     from airflow.models.renderedtifields import RenderedTaskInstanceFields as RTIF
     from sqlalchemy import select

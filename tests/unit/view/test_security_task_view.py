@@ -10,10 +10,11 @@ from fastapi import HTTPException
 from fastapi.testclient import TestClient
 
 from fal_provider.view import app as view_app
-from fal_provider.view.data import LiveStatus, TaskKey, TaskView, hook_live_status
+from fal_provider.view.data import LiveStatus, TaskView, hook_live_status
 from fal_provider.view.render import render_page, safe_media_url
+from fal_provider.webhooks.urls import TaskIdentity
 
-KEY = TaskKey("dag", "run", "task")
+KEY = TaskIdentity("dag", "run", "task")
 
 
 def _manager(allowed: set[str]) -> Any:
@@ -68,7 +69,7 @@ def test_no_login_or_a_bad_token_gets_no_page(monkeypatch: pytest.MonkeyPatch) -
 def test_markup_from_dags_models_and_fal_is_escaped_and_scripts_links_refused() -> None:
     evil = "<script>alert(1)</script><img src=x onerror=alert(2)>"
     view = TaskView(
-        key=TaskKey(evil, "run", "task"), state="success", try_number=1, operator=None,
+        key=TaskIdentity(evil, "run", "task"), state="success", try_number=1, operator=None,
         start_date=None, end_date=None,
         request={"app_id": "a/b", "request_id": evil},
         link="javascript:alert(3)",

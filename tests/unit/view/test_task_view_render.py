@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from fal_provider.view.data import LiveStatus, TaskKey, TaskView
+from fal_provider.view.data import LiveStatus, TaskView
 from fal_provider.view.render import Media, find_media, render_page
+from fal_provider.webhooks.urls import TaskIdentity
 
-KEY = TaskKey("dag", "run", "task")
+KEY = TaskIdentity("dag", "run", "task")
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 
 
