@@ -596,3 +596,127 @@ def coerce_request(request: Any) -> FalRequestRef:
         return FalRequestRef.coerce(request)
     except ValueError as err:
         raise FalInputError(str(err)) from None
+
+
+# -- request tags and money parameters ---------------------------------------------------------
+# Request tags (``X-Fal-Tags: key=value,key=value``) let fal's own usage reports split spend by DAG
+# and task. fal's gateway never fails a request for a bad tag, it silently drops the tag, so the
+# rules are checked here, before anything is sent (:func:`check_tags`).
+
+TAGS_HEADER = "X-Fal-Tags"
+
+#: fal's tag rules (request-tags docs; the same limits fal's own clients enforce).
+MAX_TAG_PAIRS = 10
+MAX_TAG_KEY_LENGTH = 64
+MAX_TAG_VALUE_LENGTH = 256
+MAX_TAGS_BYTES = 1024
+RESERVED_TAG_PREFIX = "fal."
+#: Set by the provider on every request; a user tag may not replace them.
+DAG_TAG = "airflow.dag"
+TASK_TAG = "airflow.task"
+_TAG_KEY = re.compile(r"[a-z0-9._-]+")
+_BUDGET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def check_tags(tags: Any, *, where: str = "tags") -> dict[str, str]:
+    """User tags checked by fal's rules; keys lowercased and values stripped, as fal stores them.
+
+    The provider's own ``airflow.dag`` / ``airflow.task`` count towards the 10 pairs and 1 KB, and
+    cannot be set by the user (they are what fal's reports split by).
+    """
+    if tags is None:
+        return {}
+    if not isinstance(tags, Mapping):
+        raise FalInputError(f"{where} must be a dict of tag names to values, got {type(tags).__name__}")
+    checked: dict[str, str] = {}
+    for raw_key, raw_value in tags.items():
+        if (
+            not isinstance(raw_key, str)
+            or not isinstance(raw_value, str | int | float)
+            or isinstance(raw_value, bool)
+        ):
+            raise FalInputError(
+                f"{where}: tag keys and values must be strings, got {raw_key!r}: {raw_value!r}"
+            )
+        key, value = raw_key.strip().lower(), str(raw_value).strip()
+        _check_tag(key, value, where)
+        if key in (DAG_TAG, TASK_TAG):
+            raise FalInputError(f"{where}: {key!r} is set by the provider on every request; use another key")
+        checked[key] = value
+    if len(checked) > MAX_TAG_PAIRS - 2:
+        raise FalInputError(
+            f"{where}: at most {MAX_TAG_PAIRS - 2} tags (fal takes {MAX_TAG_PAIRS} pairs and the provider "
+            f"sets {DAG_TAG} and {TASK_TAG}), got {len(checked)}"
+        )
+    return checked
+
+
+def _check_tag(key: str, value: str, where: str) -> None:
+    if not _TAG_KEY.fullmatch(key):
+        raise FalInputError(f"{where}: tag key {key!r} must be non-empty and only a-z, 0-9, '.', '_' or '-'")
+    if len(key) > MAX_TAG_KEY_LENGTH:
+        raise FalInputError(f"{where}: tag key {key[:20]!r}... is over {MAX_TAG_KEY_LENGTH} characters")
+    if key.startswith(RESERVED_TAG_PREFIX):
+        raise FalInputError(
+            f"{where}: tag keys starting with {RESERVED_TAG_PREFIX!r} are reserved by fal ({key!r})"
+        )
+    if not all(c.isascii() and c.isprintable() and c != "," for c in value):
+        raise FalInputError(
+            f"{where}: the value of tag {key!r} must be printable ASCII without ',' (fal separates tags with commas)"
+        )
+    if len(value) > MAX_TAG_VALUE_LENGTH:
+        raise FalInputError(f"{where}: the value of tag {key!r} is over {MAX_TAG_VALUE_LENGTH} characters")
+
+
+def request_tags(
+    dag_id: str | None, task_id: str | None, tags: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The tags every request of a task carries: ``airflow.dag``, ``airflow.task`` and the user's.
+
+    Dag and task ids are Airflow keys (letters, digits, '.', '_', '-'), always valid tag values;
+    outside a task (no ids) only the user's tags are sent.
+    """
+    own = {DAG_TAG: dag_id, TASK_TAG: task_id}
+    pairs = {**{k: str(v) for k, v in own.items() if v}, **check_tags(tags)}
+    for key, value in pairs.items():
+        _check_tag(key, value, "tags")
+    size = sum(len(k) + len(v) for k, v in pairs.items())
+    if size > MAX_TAGS_BYTES:
+        raise FalInputError(
+            f"tags: keys and values add up to {size} bytes with {DAG_TAG}/{TASK_TAG}; fal takes at most "
+            f"{MAX_TAGS_BYTES}. Shorten or drop some tags."
+        )
+    return pairs
+
+
+def tags_header(tags: Mapping[str, str]) -> str:
+    """The ``X-Fal-Tags`` value: ``key=value`` pairs joined by commas."""
+    return ",".join(f"{key}={value}" for key, value in tags.items())
+
+
+def check_max_cost(value: Any, name: str = "max_cost") -> float | None:
+    """A non-negative, finite amount in the price currency (``None``: no limit)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise FalInputError(f"{name} must be a number (USD), got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise FalInputError(f"{name} must be a number (USD), got {type(value).__name__} {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise FalInputError(f"{name} must be a finite amount >= 0 (USD), got {value!r}")
+    return float(value)
+
+
+def check_budget_name(value: Any) -> str | None:
+    """A budget name is an identifier (letters, digits, '_'; at most 64), as config keys are."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _BUDGET_NAME.fullmatch(value):
+        raise FalInputError(
+            f"budget must be an identifier (a letter or '_', then letters, digits or '_', at most 64), "
+            f"got {value!r}; e.g. budget='nightly'"
+        )
+    return value

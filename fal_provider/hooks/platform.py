@@ -33,8 +33,8 @@ import json
 import math
 import threading
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from functools import partial
 from typing import Any, Generic, TypeVar
@@ -50,6 +50,8 @@ from fal_provider.models import AppId, check_request_id
 __all__ = [
     "BillingEvent",
     "CostEstimate",
+    "CostRecord",
+    "CostTotal",
     "FetchedResult",
     "HistoryEntry",
     "ModelInfo",
@@ -57,6 +59,11 @@ __all__ = [
     "TtlCache",
     "check_arguments",
     "clear_caches",
+    "cost_record",
+    "endpoint_of",
+    "money",
+    "reconciled",
+    "total_of",
 ]
 
 #: The most endpoint ids (or request ids) fal takes in one Platform API call.
@@ -180,6 +187,154 @@ class TtlCache(Generic[K, V]):
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+
+
+# -- what a request cost ------------------------------------------------------------------------
+# fal bills the units an app reports on its result fetch (``x-fal-billable-units``) times the
+# endpoint's unit price, so a finished request's cost is a value built from two of the values above:
+#
+# * ``exact=True`` when the figure is fal's own billing event (what was charged, after discounts);
+# * ``exact=False`` (an estimate) when it is units x list price: fal may apply account discounts;
+# * ``cost=None`` (unknown) with a ``reason`` when no units were sent or no price could be read.
+#   A failing price lookup never fails an inference; only the cost is then unknown.
+#
+# What a task does with the record (log line, XCom, metrics, budgets) is in
+# :mod:`fal_provider.operators.lifecycle`; a DAG run's total is
+# :class:`~fal_provider.operators.costing.FalCostReportOperator`.
+
+
+def endpoint_of(app_id: str, path: str = "") -> str:
+    """The endpoint id prices are keyed by: the app id plus its sub-path."""
+    return f"{app_id.strip('/')}/{path.strip('/')}" if path and path.strip("/") else app_id.strip("/")
+
+
+@dataclass(frozen=True)
+class CostRecord:
+    """The cost of one fal request; JSON-safe through :meth:`to_xcom`."""
+
+    app_id: str
+    request_id: str
+    units: float | None
+    unit: str | None
+    unit_price: float | None
+    currency: str | None
+    cost: float | None
+    exact: bool = False
+    reason: str | None = None
+
+    def describe(self) -> str:
+        """One log line: ``fal-ai/flux/schnell 1 megapixels x 0.003 USD = 0.003 USD (estimate)``."""
+        if self.cost is None:
+            return (
+                f"{self.app_id} request {self.request_id}: cost unknown ({self.reason or 'no reason given'})"
+            )
+        quantity = f"{_num(self.units)} {self.unit}" if self.units is not None else "billed"
+        how = "billed" if self.exact else "estimate: units x list price"
+        return (
+            f"{self.app_id} {quantity} × {_num(self.unit_price)} {self.currency} = "  # noqa: RUF001
+            f"{_num(self.cost)} {self.currency} ({how}; request {self.request_id})"
+        )
+
+    def to_xcom(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_xcom(cls, value: Mapping[str, Any]) -> CostRecord:
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in value.items() if k in names})
+
+
+#: Decimal places a cost is kept to: far below any price fal quotes, and enough to drop the binary
+#: noise of float products and sums (``0.1 + 0.2``) that would otherwise show in XCom and reports.
+MONEY_PLACES = 12
+
+
+def money(value: float) -> float:
+    """``value`` rounded to :data:`MONEY_PLACES`, as every cost figure of the provider is."""
+    return round(value, MONEY_PLACES)
+
+
+def _num(value: float | None) -> str:
+    return "?" if value is None else f"{value:.10g}"
+
+
+def cost_record(
+    app_id: str,
+    request_id: str,
+    units: float | None,
+    price: Any,
+    *,
+    reason: str | None = None,
+) -> CostRecord:
+    """The record of a finished request from its billed ``units`` and a ``Price`` (or ``None``).
+
+    ``price`` is a :class:`fal_provider.hooks.platform.Price` (``unit_price``, ``unit``, ``currency``).
+    Without units or a price the cost is unknown and ``reason`` (or a default) says why.
+    """
+    unit = getattr(price, "unit", None)
+    unit_price = getattr(price, "unit_price", None)
+    currency = getattr(price, "currency", None)
+    if units is None or price is None or unit_price is None:
+        why = reason or ("fal sent no billable units" if units is None else "no unit price for this app")
+        return CostRecord(app_id, request_id, units, unit, unit_price, currency, None, reason=why)
+    return CostRecord(app_id, request_id, units, unit, unit_price, currency, money(units * float(unit_price)))
+
+
+def reconciled(record: CostRecord, event: Any) -> CostRecord:
+    """``record`` with fal's charged figure from a billing event (``output_units``, ``unit_price``,
+    ``cost_total``, ``currency``): exact, after any account discount."""
+    if getattr(event, "cost_total", None) is None:
+        return record
+    units = event.output_units if event.output_units is not None else record.units
+    price = event.unit_price if event.unit_price is not None else record.unit_price
+    return CostRecord(
+        record.app_id,
+        record.request_id,
+        units,
+        record.unit,
+        price,
+        event.currency,
+        money(float(event.cost_total)),
+        exact=True,
+    )
+
+
+@dataclass(frozen=True)
+class CostTotal:
+    """What a set of requests cost: the known part, and how many requests had no figure."""
+
+    total: float
+    currency: str
+    requests: int
+    unknown: int
+    exact: bool
+
+    def describe(self) -> str:
+        unknown = f", {self.unknown} of unknown cost" if self.unknown else ""
+        how = "billed" if self.exact else "estimate"
+        return f"{self.requests} fal requests cost {self.total:.10g} {self.currency} ({how}{unknown})"
+
+    def to_xcom(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def total_of(records: Iterable[CostRecord | Mapping[str, Any]]) -> CostTotal:
+    """Sum records, each request once (a request fetched by two tries counts once)."""
+    seen: dict[str, CostRecord] = {}
+    for item in records:
+        record = item if isinstance(item, CostRecord) else CostRecord.from_xcom(item)
+        seen[record.request_id] = record
+    known = [r for r in seen.values() if r.cost is not None]
+    currencies = {r.currency for r in known}
+    if len(currencies) > 1:
+        raise ValueError(f"Cannot add costs in several currencies: {sorted(map(str, currencies))}")
+    return CostTotal(
+        total=money(math.fsum(r.cost or 0.0 for r in known)),
+        currency=next(iter(currencies), None) or "USD",
+        requests=len(seen),
+        unknown=len(seen) - len(known),
+        exact=bool(known) and all(r.exact for r in known),
+    )
 
 
 #: Per process, keyed by (Platform API URL, connection id, endpoint id).

@@ -22,8 +22,9 @@ import logging
 from typing import Any
 
 from fal_provider import budgets
-from fal_provider.cost import CostSettings, endpoint_of
 from fal_provider.exceptions import FalBudgetExceeded, FalPermanentError
+from fal_provider.hooks.platform import endpoint_of
+from fal_provider.operators.lifecycle import CostSettings
 
 log = logging.getLogger(__name__)
 

@@ -24,13 +24,10 @@ from fal_provider.cache import (
 )
 from fal_provider.exceptions import FalInputError
 from fal_provider.models import FalRequestRef
-from fal_provider.operators.lifecycle import StoredRequest, reattach_status
+from fal_provider.operators.lifecycle import COST_XCOM_KEY, StoredRequest, reattach_status
 
 log = logging.getLogger(__name__)
 
-#: The XCom key of the cost record (owned by :mod:`fal_provider.cost`); read here to store the
-#: cost known when a result is cached, and written on a hit with what the hit spent (nothing).
-COST_XCOM_KEY = "fal_cost"
 CLAIM_POLL = 0.5
 
 
@@ -103,7 +100,7 @@ class TaskCache:
             self.key[:16],
             self.cache.uri,
         )
-        # The cost record's fields (fal_provider.cost.CostRecord): nothing was billed, exactly.
+        # The cost record's fields (fal_provider.hooks.platform.CostRecord): nothing was billed, exactly.
         record = {
             "app_id": self.app_id,
             "request_id": f"cache:{self.key[:32]}",

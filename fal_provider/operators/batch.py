@@ -27,8 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fal_provider.cost import CostSettings, money
 from fal_provider.exceptions import FalBatchFailed, FalBatchIncomplete, FalInputError
+from fal_provider.hooks.platform import money
 from fal_provider.models import FalRequestRef, check_number, is_templated
 from fal_provider.operators._batch_budget import BatchBudget
 from fal_provider.operators._batch_cache import BatchCache
@@ -39,7 +39,7 @@ from fal_provider.operators._batch_output import assemble
 from fal_provider.operators._batch_store import Part, batch_folder, check_writable, dumps
 from fal_provider.operators._caching import open_cache
 from fal_provider.operators.fal import FalBaseOperator, check_submit_params, merge_options
-from fal_provider.operators.lifecycle import WorkerShutdown, run_guarded
+from fal_provider.operators.lifecycle import CostSettings, WorkerShutdown, run_guarded
 from fal_provider.triggers.batch import FalBatchTrigger
 from fal_provider.waiting import error_from_event, validate_event
 

@@ -1,7 +1,8 @@
 """The DAG run's cost report (:class:`FalCostReportOperator`).
 
 What a submitting task does about money (the price check and reservation before a submit, the cost
-record after a result) lives with the cost records in :mod:`fal_provider.cost`.
+record after a result) is the Money section of :mod:`fal_provider.operators.lifecycle`; the records themselves are values
+in :mod:`fal_provider.hooks.platform`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from fal_provider.cost import XCOM_KEY, CostRecord, reconciled, total_of
+from fal_provider.hooks.platform import CostRecord, reconciled, total_of
+from fal_provider.operators.lifecycle import COST_XCOM_KEY
 
 __all__ = ["FalCostReportOperator"]
 
@@ -20,7 +22,7 @@ class FalCostReportOperator(BaseOperator):
     """Sum what the fal requests of this DAG run cost, log it and return it.
 
     Reads every task's ``fal_cost`` XCom in the run (mapped task instances included) and returns
-    :meth:`~fal_provider.cost.CostTotal.to_xcom`: ``total``, ``currency``, ``requests``, ``unknown``
+    :meth:`~fal_provider.hooks.platform.CostTotal.to_xcom`: ``total``, ``currency``, ``requests``, ``unknown``
     (requests without a figure) and ``exact``. Put it downstream of the fal tasks (with
     ``trigger_rule="all_done"`` to report failed runs too).
 
@@ -52,7 +54,7 @@ class FalCostReportOperator(BaseOperator):
         records: list[CostRecord] = []
         for task_id in ids:
             records.extend(
-                CostRecord.from_xcom(r) for r in _records(ti.xcom_pull(task_ids=task_id, key=XCOM_KEY))
+                CostRecord.from_xcom(r) for r in _records(ti.xcom_pull(task_ids=task_id, key=COST_XCOM_KEY))
             )
         if self.exact and records:
             records = _reconciled(self, records)

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from fal_provider.cache import CacheEntry
-from fal_provider.cost import CostGuard, CostSettings, endpoint_of, record_cost
 from fal_provider.exceptions import FalInputError, FalIntentNotRecorded, ResponseTooLarge
+from fal_provider.hooks.platform import endpoint_of
 from fal_provider.models import (
     TEMPLATE_HINT,
     AppId,
@@ -44,6 +44,8 @@ from fal_provider.models import (
 from fal_provider.operators._caching import TaskCache, open_cache
 from fal_provider.operators._orphans import check_on_orphan, recover
 from fal_provider.operators.lifecycle import (
+    CostGuard,
+    CostSettings,
     FalRequestLink,
     RequestStore,
     StoredRequest,
@@ -52,6 +54,7 @@ from fal_provider.operators.lifecycle import (
     publish_request,
     raise_unless_success,
     reattach_status,
+    record_cost,
     submission_fingerprint,
 )
 from fal_provider.operators.lineage import FalLineageMixin, record_result
@@ -484,7 +487,7 @@ class _SubmittingOperator(FalBaseOperator):
     field or a wrong type fails as ``FalInputError`` without paying for a 422; a deprecated model
     logs fal's replacement. Without a schema (no Platform API, a private app) nothing is checked.
 
-    Money (see :mod:`fal_provider.cost`):
+    Money (see the Money section of :mod:`fal_provider.operators.lifecycle`):
 
     :param tags: request tags (``X-Fal-Tags``) besides ``airflow.dag`` / ``airflow.task``, which every
         request carries; fal's usage reports split by them. fal's rules are checked here.

@@ -22,7 +22,6 @@ from typing import Any, Literal
 
 from airflow.sdk import BaseOperator
 
-from fal_provider.cost import TAGS_HEADER, check_tags, request_tags, tags_header
 from fal_provider.exceptions import (
     FalError,
     FalInputError,
@@ -31,7 +30,17 @@ from fal_provider.exceptions import (
     ResultTooLargeError,
 )
 from fal_provider.hooks.fal import FalHook, check_submit, preview, stream_error_from_event
-from fal_provider.models import TEMPLATE_HINT, check_number, check_task_headers, input_errors, is_templated
+from fal_provider.models import (
+    TAGS_HEADER,
+    TEMPLATE_HINT,
+    check_number,
+    check_tags,
+    check_task_headers,
+    input_errors,
+    is_templated,
+    request_tags,
+    tags_header,
+)
 from fal_provider.operators.lifecycle import RateLimitedLog, name_the_app
 from fal_provider.results import (
     DEFAULT_MAX_XCOM_BYTES,

@@ -4,19 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from fal_provider.cost import (
-    CostRecord,
-    check_budget_name,
-    check_max_cost,
-    check_tags,
-    cost_record,
-    request_tags,
-    spent_of,
-    tags_header,
-    total_of,
-)
 from fal_provider.exceptions import FalInputError, FalPermanentError
-from fal_provider.hooks.platform import Price
+from fal_provider.hooks.platform import CostRecord, Price, cost_record, total_of
+from fal_provider.models import check_budget_name, check_max_cost, check_tags, request_tags, tags_header
+from fal_provider.operators.lifecycle import spent_of
 
 SCHNELL = Price("fal-ai/flux/schnell", 0.003, "megapixels", "USD")
 

@@ -85,7 +85,7 @@ def test_variable_key_is_per_task_not_per_try_or_run() -> None:
 
     def key(**identity: Any) -> str:
         ti = MagicMock(**{"dag_id": "d", "run_id": "r", "task_id": "t", "map_index": -1, **identity})
-        return RequestStore({"ti": ti})._variable_key
+        return RequestStore({"ti": ti}).slot.variable_key
 
     assert key(try_number=1) == key(try_number=2) == key(run_id="r2")
     assert len({key(), key(map_index=0), key(map_index=1), key(task_id="u"), key(dag_id="e")}) == 5

@@ -18,13 +18,17 @@ from unittest.mock import MagicMock, NonCallableMagicMock, create_autospec
 from airflow.triggers.base import BaseTrigger
 
 from fal_provider._compat import AIRFLOW_V_3_3_PLUS
-from fal_provider.cost import SPEND_KEY
-from fal_provider.cost import VARIABLE_PREFIX as SPEND_VARIABLE_PREFIX
 from fal_provider.exceptions import FalServerError
 from fal_provider.hooks.fal import FalHook
 from fal_provider.hooks.platform import FetchedResult
 from fal_provider.models import FalRequestRef, parse_status
-from fal_provider.operators.lifecycle import STATE_KEY, VARIABLE_PREFIX, RequestStore
+from fal_provider.operators.lifecycle import (
+    SPEND_KEY,
+    SPEND_VARIABLE_PREFIX,
+    STATE_KEY,
+    VARIABLE_PREFIX,
+    RequestStore,
+)
 
 APP = "fal-ai/flux/schnell"
 BASE = "http://127.0.0.1:9/queue/fal-ai/flux/requests"
@@ -209,7 +213,7 @@ def make_context(
         return {"ti": ti, "task_state_store": store}
     context: dict[str, Any] = {"ti": ti}
     assert REQUEST_VARIABLES is not None, "tests/unit/conftest.py installs the Variable fake"
-    REQUEST_VARIABLES.attach(RequestStore(context)._variable_key, store)
+    REQUEST_VARIABLES.attach(RequestStore(context).slot.variable_key, store)
     return context
 
 

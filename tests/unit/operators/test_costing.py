@@ -9,10 +9,10 @@ from unittest.mock import MagicMock
 
 import pytest
 
-from fal_provider import cost as costing
 from fal_provider._compat import TaskDeferred
 from fal_provider.exceptions import FalBudgetExceeded, FalInputError, FalPermanentError
 from fal_provider.hooks.platform import CostEstimate, Price
+from fal_provider.operators import lifecycle as costing
 from fal_provider.operators.costing import FalCostReportOperator
 from fal_provider.operators.fal import FalInferenceOperator, FalSubmitOperator
 from tests.unit.operators.fakes import (

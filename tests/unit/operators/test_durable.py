@@ -73,7 +73,7 @@ def test_a_new_dag_run_never_reuses_the_stored_request() -> None:
     next_run = make_context(store)
     next_run["ti"].run_id = "r2"
     if "task_state_store" not in next_run:  # the Variable fallback: same key for every run
-        assert RequestStore(next_run)._variable_key == RequestStore(make_context(store))._variable_key
+        assert RequestStore(next_run).slot.variable_key == RequestStore(make_context(store)).slot.variable_key
     hook = make_hook([done()], result={"fresh": True})
     assert inference(hook).execute(next_run) == {"fresh": True}
     hook.submit.assert_called_once()
