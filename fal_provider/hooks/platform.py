@@ -2,10 +2,11 @@
 
 ``FalHook`` fetches these (``get_pricing``, ``get_model_info``, ``estimate_cost``,
 ``get_billing_events``, ``get_request_history``, ``fetch_result``). The first half of this module
-is the values, as plain frozen dataclasses (the public types operators, cost records and budgets
-share) and how long they are kept; the second half builds the calls as :class:`Call` values and
-parses the answers. The values live beside the calls that produce them so that one module, not
-two, runs when a task checks a schema, looks up a price or reads a result's billed units.
+is the values, as plain frozen dataclasses (the public types operators and budgets share), how
+long they are kept, and what a request cost (:class:`CostRecord`, built from a price and a
+result's billed units); the second half builds the calls as :class:`Call` values and parses the
+answers. The values live beside the calls that produce them so that one module, not two, runs when
+a task checks a schema, looks up a price, reads a result's billed units or prices them.
 
 Prices and model metadata change rarely and are asked for before every request, so they are kept
 per process for a bounded time (:class:`TtlCache`, the connection's ``platform_cache_ttl``, one
