@@ -46,6 +46,10 @@ KILL_DAG = textwrap.dedent(
     """
 )
 
+# Items run 3 s, so each round's trigger fires seconds after its defer: one that fires within a
+# second or two, while a loaded scheduler still handles the deferring process's exit, hits Airflow's
+# own race (README, Known issues) and the resumed try is failed by the scheduler (seen in CI with
+# 0.5 s items: the resumed round logged "Pre Execute" and nothing more).
 DEFER_DAG = textwrap.dedent(
     """
     import os
@@ -56,7 +60,7 @@ DEFER_DAG = textwrap.dedent(
         FalBatchOperator(
             task_id="batch",
             app_id="emulator/echo",
-            inputs=[{"n": n, "duration_s": 0.5} for n in range(24)],
+            inputs=[{"n": n, "duration_s": 3.0} for n in range(24)],
             output_path="file://" + os.environ["FAL_BATCH_TEST_OUTPUT"] + "-deferred",
             max_in_flight=8,
             deferrable=True,
@@ -143,7 +147,9 @@ def test_example_nightly_batch_and_its_downstream_reader(airflow: AirflowEnv, em
 def deferred_manifest(
     airflow: AirflowEnv, run_id: str, emulator: FalEmulator, submits_before: int, logs: str
 ) -> None:
-    assert airflow.run_state("fal_batch_deferred", run_id) == "success", airflow.component_logs()
+    assert airflow.run_state("fal_batch_deferred", run_id) == "success", (
+        logs[-6000:] + airflow.component_logs()
+    )
     manifest = airflow.xcoms("fal_batch_deferred", run_id)[("batch", -1)]
     assert manifest["counts"] == {"success": 24}
     assert emulator.stats()["submits_total"] - submits_before == 24, "a resume paid for an item again"
