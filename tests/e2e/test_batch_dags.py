@@ -46,10 +46,6 @@ KILL_DAG = textwrap.dedent(
     """
 )
 
-# Items run 3 s, so each round's trigger fires seconds after its defer: one that fires within a
-# second or two, while a loaded scheduler still handles the deferring process's exit, hits Airflow's
-# own race (README, Known issues) and the resumed try is failed by the scheduler (seen in CI with
-# 0.5 s items: the resumed round logged "Pre Execute" and nothing more).
 DEFER_DAG = textwrap.dedent(
     """
     import os
@@ -60,7 +56,7 @@ DEFER_DAG = textwrap.dedent(
         FalBatchOperator(
             task_id="batch",
             app_id="emulator/echo",
-            inputs=[{"n": n, "duration_s": 3.0} for n in range(24)],
+            inputs=[{"n": n, "duration_s": 0.5} for n in range(24)],
             output_path="file://" + os.environ["FAL_BATCH_TEST_OUTPUT"] + "-deferred",
             max_in_flight=8,
             deferrable=True,
