@@ -4,10 +4,11 @@ fal adds fields over time, so every wire model ignores unknown keys instead of f
 provider's own shapes (request reference, options) forbid them, so a typo in a DAG is an error
 at parse time rather than a silently ignored option.
 
-The module is the provider's shared vocabulary, in three sections: what may go into an HTTP header
-(checked before any request is built), the ids, statuses, request reference and options, and the
-parameter checks every task runs on its inputs before anything is paid for. None of it sends a
-request or needs Airflow.
+The module is the provider's shared vocabulary, in four sections: what may go into an HTTP header
+(checked before any request is built), the ids, statuses, request reference and options, the
+parameter checks every task runs on its inputs before anything is paid for, and fal's request-tag
+rules with the money parameters (``max_cost``, budget names). None of it sends a request or needs
+Airflow.
 """
 
 from __future__ import annotations
