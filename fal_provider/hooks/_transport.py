@@ -30,7 +30,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-import h11
+import httptools
 import httpx
 
 from fal_provider.exceptions import (
@@ -211,9 +211,10 @@ class ShardedTransport(httpx.AsyncBaseTransport):
 #
 # Why it exists: a status GET through ``httpx.AsyncClient`` costs ~1.4 ms of CPU (URL re-parsing,
 # auth/redirect/cookie machinery, anyio wrappers, httpcore's pool scans), about ten times the wire
-# work (one ``h11`` request/response on a kept-alive socket: ~0.2 ms). With 1,000 deferred tasks on
-# one triggerer loop that difference is most of a core. This lane sends the same bytes with
-# ``asyncio.Protocol`` + ``h11`` (the HTTP/1.1 state machine httpx uses) and returns an ordinary
+# work (one request/response on a kept-alive socket: ~0.2 ms). With 1,000 deferred tasks on one
+# triggerer loop that difference is most of a core. This lane writes the same request bytes httpx
+# would, over an ``asyncio.Protocol``, parses the answer with ``httptools`` (llhttp, the parser
+# uvicorn uses: a third of what ``h11``'s pure-Python state machine cost here), and returns an ordinary
 # ``httpx.Response``, so everything around it (key-origin check, retry policies, ``Retry-After``,
 # error mapping, decoding) is the code every other call runs.
 #
@@ -237,6 +238,9 @@ class ShardedTransport(httpx.AsyncBaseTransport):
 WIRE_MAX_CONNECTIONS = 128
 _PLAIN_PATH = re.compile(r"[A-Za-z0-9\-._~/!$&'()*+,;=:@%]*\Z")
 _PLAIN_PARAM = re.compile(r"[A-Za-z0-9\-._~]*\Z")
+#: RFC 9110 header names (tokens) and values (visible ASCII, spaces and tabs inside).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_FIELD_VALUE = re.compile(r"(?:[\x21-\x7e](?:[\t\x20-\x7e]*[\x21-\x7e])?)?\Z")
 
 #: ``(scheme, host, port, host header, path)`` of a URL the lane can send to.
 Target = tuple[str, str, int, str, str]
@@ -280,16 +284,46 @@ def proxies_configured() -> bool:
     return bool(urllib.request.getproxies())
 
 
+def request_bytes(path: str, netloc: str, headers: Mapping[str, str]) -> bytes | None:
+    """``GET path`` with ``Host`` and ``headers`` as HTTP/1.1 bytes, in httpx's order; ``None`` when a
+    header is not plain token / visible ASCII (checked already by the caller; httpx then says why)."""
+    lines = [f"GET {path} HTTP/1.1", f"Host: {netloc}"]
+    for name, value in headers.items():
+        if not (_TOKEN.match(name) and _FIELD_VALUE.match(value)):
+            return None
+        lines.append(f"{name}: {value}")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("ascii")
+
+
 class _Connection(asyncio.Protocol):
-    """One kept-alive socket and its h11 state; wakes the request waiting on it when bytes arrive."""
+    """One kept-alive socket and the answer being parsed on it (``httptools``, the parser uvicorn
+    uses); wakes the request waiting on it when bytes arrive. The parser's callbacks are methods."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.http = h11.Connection(h11.CLIENT)
+        self.parser: httptools.HttpResponseParser | None = None
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.chunks: list[bytes] = []
+        self.head_done = False
+        self.complete = False
+        self.framed = False
+        self.keep_alive = False
+        self.error: Exception | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.eof = False
         self.lost = False
         self.idle_since = 0.0
+
+    def send(self, request: bytes) -> None:
+        """Write a request and get ready to read its answer."""
+        assert self.transport is not None
+        self.parser = httptools.HttpResponseParser(self)
+        self.status, self.headers, self.chunks = 0, [], []
+        self.head_done = self.complete = self.framed = self.keep_alive = False
+        self.error = None
+        self.transport.write(request)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -298,9 +332,35 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.eof:
             return
-        self.http.receive_data(data)
+        if self.parser is None or self.complete:  # bytes nobody asked for: the connection is unusable
+            self.close()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.error = httpx.RemoteProtocolError(str(exc) or type(exc).__name__)
         self._wake()
 
+    # -- httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+        if name.lower() in (b"content-length", b"transfer-encoding"):
+            self.framed = True
+
+    def on_headers_complete(self) -> None:
+        assert self.parser is not None
+        self.status = self.parser.get_status_code()
+        self.head_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        assert self.parser is not None
+        self.keep_alive = self.parser.should_keep_alive()  # llhttp forgets it once the message is done
+        self.complete = True
+
+    # -- the socket's end
     def eof_received(self) -> bool:
         self._end()
         return False
@@ -312,7 +372,8 @@ class _Connection(asyncio.Protocol):
     def _end(self) -> None:
         if not self.eof:
             self.eof = True
-            self.http.receive_data(b"")
+            if self.head_done and not self.framed:
+                self.complete = True  # an answer without a length ends with the connection
         self._wake()
 
     def _wake(self) -> None:
@@ -325,34 +386,35 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_exception(httpx.ReadTimeout(message))
 
+    def reusable(self) -> bool:
+        return not self.lost and self.complete and self.keep_alive
+
     def close(self) -> None:
         self.lost = True
         if self.transport is not None:
             self.transport.close()
 
+    async def until(self, ready: Callable[[], bool], loop: asyncio.AbstractEventLoop) -> None:
+        """Wait for bytes until ``ready()``; raises the parse error, or ``_Incomplete`` /
+        ``RemoteProtocolError`` when the connection ends first (before / after the answer's head)."""
+        while not ready():
+            if self.error is not None:
+                raise self.error
+            if self.eof:
+                if not self.head_done:
+                    raise _Incomplete()
+                raise httpx.RemoteProtocolError(
+                    "peer closed connection without sending complete message body"
+                )
+            self.waiter = loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+
 
 class _Incomplete(Exception):
     """The connection ended before any answer: retried once on a fresh one if it was reused."""
-
-
-async def _next_event(conn: _Connection, loop: asyncio.AbstractEventLoop, read_timeout: float | None) -> Any:
-    """The next h11 event of a streamed answer, waiting at most ``read_timeout`` s per read (as httpx)."""
-    while True:
-        try:
-            event = conn.http.next_event()
-        except h11.RemoteProtocolError as exc:
-            raise httpx.RemoteProtocolError(str(exc)) from exc
-        if event is not h11.NEED_DATA:
-            return event
-        if conn.eof:
-            raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
-        conn.waiter = loop.create_future()
-        timer = loop.call_later(read_timeout or 1e9, conn.expire, "Timed out reading the answer")
-        try:
-            await conn.waiter
-        finally:
-            timer.cancel()
-            conn.waiter = None
 
 
 class _LaneBody(httpx.AsyncByteStream):
@@ -363,24 +425,28 @@ class _LaneBody(httpx.AsyncByteStream):
         self._read_timeout = read_timeout
 
     async def __aiter__(self):  # type: ignore[no-untyped-def]
+        conn = self._conn
         loop = asyncio.get_running_loop()
         while True:
-            event = await _next_event(self._conn, loop, self._read_timeout)
-            if isinstance(event, h11.Data):
-                yield bytes(event.data)
-            elif isinstance(event, h11.EndOfMessage):
+            if conn.chunks:
+                chunks, conn.chunks = conn.chunks, []
+                for chunk in chunks:
+                    yield chunk
+                continue
+            if conn.complete:
                 return
-            elif isinstance(event, h11.ConnectionClosed):
-                raise httpx.RemoteProtocolError(
-                    "peer closed connection without sending complete message body"
-                )
+            timer = loop.call_later(self._read_timeout or 1e9, conn.expire, "Timed out reading the answer")
+            try:
+                await conn.until(lambda: bool(conn.chunks) or conn.complete, loop)
+            finally:
+                timer.cancel()
 
     async def aclose(self) -> None:
         self._conn.close()
 
 
 class WireLane:
-    """Kept-alive h11 connections for one event loop (see module docstring)."""
+    """Kept-alive HTTP/1.1 connections for one event loop (see the section comment)."""
 
     def __init__(
         self, ssl_context: Callable[[], ssl.SSLContext], max_connections: int = WIRE_MAX_CONNECTIONS
@@ -401,8 +467,9 @@ class WireLane:
         if target is None or query is None or self.closed:
             return None
         scheme, host, port, netloc, path = target
-        wire_headers = [("Host", netloc), *headers.items()]
-        request = h11.Request(method="GET", target=path + query, headers=wire_headers)
+        request = request_bytes(path + query, netloc, headers)
+        if request is None:
+            return None
         await self._admit(timeout.pool)
         try:
             answer = await self._exchange((scheme, host, port), request, timeout)
@@ -429,7 +496,9 @@ class WireLane:
         if target is None or query is None or self.closed:
             return None
         scheme, host, port, netloc, path = target
-        request = h11.Request(method="GET", target=path + query, headers=[("Host", netloc), *headers.items()])
+        request = request_bytes(path + query, netloc, headers)
+        if request is None:
+            return None
         if self._connecting is None:
             self._connecting = asyncio.Semaphore(MAX_CONNECTING_STREAMS)
         async with self._connecting:
@@ -451,21 +520,18 @@ class WireLane:
 
     @staticmethod
     async def _head(
-        conn: _Connection, request: h11.Request, read_timeout: float | None
+        conn: _Connection, request: bytes, read_timeout: float | None
     ) -> tuple[int, list[tuple[bytes, bytes]]]:
-        http = conn.http
-        assert conn.transport is not None
-        conn.transport.write(http.send(request) + http.send(h11.EndOfMessage()))
+        conn.send(request)
         loop = asyncio.get_running_loop()
-        while True:
-            try:
-                event = await _next_event(conn, loop, read_timeout)
-            except httpx.RemoteProtocolError:
-                raise httpx.RemoteProtocolError("Server disconnected without sending a response.") from None
-            if isinstance(event, h11.Response):
-                return event.status_code, list(event.headers)
-            if isinstance(event, h11.ConnectionClosed):
-                raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        timer = loop.call_later(read_timeout or 1e9, conn.expire, "Timed out reading the answer")
+        try:
+            await conn.until(lambda: conn.head_done, loop)
+        except (_Incomplete, httpx.RemoteProtocolError):
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.") from None
+        finally:
+            timer.cancel()
+        return conn.status, conn.headers
 
     async def _admit(self, pool_timeout: float | None) -> None:
         if self._slots is None:
@@ -479,7 +545,7 @@ class WireLane:
             raise httpx.PoolTimeout("No free connection in the shared pool within the pool timeout") from None
 
     async def _exchange(
-        self, origin: tuple[str, str, int], request: h11.Request, timeout: httpx.Timeout
+        self, origin: tuple[str, str, int], request: bytes, timeout: httpx.Timeout
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         conn = self._idle_connection(origin)
         if conn is not None:
@@ -522,69 +588,26 @@ class WireLane:
         return conn
 
     async def _roundtrip(
-        self, origin: tuple[str, str, int], conn: _Connection, request: h11.Request, timeout: httpx.Timeout
+        self, origin: tuple[str, str, int], conn: _Connection, request: bytes, timeout: httpx.Timeout
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        http = conn.http
-        assert conn.transport is not None
-        conn.transport.write(http.send(request) + http.send(h11.EndOfMessage()))
+        conn.send(request)
         loop = asyncio.get_running_loop()
         timer = loop.call_later(timeout.read or 1e9, conn.expire, "Timed out reading the answer")
         done = False
         try:
-            answer = await self._read(conn, loop)
+            await conn.until(lambda: conn.complete, loop)
             done = True
         finally:
             timer.cancel()
-            conn.waiter = None
             if not done:
                 conn.close()
-        self._keep_or_close(origin, conn, loop)
-        return answer
-
-    async def _read(
-        self, conn: _Connection, loop: asyncio.AbstractEventLoop
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        http = conn.http
-        status = 0
-        headers: list[tuple[bytes, bytes]] = []
-        body = b""
-        while True:
-            try:
-                event = http.next_event()
-            except h11.RemoteProtocolError as exc:
-                if status == 0 and conn.eof:
-                    raise _Incomplete() from None
-                raise httpx.RemoteProtocolError(str(exc)) from exc
-            if event is h11.NEED_DATA:
-                if conn.eof:  # h11 reports an unexpected close as an error above; be safe anyway
-                    raise (
-                        _Incomplete()
-                        if status == 0
-                        else httpx.RemoteProtocolError("Connection closed mid-answer")
-                    )
-                conn.waiter = loop.create_future()
-                await conn.waiter
-            elif isinstance(event, h11.Response):
-                status, headers = event.status_code, list(event.headers)
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                return status, headers, body
-            elif isinstance(event, h11.ConnectionClosed):
-                if status == 0:
-                    raise _Incomplete()
-                raise httpx.RemoteProtocolError("Connection closed mid-answer")
-
-    def _keep_or_close(
-        self, origin: tuple[str, str, int], conn: _Connection, loop: asyncio.AbstractEventLoop
-    ) -> None:
-        http = conn.http
-        if conn.lost or http.our_state is not h11.DONE or http.their_state is not h11.DONE:
+        answer = conn.status, conn.headers, b"".join(conn.chunks)
+        if conn.reusable():
+            conn.idle_since = loop.time()
+            self._idle.setdefault(origin, []).append(conn)
+        else:
             conn.close()
-            return
-        http.start_next_cycle()
-        conn.idle_since = loop.time()
-        self._idle.setdefault(origin, []).append(conn)
+        return answer
 
     async def aclose(self) -> None:
         self.closed = True

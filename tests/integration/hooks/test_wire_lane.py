@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from fal_provider.emulator.testing import FalEmulator
-from fal_provider.exceptions import FalTimeoutError
+from fal_provider.exceptions import FalConnectionError, FalTimeoutError
 from fal_provider.hooks import _transport
 from fal_provider.hooks.fal import FalHook
 from fal_provider.models import InProgressStatus
@@ -65,7 +65,8 @@ def test_only_plain_urls_and_parameters_take_the_lane() -> None:
 
 # -- a scripted server, for what the emulator does not do ------------------------------------------
 class ScriptedServer:
-    """Answers each request with ``handler(index, raw request)``; ``None`` closes the socket."""
+    """Answers each request with ``handler(index, raw request)``: bytes; ``(bytes,)`` answers and
+    closes; a float waits that long and closes; ``None`` closes the socket."""
 
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
@@ -83,6 +84,10 @@ class ScriptedServer:
                     break
                 if isinstance(answer, float):
                     await asyncio.sleep(answer)
+                    break
+                if isinstance(answer, tuple):  # (bytes,): answer, then close the connection
+                    writer.write(answer[0])
+                    await writer.drain()
                     break
                 writer.write(answer)
                 await writer.drain()
@@ -176,3 +181,38 @@ async def test_a_redirect_is_left_to_httpx_which_follows_it(scripted: Any) -> No
     script, hook, ref = await scripted(handler)
     assert isinstance(await hook.aget_status(ref), InProgressStatus)
     assert len(script.requests) == 3  # lane (307), httpx (307), httpx follows to /moved
+
+
+def test_the_lane_writes_the_bytes_h11_would_and_refuses_what_h11_would_refuse() -> None:
+    import h11
+
+    headers = {"Authorization": "Key id:secret", "User-Agent": "airflow-provider-fal/1", "Accept": "*/*"}
+    ours = _transport.request_bytes("/queue/a/b/requests/r1/status?logs=0", "h:8080", headers)
+    h11_client = h11.Connection(h11.CLIENT)
+    request = h11.Request(method="GET", target="/queue/a/b/requests/r1/status?logs=0",
+                          headers=[("Host", "h:8080"), *headers.items()])  # fmt: skip
+    assert ours == h11_client.send(request) + h11_client.send(h11.EndOfMessage())
+    for bad in ({"X-A": "v\r\nInjected: 1"}, {"Bad Name": "v"}, {"X-A": " padded"}, {"X-A": "caf\u00e9"}):
+        assert _transport.request_bytes("/", "h", bad) is None, bad  # left to httpx, which says why
+
+
+async def test_chunked_answers_and_answers_ended_by_a_close_are_read_whole(scripted: Any) -> None:
+    body = json.dumps(RUNNING).encode()
+    head = b"HTTP/1.1 202 X\r\ncontent-type: application/json\r\n"
+    chunked = head + b"transfer-encoding: chunked\r\n\r\n"
+    chunked += b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (5, body[:5], len(body) - 5, body[5:])
+    replies = [chunked, (head + b"\r\n" + body,), chunked]
+    script, hook, ref = await scripted(lambda i, raw: replies[i] if i < len(replies) else None)
+    for _ in replies:
+        assert isinstance(await hook.aget_status(ref), InProgressStatus)
+    assert len(script.requests) == 3  # each answer read whole: no retry
+    assert script.connections == 2  # an answer that ended with its connection leaves nothing to reuse
+
+
+async def test_a_garbled_answer_is_a_protocol_error_retried_then_a_connection_error(
+    scripted: Any, waits: list[float]
+) -> None:
+    script, hook, ref = await scripted(lambda i, raw: b"HTTP/1.1 abc\r\n\r\n")
+    with pytest.raises(FalConnectionError):
+        await hook.aget_status(ref)
+    assert len(script.requests) == 3 and len(waits) == 2
