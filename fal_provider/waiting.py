@@ -10,8 +10,10 @@ tolerate a bounded run of transient errors (:class:`ErrorTolerance`) and end wit
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+import math
 import random
 import time
 import weakref
@@ -291,7 +293,7 @@ class AdaptiveInterval:
       request at most half its run time (a quarter made 16 polls of a 30 s request, half makes 11).
 
     Detection bound (poll mode): a completion is seen at most the running bound after it happens
-    (plus one call and the jitter's shortening only), except for a request that ends before its
+    (plus one call and one :data:`POLL_TICK`; the jitter only shortens), except for a request that ends before its
     app's expected run time, which is seen within ``(D - t) / 2`` (t: time it had run at the last
     poll), capped at ``ceiling``.
     """
@@ -329,6 +331,41 @@ class AdaptiveInterval:
 def jittered(seconds: float, rng: Any = random) -> float:
     """``seconds`` shortened by up to :data:`POLL_JITTER` at random (never lengthened)."""
     return seconds * (1.0 - POLL_JITTER * rng.random())
+
+
+#: Poll waits on an event loop end on a grid of this many seconds of the loop's clock. Every
+#: wake-up of an asyncio loop costs about 0.1 ms of CPU (a selector call, the timer heap) whatever
+#: it then runs; 1,000 waiters each waking at its own instant spent as much on that as on their
+#: polls, while on a shared tick the waiters due together wake in one loop iteration. Adds at
+#: most one tick to a wait, and so to the detection bound.
+POLL_TICK = 0.1
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def next_tick(now: float, seconds: float, tick: float = POLL_TICK) -> float:
+    """The first multiple of ``tick`` at least ``seconds`` after ``now``: the same float for every
+    waiter due within that tick."""
+    return math.ceil((now + max(0.0, seconds)) / tick) * tick
+
+
+async def sleep_on_tick(seconds: float, tick: float = POLL_TICK) -> None:
+    """Sleep at least ``seconds``, until the :func:`next_tick` on the running loop's clock.
+
+    ``call_at`` with that instant (not ``asyncio.sleep``, which adds a delay to a clock read of
+    its own and so would scatter the waiters of one tick again).
+    """
+    loop = asyncio.get_running_loop()
+    when = next_tick(loop.time(), seconds, tick)
+    future = loop.create_future()
+    handle = loop.call_at(when, _wake, future)
+    try:
+        await future
+    finally:
+        handle.cancel()
 
 
 class StatusReporter:

@@ -13,7 +13,7 @@ from typing import Any
 from fal_provider.exceptions import FalNotFoundError
 from fal_provider.models import CompletedStatus, FalRequestRef
 from fal_provider.triggers.fal import FalRequestTrigger
-from fal_provider.waiting import ErrorTolerance, error_event, jittered
+from fal_provider.waiting import ErrorTolerance, error_event, jittered, sleep_on_tick
 
 CLASSPATH = "fal_provider.triggers.batch.FalBatchTrigger"
 #: Growth of the poll interval while nothing new finishes (from ``poll_interval`` up to
@@ -82,7 +82,7 @@ class FalBatchTrigger(FalRequestTrigger):
             interval = (
                 self.policy.poll_interval if newly else min(interval * BACKOFF, self.policy.max_poll_interval)
             )
-            await asyncio.sleep(jittered(interval))
+            await sleep_on_tick(jittered(interval))
 
     async def _cancel_request(self, why: str) -> None:
         """Cancel every request of the window not seen finished, once; never raises."""

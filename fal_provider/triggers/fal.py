@@ -22,6 +22,7 @@ from fal_provider.waiting import (
     WaitPolicy,
     backstop_event,
     error_event,
+    sleep_on_tick,
     stream_slots,
     timeout_event,
 )
@@ -141,7 +142,7 @@ class FalRequestTrigger(BaseTrigger):
                 step = policy.observed(status)
             if isinstance(step, dict):
                 return step
-            await asyncio.sleep(step)
+            await sleep_on_tick(step)
 
     async def _wait_stream(self, hook: Any, ref: FalRequestRef) -> dict[str, Any] | None:
         """Follow fal's status SSE; ``None`` means polling takes over (the stream broke, or this

@@ -16,6 +16,8 @@ from fal_provider.waiting import (
     StreamSlots,
     WaitPolicy,
     jittered,
+    next_tick,
+    sleep_on_tick,
     stream_slots,
 )
 from tests.unit.operators.fakes import done, make_ref, queued, running
@@ -135,3 +137,39 @@ class _Log:
     def info(self, *args: object) -> None: ...
 
     def warning(self, *args: object) -> None: ...
+
+
+def test_waits_due_within_one_tick_end_on_the_same_instant() -> None:
+    # Two waiters due 0.04 s apart inside one 0.1 s tick get the very same deadline (one loop
+    # wake-up for both); none ends before it was due; the next tick is a different instant.
+    first, second = next_tick(10.03, 1.0), next_tick(10.07, 0.99)
+    assert first == second == next_tick(11.05, 0.0)
+    assert first >= 11.03 and second >= 11.06
+    assert next_tick(10.13, 1.0) > first
+    assert next_tick(5.0, -1.0) == next_tick(5.0, 0.0)  # a negative wait is no wait
+
+
+async def test_sleep_on_tick_wakes_the_waiters_of_a_tick_in_one_loop_iteration() -> None:
+    loop = asyncio.get_running_loop()
+    woke: list[tuple[int, float]] = []
+    iteration = 0
+
+    async def count_iterations() -> None:
+        nonlocal iteration
+        while True:
+            await asyncio.sleep(0)
+            iteration += 1
+
+    async def waiter(seconds: float) -> None:
+        start = loop.time()
+        await sleep_on_tick(seconds, tick=0.2)
+        assert loop.time() - start >= seconds
+        woke.append((iteration, loop.time()))
+
+    counter = asyncio.ensure_future(count_iterations())
+    try:
+        await sleep_on_tick(0.0, tick=0.2)  # just past a tick: the waits below all end on the next
+        await asyncio.gather(*(waiter(0.02 + i * 0.01) for i in range(8)))
+    finally:
+        counter.cancel()
+    assert len({it for it, _ in woke}) == 1  # all eight resumed in the same iteration
