@@ -16,7 +16,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache, partial
+from functools import cached_property, lru_cache, partial
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
@@ -122,10 +122,10 @@ class FalSettings:
                     f"got {getattr(self, name)!r}"
                 )
 
-    @property
+    @cached_property
     def key_origins(self) -> frozenset[Origin]:
         """The only origins the key is sent to: the configured queue, run, REST, CDN and Platform
-        API hosts."""
+        API hosts. Computed once: every keyed call checks it."""
         urls = (self.queue_url, self.run_url, self.rest_url, self.cdn_url, self.platform_url)
         origins = (origin_of(url) for url in urls if url)
         return frozenset(origin for origin in origins if origin is not None)

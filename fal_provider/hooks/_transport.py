@@ -287,13 +287,23 @@ def proxies_configured() -> bool:
 def request_bytes(path: str, netloc: str, headers: Mapping[str, str]) -> bytes | None:
     """``GET path`` with ``Host`` and ``headers`` as HTTP/1.1 bytes, in httpx's order; ``None`` when a
     header is not plain token / visible ASCII (checked already by the caller; httpx then says why)."""
-    lines = [f"GET {path} HTTP/1.1", f"Host: {netloc}"]
-    for name, value in headers.items():
+    block = _header_block(tuple(headers.items()))
+    if block is None:
+        return None
+    return f"GET {path} HTTP/1.1\r\nHost: {netloc}\r\n{block}\r\n".encode("ascii")
+
+
+@lru_cache(maxsize=256)
+def _header_block(items: tuple[tuple[str, str], ...]) -> str | None:
+    """The header lines of a request, each ending in CRLF, or ``None`` if one cannot go on the lane.
+
+    Cached: every poll of every waiter on a connection sends the same few headers."""
+    lines = []
+    for name, value in items:
         if not (_TOKEN.match(name) and _FIELD_VALUE.match(value)):
             return None
-        lines.append(f"{name}: {value}")
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode("ascii")
+        lines.append(f"{name}: {value}\r\n")
+    return "".join(lines)
 
 
 class _Connection(asyncio.Protocol):

@@ -171,6 +171,7 @@ class FalHook(BaseHook):
             "headers": dict(headers) if headers else None,
         }
         self._client: httpx.Client | None = None
+        self._last_status_call: tuple[tuple[FalRequestRef, bool], Call] | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(fal_conn_id={self.fal_conn_id!r})"
@@ -324,11 +325,24 @@ class FalHook(BaseHook):
         return self._calls().request_ref(app_id, request_id)
 
     def get_status(self, request: FalRequestRef | Mapping[str, Any], *, logs: bool = False) -> Status:
-        return self._fetch(self._calls().status(request, logs=logs))
+        return self._fetch(self._status_call(self._calls(), request, logs))
 
     async def aget_status(self, request: FalRequestRef | Mapping[str, Any], *, logs: bool = False) -> Status:
         """Async twin of :meth:`get_status`."""
-        return await self._afetch((await self._acalls()).status(request, logs=logs))
+        return await self._afetch(self._status_call(await self._acalls(), request, logs))
+
+    def _status_call(
+        self, calls: CallBuilder, request: FalRequestRef | Mapping[str, Any], logs: bool
+    ) -> Call:
+        """The status call for ``request``. A waiter asks about the same request on every poll, so
+        the last call built is kept (calls are immutable): building one was a tenth of a poll's CPU."""
+        ref = FalRequestRef.coerce(request)
+        kept = self._last_status_call
+        if kept is not None and kept[0] == (ref, logs):
+            return kept[1]
+        call = calls.status(ref, logs=logs)
+        self._last_status_call = ((ref, logs), call)
+        return call
 
     def iter_status(
         self, request: FalRequestRef | Mapping[str, Any], *, logs: bool = False

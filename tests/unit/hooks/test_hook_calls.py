@@ -8,6 +8,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from fal_provider import __version__
+from fal_provider.hooks._calls import CallBuilder
+from fal_provider.hooks._transport import Call
 from fal_provider.hooks.fal import FalHook
 from fal_provider.models import FalRequestRef, RequestOptions
 from tests.unit.hooks.hook_fakes import CDN, KEY, QUEUE, REST, RUN, Script, connection_json, mock_hook, ok
@@ -212,3 +214,27 @@ def test_hook_reuses_one_sync_client() -> None:
     assert first.is_closed
     assert hook._http is not first
     hook.close()
+
+
+def test_polls_of_one_request_reuse_its_status_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Building the call (URL checks, headers, timeout) was a tenth of a poll's CPU; a waiter polls
+    # the same request, so it is built once. The URL check (a foreign status_url is replaced, with
+    # a warning) therefore runs once per request, not once per poll.
+    built: list[str] = []
+    real_status = CallBuilder.status
+
+    def counting_status(self: CallBuilder, request: object, *, logs: bool = False) -> Call:
+        built.append(FalRequestRef.coerce(request).request_id)
+        return real_status(self, request, logs=logs)
+
+    monkeypatch.setattr(CallBuilder, "status", counting_status)
+    script = Script(*(ok({"status": "IN_PROGRESS"}, 202) for _ in range(5)))
+    hook = mock_hook(script)
+    foreign = {"app_id": "a/b", "request_id": "r", "status_url": "https://elsewhere.example/status"}
+    for _ in range(3):
+        hook.get_status(foreign)
+    hook.get_status(foreign, logs=True)
+    hook.get_status({"app_id": "a/b", "request_id": "other"})
+    urls = [str(r.url).split("?")[0] for r in script.requests]
+    assert urls == [f"{QUEUE}/a/b/requests/r/status"] * 4 + [f"{QUEUE}/a/b/requests/other/status"]
+    assert built == ["r", "r", "other"]  # once per request and logs flag
