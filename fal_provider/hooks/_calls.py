@@ -41,6 +41,7 @@ from fal_provider.hooks._transport import (
     default_timeout,
     keep_response,
     origin_of,
+    parsed_url,
     show_origin,
 )
 from fal_provider.models import (
@@ -742,9 +743,8 @@ def _plain_origin(url: str) -> Origin | None:
     """``url``'s origin if it is a plain URL (no user info, query or fragment), else ``None``.
 
     Cached: a waiting request's status URL is checked on every poll."""
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError, ValueError):
+    parsed = parsed_url(url)
+    if parsed is None:
         return None
     if parsed.userinfo or parsed.query or parsed.fragment:
         return None

@@ -247,14 +247,25 @@ Target = tuple[str, str, int, str, str]
 
 
 @lru_cache(maxsize=16384)
+def parsed_url(url: str) -> httpx.URL | None:
+    """``url`` parsed as httpx parses it (``None``: not a URL), once for every check made of it.
+
+    A status URL is checked for its origin (may it carry the key?), for the queue origin (is the
+    reference's URL trusted?) and by the lane (can it send it?): one parse, ~50 us, serves all three."""
+    try:
+        return httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return None
+
+
+@lru_cache(maxsize=16384)
 def plain_target(url: str) -> Target | None:
     """Where ``url`` goes, parsed the way httpx parses it, or ``None`` if the lane should not send it.
 
     Cached: a waiting request's status URL is the same on every poll.
     """
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError, ValueError):
+    parsed = parsed_url(url)
+    if parsed is None:
         return None
     scheme = parsed.scheme
     if scheme not in _DEFAULT_PORTS or parsed.userinfo or parsed.query or parsed.fragment:
@@ -850,9 +861,8 @@ def origin_of(url: str | httpx.URL) -> Origin | None:
     ``url`` is not an absolute http(s)/ws(s) URL (such a URL never gets the key).
 
     Cached: every poll of a waiting request checks the same status URL (parsing costs ~0.1 ms)."""
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError, ValueError):
+    parsed = url if isinstance(url, httpx.URL) else parsed_url(url) if isinstance(url, str) else None
+    if parsed is None:
         return None
     scheme = _HTTP_SCHEME_OF.get(parsed.scheme.lower(), parsed.scheme.lower())
     host = parsed.raw_host.decode("ascii", "replace").lower()
