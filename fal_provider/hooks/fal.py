@@ -140,6 +140,10 @@ __all__ = [
 ]
 
 
+#: Status calls one hook keeps for the requests it polls (see ``FalHook._status_call``).
+MAX_KEPT_STATUS_CALLS = 4096
+
+
 class FalHook(BaseHook):
     """Talks to fal.ai (or the fal emulator) with the key of an Airflow connection of type ``fal``.
 
@@ -171,7 +175,7 @@ class FalHook(BaseHook):
             "headers": dict(headers) if headers else None,
         }
         self._client: httpx.Client | None = None
-        self._last_status_call: tuple[tuple[FalRequestRef, bool], Call] | None = None
+        self._status_calls: dict[tuple[FalRequestRef, bool], Call] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(fal_conn_id={self.fal_conn_id!r})"
@@ -335,13 +339,14 @@ class FalHook(BaseHook):
         self, calls: CallBuilder, request: FalRequestRef | Mapping[str, Any], logs: bool
     ) -> Call:
         """The status call for ``request``. A waiter asks about the same request on every poll, so
-        the last call built is kept (calls are immutable): building one was a tenth of a poll's CPU."""
-        ref = FalRequestRef.coerce(request)
-        kept = self._last_status_call
-        if kept is not None and kept[0] == (ref, logs):
-            return kept[1]
-        call = calls.status(ref, logs=logs)
-        self._last_status_call = ((ref, logs), call)
+        calls are kept (they are immutable; a bounded set, for a hook that polls many requests):
+        building one was a tenth of a poll's CPU."""
+        key = (FalRequestRef.coerce(request), logs)
+        call = self._status_calls.get(key)
+        if call is None:
+            if len(self._status_calls) >= MAX_KEPT_STATUS_CALLS:
+                self._status_calls.clear()
+            call = self._status_calls[key] = calls.status(key[0], logs=logs)
         return call
 
     def iter_status(

@@ -228,13 +228,15 @@ def test_polls_of_one_request_reuse_its_status_call(monkeypatch: pytest.MonkeyPa
         return real_status(self, request, logs=logs)
 
     monkeypatch.setattr(CallBuilder, "status", counting_status)
-    script = Script(*(ok({"status": "IN_PROGRESS"}, 202) for _ in range(5)))
+    script = Script(*(ok({"status": "IN_PROGRESS"}, 202) for _ in range(6)))
     hook = mock_hook(script)
     foreign = {"app_id": "a/b", "request_id": "r", "status_url": "https://elsewhere.example/status"}
     for _ in range(3):
         hook.get_status(foreign)
     hook.get_status(foreign, logs=True)
     hook.get_status({"app_id": "a/b", "request_id": "other"})
+    hook.get_status(foreign)  # one hook polling several requests (a batch) keeps each one's call
     urls = [str(r.url).split("?")[0] for r in script.requests]
-    assert urls == [f"{QUEUE}/a/b/requests/r/status"] * 4 + [f"{QUEUE}/a/b/requests/other/status"]
+    r_url, other_url = f"{QUEUE}/a/b/requests/r/status", f"{QUEUE}/a/b/requests/other/status"
+    assert urls == [r_url] * 4 + [other_url, r_url]
     assert built == ["r", "r", "other"]  # once per request and logs flag
