@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import socket
 import ssl
+import threading
 import time
 import urllib.request
 import weakref
@@ -74,9 +76,11 @@ LONG_LIVED = "fal_long_lived"
 #: 16 pools x 8 connections: up to 128 short calls in flight per loop, each pool scan stays tiny.
 SHARDS = 16
 PER_SHARD = 8
+#: Idle kept-alive connections are closed after this many seconds (pools and lanes alike).
 KEEPALIVE_EXPIRY = 30.0
 #: Long-lived streams being opened (connect and answer headers) at once per loop.
 MAX_CONNECTING_STREAMS = 32
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @lru_cache(maxsize=1)
@@ -206,32 +210,33 @@ class ShardedTransport(httpx.AsyncBaseTransport):
 
 
 # ---------------------------------------------------------------------------
-# Wire lane: the short async GETs a triggerer loop repeats (status polls, results)
-# A lean HTTP/1.1 lane for the short GETs a triggerer loop repeats all day (status polls, results).
+# Wire lanes: the short GETs the hook repeats (status polls, results), without httpx's overhead
+# A lean HTTP/1.1 lane for the short GETs the hook repeats all day (status polls, results).
 #
-# Why it exists: a status GET through ``httpx.AsyncClient`` costs ~1.4 ms of CPU (URL re-parsing,
+# Why they exist: a status GET through ``httpx.AsyncClient`` costs ~1.4 ms of CPU (URL re-parsing,
 # auth/redirect/cookie machinery, anyio wrappers, httpcore's pool scans), about ten times the wire
 # work (one request/response on a kept-alive socket: ~0.2 ms). With 1,000 deferred tasks on one
-# triggerer loop that difference is most of a core. This lane writes the same request bytes httpx
-# would, over an ``asyncio.Protocol``, parses the answer with ``httptools`` (llhttp, the parser
-# uvicorn uses: a third of what ``h11``'s pure-Python state machine cost here), and returns an ordinary
-# ``httpx.Response``, so everything around it (key-origin check, retry policies, ``Retry-After``,
-# error mapping, decoding) is the code every other call runs.
+# triggerer loop that difference is most of a core; in a worker it is what made a round trip cost
+# more than fal's own client. A lane writes the same request bytes httpx would, parses the answer
+# with ``httptools`` (llhttp, the parser uvicorn uses: a third of what ``h11``'s pure-Python state
+# machine cost here), and returns an ordinary ``httpx.Response``, so everything around it (key-origin
+# check, retry policies, ``Retry-After``, error mapping, decoding) is the code every other call runs.
 #
-# It only takes what it can send exactly as httpx would, and answers ``None`` for anything else (the
-# caller then uses the shared ``httpx.AsyncClient``): GETs without a body, ``http``/``https`` URLs with
-# no query, user info or unusual characters, plain query parameters, no proxy configured in the
-# environment, and any answer that is a redirect (httpx follows it, with its rules for dropping
-# ``Authorization``). Transport failures raise the httpx exception httpcore would raise
-# (``ConnectError``, ``ConnectTimeout``, ``ReadTimeout``, ``RemoteProtocolError``, ``PoolTimeout``), so
+# * :class:`WireLane`: one per event loop, over an ``asyncio.Protocol`` (triggers, async hooks);
+# * :class:`BlockingLane`: one per hook's sync client, over blocking sockets (worker tasks).
+#
+# A lane only takes what it can send exactly as httpx would, and answers ``None`` for anything else
+# (the caller then uses httpx): GETs without a body, ``http``/``https`` URLs with no query, user info
+# or unusual characters, plain query parameters, no proxy configured in the environment, and any
+# answer that is a redirect (httpx follows it, with its rules for dropping ``Authorization``).
+# Transport failures raise the httpx exception httpcore would raise (``ConnectError``,
+# ``ConnectTimeout``, ``ReadTimeout``, ``WriteTimeout``, ``RemoteProtocolError``, ``PoolTimeout``), so
 # retry decisions do not depend on the lane.
 #
-# Connections are kept alive per origin (LIFO, at most WIRE_MAX_CONNECTIONS busy per loop, idle
-# ones dropped after :data:`KEEPALIVE_EXPIRY` s or as soon as the server closes them). A kept-alive
-# connection the server closed while the request was being written is retried once on a new
-# connection, before any byte of an answer arrived (safe: the lane only sends GETs).
-#
-# Idle connections expire after KEEPALIVE_EXPIRY s, as the pools' do.
+# Connections are kept alive per origin (LIFO; idle ones dropped after :data:`KEEPALIVE_EXPIRY` s, as
+# the pools' are, or as soon as the server closes them). A kept-alive connection the server closed
+# while the request was being written, or before any byte of an answer arrived, is retried once on a
+# new connection (safe: a lane only sends GETs).
 # ---------------------------------------------------------------------------
 
 #: Short calls in flight at once per loop (the admission bound of the httpx pools it replaces).
@@ -244,6 +249,9 @@ _FIELD_VALUE = re.compile(r"(?:[\x21-\x7e](?:[\t\x20-\x7e]*[\x21-\x7e])?)?\Z")
 
 #: ``(scheme, host, port, host header, path)`` of a URL the lane can send to.
 Target = tuple[str, str, int, str, str]
+#: ``(scheme, host, port)``, normalised: lower case, default port filled in (``ws``/``wss`` as
+#: ``http``/``https`` where a WebSocket's origin is meant).
+Origin = tuple[str, str, int]
 
 
 @lru_cache(maxsize=16384)
@@ -268,13 +276,13 @@ def plain_target(url: str) -> Target | None:
     if parsed is None:
         return None
     scheme = parsed.scheme
-    if scheme not in _DEFAULT_PORTS or parsed.userinfo or parsed.query or parsed.fragment:
+    if scheme not in DEFAULT_PORTS or parsed.userinfo or parsed.query or parsed.fragment:
         return None
     path = parsed.raw_path.decode("ascii")
     host = parsed.raw_host.decode("ascii").lower()
     if not host or not _PLAIN_PATH.match(path):
         return None
-    port = parsed.port or _DEFAULT_PORTS[scheme]
+    port = parsed.port or DEFAULT_PORTS[scheme]
     return scheme, host, port, parsed.netloc.decode("ascii"), path
 
 
@@ -317,12 +325,34 @@ def _header_block(items: tuple[tuple[str, str], ...]) -> str | None:
     return "".join(lines)
 
 
-class _Connection(asyncio.Protocol):
-    """One kept-alive socket and the answer being parsed on it (``httptools``, the parser uvicorn
-    uses); wakes the request waiting on it when bytes arrive. The parser's callbacks are methods."""
+def lane_request(
+    url: str, params: Mapping[str, str], headers: Mapping[str, str]
+) -> tuple[Origin, bytes, str] | None:
+    """``(origin, request bytes, query)`` of ``GET url?params`` for a lane, or ``None``: use httpx."""
+    target = plain_target(url)
+    query = _query(params) if target is not None else None
+    if target is None or query is None:
+        return None
+    scheme, host, port, netloc, path = target
+    request = request_bytes(path + query, netloc, headers)
+    if request is None:
+        return None
+    return (scheme, host, port), request, query
+
+
+def as_response(answer: tuple[int, list[tuple[bytes, bytes]], bytes]) -> httpx.Response | None:
+    """A whole answer as httpx's response; ``None`` for a redirect (httpx follows it, with its rules
+    for the key)."""
+    status, raw_headers, body = answer
+    if 300 <= status < 400:
+        return None
+    return httpx.Response(status, headers=raw_headers, content=body)
+
+
+class _Answer:
+    """The answer being parsed on one connection (``httptools``' callbacks are its methods)."""
 
     def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
         self.parser: httptools.HttpResponseParser | None = None
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
@@ -331,18 +361,51 @@ class _Connection(asyncio.Protocol):
         self.complete = False
         self.framed = False
         self.keep_alive = False
+        self.idle_since = 0.0
+
+    def expect_answer(self) -> None:
+        """Forget the last answer; the next bytes start a new one."""
+        self.parser = httptools.HttpResponseParser(self)
+        self.status, self.headers, self.chunks = 0, [], []
+        self.head_done = self.complete = self.framed = self.keep_alive = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+        if name.lower() in (b"content-length", b"transfer-encoding"):
+            self.framed = True
+
+    def on_headers_complete(self) -> None:
+        assert self.parser is not None
+        self.status = self.parser.get_status_code()
+        self.head_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        assert self.parser is not None
+        self.keep_alive = self.parser.should_keep_alive()  # llhttp forgets it once the message is done
+        self.complete = True
+
+    def answer(self) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        return self.status, self.headers, b"".join(self.chunks)
+
+
+class _Connection(_Answer, asyncio.Protocol):
+    """One kept-alive socket of a :class:`WireLane`; wakes the request waiting on it when bytes arrive."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.transport: asyncio.Transport | None = None
         self.error: Exception | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.eof = False
         self.lost = False
-        self.idle_since = 0.0
 
     def send(self, request: bytes) -> None:
         """Write a request and get ready to read its answer."""
         assert self.transport is not None
-        self.parser = httptools.HttpResponseParser(self)
-        self.status, self.headers, self.chunks = 0, [], []
-        self.head_done = self.complete = self.framed = self.keep_alive = False
+        self.expect_answer()
         self.error = None
         self.transport.write(request)
 
@@ -361,25 +424,6 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self.error = httpx.RemoteProtocolError(str(exc) or type(exc).__name__)
         self._wake()
-
-    # -- httptools callbacks
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-        if name.lower() in (b"content-length", b"transfer-encoding"):
-            self.framed = True
-
-    def on_headers_complete(self) -> None:
-        assert self.parser is not None
-        self.status = self.parser.get_status_code()
-        self.head_done = True
-
-    def on_body(self, body: bytes) -> None:
-        self.chunks.append(body)
-
-    def on_message_complete(self) -> None:
-        assert self.parser is not None
-        self.keep_alive = self.parser.should_keep_alive()  # llhttp forgets it once the message is done
-        self.complete = True
 
     # -- the socket's end
     def eof_received(self) -> bool:
@@ -473,7 +517,7 @@ class WireLane:
         self, ssl_context: Callable[[], ssl.SSLContext], max_connections: int = WIRE_MAX_CONNECTIONS
     ) -> None:
         self._ssl_context = ssl_context
-        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._idle: dict[Origin, list[_Connection]] = {}
         self._slots: asyncio.Semaphore | None = None
         self._max = max_connections
         self._connecting: asyncio.Semaphore | None = None
@@ -483,24 +527,17 @@ class WireLane:
         self, url: str, params: Mapping[str, str], headers: Mapping[str, str], timeout: httpx.Timeout
     ) -> httpx.Response | None:
         """The answer to ``GET url``, or ``None``: not a call for this lane, use httpx."""
-        target = plain_target(url)
-        query = _query(params) if target is not None else None
-        if target is None or query is None or self.closed:
+        plain = None if self.closed else lane_request(url, params, headers)
+        if plain is None:
             return None
-        scheme, host, port, netloc, path = target
-        request = request_bytes(path + query, netloc, headers)
-        if request is None:
-            return None
+        origin, request, _ = plain
         await self._admit(timeout.pool)
         try:
-            answer = await self._exchange((scheme, host, port), request, timeout)
+            answer = await self._exchange(origin, request, timeout)
         finally:
             assert self._slots is not None
             self._slots.release()
-        status, raw_headers, body = answer
-        if 300 <= status < 400:
-            return None
-        return httpx.Response(status, headers=raw_headers, content=body)
+        return as_response(answer)
 
     async def stream(
         self, url: str, params: Mapping[str, str], headers: Mapping[str, str], timeout: httpx.Timeout
@@ -512,18 +549,14 @@ class WireLane:
         fan-out or a triggerer restart does not connect thousands in one loop iteration. Costs a
         fraction of httpx's stream path (pool, anyio cancel scopes per read).
         """
-        target = plain_target(url)
-        query = _query(params) if target is not None else None
-        if target is None or query is None or self.closed:
+        plain = None if self.closed else lane_request(url, params, headers)
+        if plain is None:
             return None
-        scheme, host, port, netloc, path = target
-        request = request_bytes(path + query, netloc, headers)
-        if request is None:
-            return None
+        origin, request, query = plain
         if self._connecting is None:
             self._connecting = asyncio.Semaphore(MAX_CONNECTING_STREAMS)
         async with self._connecting:
-            conn = await self._connect((scheme, host, port), timeout.connect)
+            conn = await self._connect(origin, timeout.connect)
             try:
                 status, raw_headers = await self._head(conn, request, timeout.read)
             except BaseException:
@@ -566,7 +599,7 @@ class WireLane:
             raise httpx.PoolTimeout("No free connection in the shared pool within the pool timeout") from None
 
     async def _exchange(
-        self, origin: tuple[str, str, int], request: bytes, timeout: httpx.Timeout
+        self, origin: Origin, request: bytes, timeout: httpx.Timeout
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         conn = self._idle_connection(origin)
         if conn is not None:
@@ -580,7 +613,7 @@ class WireLane:
         except _Incomplete:
             raise httpx.RemoteProtocolError("Server disconnected without sending a response.") from None
 
-    def _idle_connection(self, origin: tuple[str, str, int]) -> _Connection | None:
+    def _idle_connection(self, origin: Origin) -> _Connection | None:
         idle = self._idle.get(origin)
         if not idle:
             return None
@@ -592,7 +625,7 @@ class WireLane:
             conn.close()
         return None
 
-    async def _connect(self, origin: tuple[str, str, int], connect_timeout: float | None) -> _Connection:
+    async def _connect(self, origin: Origin, connect_timeout: float | None) -> _Connection:
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
         tls: dict[str, Any] = (
@@ -609,7 +642,7 @@ class WireLane:
         return conn
 
     async def _roundtrip(
-        self, origin: tuple[str, str, int], conn: _Connection, request: bytes, timeout: httpx.Timeout
+        self, origin: Origin, conn: _Connection, request: bytes, timeout: httpx.Timeout
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         conn.send(request)
         loop = asyncio.get_running_loop()
@@ -622,7 +655,7 @@ class WireLane:
             timer.cancel()
             if not done:
                 conn.close()
-        answer = conn.status, conn.headers, b"".join(conn.chunks)
+        answer = conn.answer()
         if conn.reusable():
             conn.idle_since = loop.time()
             self._idle.setdefault(origin, []).append(conn)
@@ -636,6 +669,153 @@ class WireLane:
             for conn in idle:
                 conn.close()
         self._idle.clear()
+
+
+class _SocketConnection(_Answer):
+    """One kept-alive blocking socket of a :class:`BlockingLane`."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class BlockingLane:
+    """Kept-alive HTTP/1.1 connections over blocking sockets, for one sync ``httpx.Client``.
+
+    A worker's hook waits on a request with status GETs and fetches its result with one more:
+    through ``httpx.Client`` each costs more CPU than the wire work, and more than fal's own client
+    spends on the same round trip. Safe across threads: a connection is used by one call at a time.
+    """
+
+    def __init__(self, ssl_context: Callable[[], ssl.SSLContext], max_idle: int = 16) -> None:
+        self._ssl_context = ssl_context
+        self._max_idle = max_idle
+        self._idle: dict[Origin, list[_SocketConnection]] = {}
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def get(
+        self, url: str, params: Mapping[str, str], headers: Mapping[str, str], timeout: httpx.Timeout
+    ) -> httpx.Response | None:
+        """The answer to ``GET url``, or ``None``: not a call for this lane, use httpx."""
+        plain = None if self.closed else lane_request(url, params, headers)
+        if plain is None:
+            return None
+        origin, request, _ = plain
+        conn = self._idle_connection(origin)
+        if conn is not None:
+            try:
+                return as_response(self._roundtrip(origin, conn, request, timeout))
+            except _Incomplete:
+                pass  # closed by the server while idle: once more on a new connection
+        conn = self._connect(origin, timeout.connect)
+        try:
+            return as_response(self._roundtrip(origin, conn, request, timeout))
+        except _Incomplete:
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.") from None
+
+    def _idle_connection(self, origin: Origin) -> _SocketConnection | None:
+        now = time.monotonic()
+        with self._lock:
+            idle = self._idle.get(origin) or []
+            while idle:
+                conn = idle.pop()
+                if now - conn.idle_since < KEEPALIVE_EXPIRY:
+                    return conn
+                conn.close()
+        return None
+
+    def _connect(self, origin: Origin, connect_timeout: float | None) -> _SocketConnection:
+        scheme, host, port = origin
+        try:
+            sock = socket.create_connection((host, port), timeout=connect_timeout)
+        except TimeoutError:
+            raise httpx.ConnectTimeout(f"Connecting to {host}:{port} timed out") from None
+        except OSError as exc:
+            raise httpx.ConnectError(str(exc) or type(exc).__name__) from exc
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if scheme == "https":
+                sock = self._ssl_context().wrap_socket(sock, server_hostname=host)
+        except TimeoutError:
+            sock.close()
+            raise httpx.ConnectTimeout(f"TLS handshake with {host}:{port} timed out") from None
+        except OSError as exc:  # includes ssl.SSLError
+            sock.close()
+            raise httpx.ConnectError(str(exc) or type(exc).__name__) from exc
+        return _SocketConnection(sock)
+
+    def _roundtrip(
+        self, origin: Origin, conn: _SocketConnection, request: bytes, timeout: httpx.Timeout
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        done = False
+        try:
+            self._write(conn, request, timeout.write)
+            self._read(conn, timeout.read)
+            done = True
+        finally:
+            if not done:
+                conn.close()
+        answer = conn.answer()
+        if conn.keep_alive:
+            conn.idle_since = time.monotonic()
+            with self._lock:
+                idle = self._idle.setdefault(origin, [])
+                if len(idle) < self._max_idle and not self.closed:
+                    idle.append(conn)
+                    return answer
+        conn.close()
+        return answer
+
+    @staticmethod
+    def _write(conn: _SocketConnection, request: bytes, write_timeout: float | None) -> None:
+        conn.expect_answer()
+        conn.sock.settimeout(write_timeout)
+        try:
+            conn.sock.sendall(request)
+        except TimeoutError:
+            raise httpx.WriteTimeout("Timed out writing the request") from None
+        except OSError:
+            raise _Incomplete() from None  # the server had closed the connection
+
+    @staticmethod
+    def _read(conn: _SocketConnection, read_timeout: float | None) -> None:
+        """Read until the answer is complete; ``_Incomplete`` if the connection ends before any of it."""
+        conn.sock.settimeout(read_timeout)
+        assert conn.parser is not None
+        while not conn.complete:
+            try:
+                data = conn.sock.recv(65536)
+            except TimeoutError:
+                raise httpx.ReadTimeout("Timed out reading the answer") from None
+            except OSError as exc:
+                if not conn.head_done and not conn.chunks:
+                    raise _Incomplete() from None
+                raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
+            if not data:
+                if not conn.head_done:
+                    raise _Incomplete()
+                if conn.framed:
+                    raise httpx.RemoteProtocolError(
+                        "peer closed connection without sending complete message body"
+                    )
+                conn.keep_alive = False  # an answer without a length ends with the connection
+                return
+            try:
+                conn.parser.feed_data(data)
+            except httptools.HttpParserError as exc:
+                raise httpx.RemoteProtocolError(str(exc) or type(exc).__name__) from None
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+            for idle in self._idle.values():
+                for conn in idle:
+                    conn.close()
+            self._idle.clear()
 
 
 # ---------------------------------------------------------------------------
@@ -846,13 +1026,8 @@ DEFAULT_RETRY_LIMIT = 5
 DEFAULT_RETRY_MIN_WAIT = 0.5
 DEFAULT_RETRY_MAX_WAIT = 30.0
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 #: A WebSocket goes to the same server as the HTTP URL it was derived from.
 _HTTP_SCHEME_OF = {"ws": "http", "wss": "https"}
-
-#: ``(scheme, host, port)``, normalised: lower case, default port filled in, ``ws``/``wss`` as
-#: ``http``/``https``.
-Origin = tuple[str, str, int]
 
 
 @lru_cache(maxsize=16384)
@@ -866,9 +1041,9 @@ def origin_of(url: str | httpx.URL) -> Origin | None:
         return None
     scheme = _HTTP_SCHEME_OF.get(parsed.scheme.lower(), parsed.scheme.lower())
     host = parsed.raw_host.decode("ascii", "replace").lower()
-    if scheme not in _DEFAULT_PORTS or not host:
+    if scheme not in DEFAULT_PORTS or not host:
         return None
-    return scheme, host, parsed.port or _DEFAULT_PORTS[scheme]
+    return scheme, host, parsed.port or DEFAULT_PORTS[scheme]
 
 
 def show_origin(origin: Origin | None) -> str:
@@ -876,7 +1051,7 @@ def show_origin(origin: Origin | None) -> str:
         return "<not an http(s) URL>"
     scheme, host, port = origin
     host = f"[{host}]" if ":" in host else host
-    return f"{scheme}://{host}" + ("" if port == _DEFAULT_PORTS[scheme] else f":{port}")
+    return f"{scheme}://{host}" + ("" if port == DEFAULT_PORTS[scheme] else f":{port}")
 
 
 #: A worker's hook makes a handful of calls at a time.
@@ -887,8 +1062,28 @@ _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.Async
 )
 
 
+class LaneClient(httpx.Client):
+    """A hook's sync client: httpx for everything, and the blocking lane for the plain GETs it
+    takes (see "Wire lanes"); closing the client closes both."""
+
+    def __init__(self) -> None:
+        super().__init__(limits=SYNC_LIMITS, follow_redirects=True)
+        # Never when the environment names a proxy: httpx routes through it, the lane does not.
+        self.lane = None if proxies_configured() else BlockingLane(shared_ssl_context)
+
+    def close(self) -> None:
+        if self.lane is not None:
+            self.lane.close()
+        super().close()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self.lane is not None:
+            self.lane.close()
+        super().__exit__(*exc_info)
+
+
 def new_sync_client() -> httpx.Client:
-    return httpx.Client(limits=SYNC_LIMITS, follow_redirects=True)
+    return LaneClient()
 
 
 def shared_async_client() -> httpx.AsyncClient:
@@ -978,7 +1173,7 @@ class Call:
         connection for a whole wait (see the pools section)."""
         return client.build_request(
             self.method,
-            self.url,
+            parsed_url(self.url) or self.url,  # httpx would parse the string again on every call
             params=dict(self.params) or None,
             content=self.content,
             headers=dict(headers),
@@ -1084,11 +1279,14 @@ def send(
 ) -> httpx.Response:
     """Send with the call's retry policy; a streamed answer is returned open (caller closes it)."""
     headers = request_headers(call, settings)
+    lane = _sync_lane_for(client, call, stream)
     retries = Retries(call.policy, **_retry_options(call, settings, log))
     try:
         while True:
             try:
-                response = client.send(call.build(client, headers), stream=stream)
+                response = None if lane is None else lane.get(call.url, call.params, headers, call.timeout)
+                if response is None:
+                    response = client.send(call.build(client, headers), stream=stream)
                 if call.policy.retry_response(response):
                     response.read()
                     response.close()
@@ -1107,6 +1305,14 @@ def send(
         response.read()
         response.close()
     return check_response(call, response)
+
+
+def _sync_lane_for(client: httpx.Client, call: Call, stream: bool) -> BlockingLane | None:
+    """The blocking lane, for a whole-body GET on a hook's own client (a streamed answer is read
+    as it arrives, which only httpx does here)."""
+    if stream or call.method != "GET" or call.content is not None or not isinstance(client, LaneClient):
+        return None
+    return client.lane
 
 
 async def _asend_once(

@@ -74,7 +74,9 @@ def test_lost_result_is_fetched_again(
     wait_for(lambda: hook.get_status(ref).status == "COMPLETED")
     lose_next(fal_emulator_conn, "result", answer)
     assert hook.get_result(ref) == {"v": answer}
-    assert len(waits) == 1
+    # A 502/504 is retried after a wait; a reset before any byte of the answer on the kept-alive
+    # connection is resent at once on a fresh one by the wire lane (a GET: harmless).
+    assert len(waits) == (0 if answer == "drop" else 1)
     assert fal_emulator_conn.stats()["result_calls"] == 2
 
 

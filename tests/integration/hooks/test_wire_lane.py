@@ -1,10 +1,11 @@
-"""The lean HTTP/1.1 lane of the async hook: same answers, errors and retries as httpx, over real sockets."""
+"""The lean HTTP/1.1 lanes of the hook (async and blocking): same answers, errors and retries as
+httpx, over real sockets."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -14,7 +15,7 @@ from fal_provider.emulator.testing import FalEmulator
 from fal_provider.exceptions import FalConnectionError, FalTimeoutError
 from fal_provider.hooks import _transport
 from fal_provider.hooks.fal import FalHook
-from fal_provider.models import InProgressStatus
+from fal_provider.models import CompletedStatus, InProgressStatus
 
 Handler = Callable[[int, bytes], Any]
 
@@ -48,6 +49,38 @@ async def test_with_an_environment_proxy_the_lane_steps_aside(monkeypatch: pytes
     client = _transport.shared_async_client()
     assert _transport._wire_of(client) is None
     await _transport.close_shared_async_client()
+
+
+def test_sync_status_and_result_go_through_the_blocking_lane(
+    fal_emulator_conn: FalEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[str] = []
+    original = _transport.BlockingLane.get
+
+    def spy(self: _transport.BlockingLane, url: str, *args: Any) -> httpx.Response | None:
+        response = original(self, url, *args)
+        sent.append(url if response is not None else "fallback")
+        return response
+
+    monkeypatch.setattr(_transport.BlockingLane, "get", spy)
+    hook = FalHook()
+    ref = hook.submit("emulator/echo", {"i": 7})  # a POST: httpx's
+    while not isinstance(hook.get_status(ref), CompletedStatus):
+        pass
+    assert hook.get_result(ref)["i"] == 7
+    assert hook.get_result(ref, max_bytes=10_000)["i"] == 7  # read as it streams in: httpx's
+    assert sent and set(sent) == {ref.status_url, ref.response_url}
+    assert sent[-1] == ref.response_url and sent.count(ref.response_url) == 1
+    lane = hook._http.lane  # type: ignore[attr-defined]
+    assert sum(len(idle) for idle in lane._idle.values()) == 1  # one kept-alive connection did it all
+    hook.close()
+    assert lane.closed and not lane._idle
+
+
+def test_with_an_environment_proxy_the_sync_client_has_no_lane(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    with _transport.new_sync_client() as client:
+        assert isinstance(client, _transport.LaneClient) and client.lane is None
 
 
 def test_only_plain_urls_and_parameters_take_the_lane() -> None:
@@ -105,11 +138,22 @@ def answer(status: int, body: Any, **headers: str) -> bytes:
 
 
 RUNNING = {"status": "IN_PROGRESS", "request_id": "r1"}
+Poll = Callable[[FalHook, dict[str, str]], Awaitable[Any]]
+
+
+@pytest.fixture(params=["async", "sync"])
+def poll(request: pytest.FixtureRequest) -> Poll:
+    """One status call through the async hook's lane, or the sync hook's (in a thread: the scripted
+    server answers on this test's loop)."""
+    if request.param == "async":
+        return lambda hook, ref: hook.aget_status(ref)
+    return lambda hook, ref: asyncio.to_thread(hook.get_status, ref)
 
 
 @pytest.fixture
 async def scripted(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Callable[[Handler], Any]]:
     servers: list[asyncio.Server] = []
+    hooks: list[FalHook] = []
 
     async def start(handler: Handler) -> tuple[ScriptedServer, FalHook, dict[str, str]]:
         script = ScriptedServer(handler)
@@ -126,60 +170,65 @@ async def scripted(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Callable[[H
         monkeypatch.setenv("AIRFLOW_CONN_FAL_DEFAULT", json.dumps(conn))
         ref = {"app_id": "a/b", "request_id": "r1", "status_url": f"{base}/queue/a/b/requests/r1/status",
                "response_url": f"{base}/queue/a/b/requests/r1", "cancel_url": f"{base}/queue/a/b/requests/r1/cancel"}  # fmt: skip
-        return script, FalHook(), ref
+        hooks.append(FalHook())
+        return script, hooks[-1], ref
 
     yield start
     await FalHook.aclose_shared_client()
+    for hook in hooks:
+        hook.close()
     for server in servers:
         server.close()
 
 
-async def test_keeps_the_connection_alive_and_sends_the_key_once_per_request(scripted: Any) -> None:
+async def test_keeps_the_connection_alive_and_sends_the_key_once_per_request(
+    scripted: Any, poll: Poll
+) -> None:
     script, hook, ref = await scripted(lambda i, raw: answer(202, RUNNING))
     for _ in range(3):
-        assert isinstance(await hook.aget_status(ref), InProgressStatus)
+        assert isinstance(await poll(hook, ref), InProgressStatus)
     assert script.connections == 1 and len(script.requests) == 3
     first = script.requests[0].decode()
     assert first.startswith("GET /queue/a/b/requests/r1/status?logs=0 HTTP/1.1\r\n")
     assert first.count("Authorization: Key id:secret") == 1 and "User-Agent: airflow-provider-fal/" in first
 
 
-async def test_a_connection_the_server_closed_is_replaced_without_a_retry(scripted: Any) -> None:
+async def test_a_connection_the_server_closed_is_replaced_without_a_retry(scripted: Any, poll: Poll) -> None:
     # The server answers, then closes the socket while it idles in the pool; the next poll may find
     # it closed (noticed) or write into it just before the close (retried once on a fresh one).
     script, hook, ref = await scripted(lambda i, raw: answer(202, RUNNING) if i % 2 == 0 else None)
-    await hook.aget_status(ref)
-    await hook.aget_status(ref)
-    assert isinstance(await hook.aget_status(ref), InProgressStatus)
+    await poll(hook, ref)
+    await poll(hook, ref)
+    assert isinstance(await poll(hook, ref), InProgressStatus)
     assert script.connections >= 2
 
 
 async def test_retry_after_and_retryable_answers_behave_as_on_httpx(
-    scripted: Any, waits: list[float]
+    scripted: Any, poll: Poll, waits: list[float]
 ) -> None:
     replies = [answer(429, {"detail": "slow down"}, retry_after="0.02"), answer(202, RUNNING)]
     script, hook, ref = await scripted(lambda i, raw: replies[min(i, 1)])
-    assert isinstance(await hook.aget_status(ref), InProgressStatus)
+    assert isinstance(await poll(hook, ref), InProgressStatus)
     assert waits == [0.02] and len(script.requests) == 2
 
 
 async def test_a_silent_server_is_a_read_timeout_retried_then_a_fal_timeout_error(
-    scripted: Any, waits: list[float]
+    scripted: Any, poll: Poll, waits: list[float]
 ) -> None:
     script, hook, ref = await scripted(lambda i, raw: 5.0)  # never answers within the 1 s timeout
     with pytest.raises(FalTimeoutError, match="ReadTimeout"):
-        await hook.aget_status(ref)
+        await poll(hook, ref)
     assert len(script.requests) == 3 and len(waits) == 2
 
 
-async def test_a_redirect_is_left_to_httpx_which_follows_it(scripted: Any) -> None:
+async def test_a_redirect_is_left_to_httpx_which_follows_it(scripted: Any, poll: Poll) -> None:
     def handler(i: int, raw: bytes) -> bytes:
         if b"/moved " in raw.split(b"\r\n")[0] or b"/moved?" in raw:
             return answer(202, RUNNING)
         return answer(307, {}, location="/queue/a/b/requests/r1/moved")
 
     script, hook, ref = await scripted(handler)
-    assert isinstance(await hook.aget_status(ref), InProgressStatus)
+    assert isinstance(await poll(hook, ref), InProgressStatus)
     assert len(script.requests) == 3  # lane (307), httpx (307), httpx follows to /moved
 
 
@@ -196,7 +245,7 @@ def test_the_lane_writes_the_bytes_h11_would_and_refuses_what_h11_would_refuse()
         assert _transport.request_bytes("/", "h", bad) is None, bad  # left to httpx, which says why
 
 
-async def test_chunked_answers_and_answers_ended_by_a_close_are_read_whole(scripted: Any) -> None:
+async def test_chunked_answers_and_answers_ended_by_a_close_are_read_whole(scripted: Any, poll: Poll) -> None:
     body = json.dumps(RUNNING).encode()
     head = b"HTTP/1.1 202 X\r\ncontent-type: application/json\r\n"
     chunked = head + b"transfer-encoding: chunked\r\n\r\n"
@@ -204,15 +253,15 @@ async def test_chunked_answers_and_answers_ended_by_a_close_are_read_whole(scrip
     replies = [chunked, (head + b"\r\n" + body,), chunked]
     script, hook, ref = await scripted(lambda i, raw: replies[i] if i < len(replies) else None)
     for _ in replies:
-        assert isinstance(await hook.aget_status(ref), InProgressStatus)
+        assert isinstance(await poll(hook, ref), InProgressStatus)
     assert len(script.requests) == 3  # each answer read whole: no retry
     assert script.connections == 2  # an answer that ended with its connection leaves nothing to reuse
 
 
 async def test_a_garbled_answer_is_a_protocol_error_retried_then_a_connection_error(
-    scripted: Any, waits: list[float]
+    scripted: Any, poll: Poll, waits: list[float]
 ) -> None:
     script, hook, ref = await scripted(lambda i, raw: b"HTTP/1.1 abc\r\n\r\n")
     with pytest.raises(FalConnectionError):
-        await hook.aget_status(ref)
+        await poll(hook, ref)
     assert len(script.requests) == 3 and len(waits) == 2
