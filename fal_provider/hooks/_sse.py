@@ -10,7 +10,8 @@ which events are the app reporting an error (fal fixes no schema for them).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from contextlib import aclosing
 from typing import Any
 
 import httpx
@@ -24,6 +25,7 @@ from fal_provider.exceptions import (
     FalStreamError,
 )
 from fal_provider.hooks._calls import Status
+from fal_provider.hooks._transport import LaneBody
 from fal_provider.models import CompletedStatus, parse_status
 
 
@@ -38,17 +40,40 @@ def check_event_stream(response: httpx.Response, label: str) -> None:
         )
 
 
-def _status_from_event(event: ServerSentEvent, label: str) -> Status | None:
-    if not event.data.strip():
+def _status_from_data(data: str, label: str) -> Status | None:
+    if not data.strip():
         return None
     try:
-        data = json.loads(event.data)
+        parsed = json.loads(data)
     except ValueError:
-        raise FalStreamError(f"{label}: event is not JSON: {event.data[:120]!r}") from None
+        raise FalStreamError(f"{label}: event is not JSON: {data[:120]!r}") from None
     try:
-        return parse_status(data)
+        return parse_status(parsed)
     except ValueError as err:
         raise FalStreamError(f"{label}: {err}") from None
+
+
+async def _lane_event_data(body: LaneBody) -> AsyncGenerator[str, None]:
+    """The ``data`` of each event of an event stream read off a lane connection (WHATWG rules: lines
+    end in CRLF, LF or CR; ``data:`` lines join with LF; a blank line ends an event; comments and other
+    fields are skipped). One generator over the socket's bytes, closed by its reader."""
+    pending = b""
+    data: list[str] = []
+    while chunk := await body.next_chunk():
+        pending += chunk
+        lines = pending.splitlines(keepends=True)
+        # A last line without its end waits for more bytes; so does a lone CR (LF may follow).
+        pending = lines.pop() if lines and not lines[-1].endswith(b"\n") else b""
+        for raw in lines:
+            line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
+            if not line:
+                if data:
+                    yield "\n".join(data)
+                    data = []
+                continue
+            name, _, value = line.partition(":")
+            if name == "data":
+                data.append(value[1:] if value.startswith(" ") else value)
 
 
 def _model_event(event: ServerSentEvent, label: str) -> Any:
@@ -65,8 +90,8 @@ class _StatusReader:
         self.label = label
         self.completed = False
 
-    def read(self, event: ServerSentEvent) -> Status | None:
-        status = _status_from_event(event, self.label)
+    def read(self, data: str) -> Status | None:
+        status = _status_from_data(data, self.label)
         self.completed = isinstance(status, CompletedStatus)
         return status
 
@@ -82,7 +107,7 @@ def iter_status_events(response: httpx.Response, label: str) -> Iterator[Status]
     reader = _StatusReader(label)
     try:
         for event in EventSource(response).iter_sse():
-            if (status := reader.read(event)) is not None:
+            if (status := reader.read(event.data)) is not None:
                 yield status
             if reader.completed:
                 return
@@ -95,14 +120,29 @@ async def aiter_status_events(response: httpx.Response, label: str) -> AsyncIter
     check_event_stream(response, label)
     reader = _StatusReader(label)
     try:
-        async for event in EventSource(response).aiter_sse():
-            if (status := reader.read(event)) is not None:
-                yield status
-            if reader.completed:
-                return
+        async with aclosing(_event_data(response)) as events:
+            async for data in events:
+                if (status := reader.read(data)) is not None:
+                    yield status
+                if reader.completed:
+                    return
     except httpx.TransportError as exc:
         raise reader.broke(exc) from exc
     raise reader.ended_early()
+
+
+def _event_data(response: httpx.Response) -> AsyncGenerator[str, None]:
+    """Each event's data: straight off the wire lane's connection when the answer came by it
+    (thousands of status streams end on one loop at once), else through ``httpx_sse``."""
+    body = response.stream
+    if isinstance(body, LaneBody) and "content-encoding" not in response.headers:
+        return _lane_event_data(body)
+    return _sse_data(response)
+
+
+async def _sse_data(response: httpx.Response) -> AsyncGenerator[str, None]:
+    async for event in EventSource(response).aiter_sse():
+        yield event.data
 
 
 def iter_model_events(response: httpx.Response, label: str) -> Iterator[Any]:

@@ -482,29 +482,33 @@ class _Incomplete(Exception):
     """The connection ended before any answer: retried once on a fresh one if it was reused."""
 
 
-class _LaneBody(httpx.AsyncByteStream):
-    """The body of a streamed lane answer, read as it arrives; its connection closes with it."""
+class LaneBody(httpx.AsyncByteStream):
+    """The body of a streamed lane answer, read as it arrives; its connection closes with it.
+
+    :meth:`next_chunk` lets a reader that owns the answer (the status-stream reader in ``_sse``)
+    take bytes without the chain of async generators httpx's ``aiter_*`` stack up: each one left
+    suspended when a stream ends early is closed later by a task of its own."""
 
     def __init__(self, conn: _Connection, read_timeout: float | None) -> None:
         self._conn = conn
         self._read_timeout = read_timeout
 
-    async def __aiter__(self):  # type: ignore[no-untyped-def]
+    async def next_chunk(self) -> bytes:
+        """The bytes that arrived since the last call (waiting for some), ``b""`` at the body's end."""
         conn = self._conn
-        loop = asyncio.get_running_loop()
-        while True:
-            if conn.chunks:
-                chunks, conn.chunks = conn.chunks, []
-                for chunk in chunks:
-                    yield chunk
-                continue
-            if conn.complete:
-                return
+        if not conn.chunks and not conn.complete:
+            loop = asyncio.get_running_loop()
             timer = loop.call_later(self._read_timeout or 1e9, conn.expire, "Timed out reading the answer")
             try:
                 await conn.until(lambda: bool(conn.chunks) or conn.complete, loop)
             finally:
                 timer.cancel()
+        chunks, conn.chunks = conn.chunks, []
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def __aiter__(self):  # type: ignore[no-untyped-def]
+        while chunk := await self.next_chunk():
+            yield chunk
 
     async def aclose(self) -> None:
         self._conn.close()
@@ -568,7 +572,7 @@ class WireLane:
         return httpx.Response(
             status,
             headers=raw_headers,
-            stream=_LaneBody(conn, timeout.read),
+            stream=LaneBody(conn, timeout.read),
             request=httpx.Request("GET", url + query, headers=headers),
         )
 
