@@ -17,11 +17,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 KEY = "bench-key-id:bench-key-secret"
 
@@ -224,3 +225,78 @@ class GcTimer:
 
     def __exit__(self, *exc: object) -> None:
         gc.callbacks.remove(self._callback)
+
+
+async def drive(one: Callable[[int], Awaitable[None]], calls: int, concurrency: int) -> float:
+    """CPU seconds for ``calls`` calls of ``one`` with ``concurrency`` workers."""
+    counter = iter(range(calls))
+
+    async def worker() -> None:
+        for i in counter:
+            await one(i)
+
+    start = cpu_now()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return cpu_now() - start
+
+
+class RawH11:
+    """A minimal keep-alive HTTP/1.1 GET over one asyncio stream, parsed by h11."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def get_json(self, target: str, headers: list[tuple[str, str]]) -> Any:
+        import h11
+
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        conn = h11.Connection(h11.CLIENT)
+        data = conn.send(h11.Request(method="GET", target=target, headers=[("Host", self.host), *headers]))
+        data += conn.send(h11.EndOfMessage())
+        self.writer.write(data)
+        body = b""
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await self.reader.read(65536))
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                return json.loads(body)
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+#: The raw status GET's CPU on the machine the issue's figures were taken on (0.15-0.19 ms).
+REFERENCE_RAW_MS = 0.17
+
+
+async def raw_status_ms(base: str, status_url: str, calls: int = 3000, concurrency: int = 64) -> float:
+    """CPU ms of one raw HTTP/1.1 status GET (h11, kept-alive) on this machine now: how fast the
+    machine is, printed beside figures that depend on it."""
+    parts = urlsplit(base)
+    conns = [RawH11(parts.hostname or "127.0.0.1", parts.port or 80) for _ in range(concurrency)]
+    free: asyncio.Queue[RawH11] = asyncio.Queue()
+    for conn in conns:
+        free.put_nowait(conn)
+    target = urlsplit(status_url).path + "?logs=0"
+    headers = [("Authorization", f"Key {KEY}"), ("Accept", "application/json")]
+
+    async def one(_: int) -> None:
+        conn = await free.get()
+        try:
+            await conn.get_json(target, headers)
+        finally:
+            free.put_nowait(conn)
+
+    await drive(one, min(calls, 500), concurrency)
+    seconds = await drive(one, calls, concurrency)
+    for conn in conns:
+        await conn.close()
+    return 1000 * seconds / calls

@@ -19,62 +19,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench
-
-
-async def _drive(one: Callable[[int], Awaitable[None]], calls: int, concurrency: int) -> float:
-    """CPU seconds for ``calls`` calls of ``one`` with ``concurrency`` workers."""
-    counter = iter(range(calls))
-
-    async def worker() -> None:
-        for i in counter:
-            await one(i)
-
-    start = _bench.cpu_now()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return _bench.cpu_now() - start
-
-
-class RawH11:
-    """A minimal keep-alive HTTP/1.1 GET over one asyncio stream, parsed by h11."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def get_json(self, target: str, headers: list[tuple[str, str]]) -> Any:
-        import h11
-
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        assert self.reader is not None
-        conn = h11.Connection(h11.CLIENT)
-        data = conn.send(h11.Request(method="GET", target=target, headers=[("Host", self.host), *headers]))
-        data += conn.send(h11.EndOfMessage())
-        self.writer.write(data)
-        body = b""
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await self.reader.read(65536))
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                return json.loads(body)
-
-    async def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 async def measure(
@@ -94,13 +45,13 @@ async def measure(
     async def via_hook(i: int) -> None:
         await hook.aget_status(refs[i % len(refs)])
 
-    await _drive(via_hook, min(calls, 500), concurrency)
+    await _bench.drive(via_hook, min(calls, 500), concurrency)
     if profile:
         import cProfile
 
         profiler = cProfile.Profile()
         profiler.enable()
-    result["hook"] = await _drive(via_hook, calls, concurrency) / calls
+    result["hook"] = await _bench.drive(via_hook, calls, concurrency) / calls
     if profile:
         profiler.disable()
         profiler.dump_stats(profile)
@@ -111,12 +62,12 @@ async def measure(
         async def via_httpx(i: int) -> None:
             (await client.get(refs[i % len(refs)].status_url, params={"logs": "0"}, headers=auth)).json()
 
-        await _drive(via_httpx, min(calls, 500), concurrency)
-        result["httpx"] = await _drive(via_httpx, calls, concurrency) / calls
+        await _bench.drive(via_httpx, min(calls, 500), concurrency)
+        result["httpx"] = await _bench.drive(via_httpx, calls, concurrency) / calls
 
     parts = urlsplit(emulator.base)
-    conns = [RawH11(parts.hostname or "127.0.0.1", parts.port or 80) for _ in range(concurrency)]
-    free: asyncio.Queue[RawH11] = asyncio.Queue()
+    conns = [_bench.RawH11(parts.hostname or "127.0.0.1", parts.port or 80) for _ in range(concurrency)]
+    free: asyncio.Queue[_bench.RawH11] = asyncio.Queue()
     for conn in conns:
         free.put_nowait(conn)
     targets = [urlsplit(ref.status_url).path + "?logs=0" for ref in refs]
@@ -129,8 +80,8 @@ async def measure(
         finally:
             free.put_nowait(conn)
 
-    await _drive(via_h11, min(calls, 500), concurrency)
-    result["raw_h11"] = await _drive(via_h11, calls, concurrency) / calls
+    await _bench.drive(via_h11, min(calls, 500), concurrency)
+    result["raw_h11"] = await _bench.drive(via_h11, calls, concurrency) / calls
     for conn in conns:
         await conn.close()
     await hook.aclose_shared_client()

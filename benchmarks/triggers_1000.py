@@ -11,7 +11,9 @@ request runs on one event loop until all have finished:
 * ``fal_client``: fal-client's own async waiting loop on the same work
   (``AsyncRequestHandle.iter_events()`` at its default interval until ``Completed``).
 
-Printed per mode: this process's CPU as a share of one core over the wait, the emulator's share
+Printed first: what a raw HTTP/1.1 status GET costs on this machine now (the speed of this VM has
+varied twofold between sessions), and per mode the client CPU scaled to the machine issue 10 was
+measured on ("at reference speed"). Printed per mode: this process's CPU as a share of one core over the wait, the emulator's share
 (another process; its own line so it is never mistaken for the client's), peak RSS, failures,
 fal HTTP calls per request, detection latency (fal marks the request COMPLETED -> the waiter has
 its event) p50/p99, event-loop lag p99/max from a 50 ms heartbeat task, and the share of this
@@ -147,6 +149,7 @@ COLUMNS = (
     ("submit_s", "submit s (not measured)"),
     ("wall_s", "wall s"),
     ("core_pct", "client % of a core"),
+    ("core_pct_at_reference", "client % at reference speed"),
     ("emulator_core_pct", "emulator % of a core"),
     ("peak_rss_mib", "peak RSS MiB"),
     ("failures", "failures"),
@@ -157,6 +160,19 @@ COLUMNS = (
     ("lag_max_s", "lag max s"),
     ("gc_pct_of_cpu", "GC % of CPU"),
 )
+
+
+async def machine_reference(emulator: _bench.Emulator) -> float:
+    """CPU ms of a raw status GET right now (this VM's speed has varied twofold between sessions)."""
+    from fal_provider.hooks.fal import FalHook
+
+    hook = FalHook()
+    ref = await hook.asubmit("emulator/echo", {"duration_s": 60})
+    try:
+        return await _bench.raw_status_ms(emulator.base, str(ref.status_url))
+    finally:
+        await hook.acancel(ref)
+        await hook.aclose_shared_client()
 
 
 def main() -> int:
@@ -184,9 +200,17 @@ def main() -> int:
 
         fal_module.QUEUE_URL_FORMAT = f"{emulator.base}/queue/"
         print(f"{args.requests} waiters, requests of {args.duration} s; {_bench.load()}", flush=True)
+        raw_ms = asyncio.run(machine_reference(emulator))
+        print(
+            f"machine now: a raw HTTP/1.1 status GET costs {raw_ms:.3f} ms of CPU (issue 10's machine: "
+            f"~{_bench.REFERENCE_RAW_MS} ms); 'at reference speed' scales client CPU by "
+            f"{_bench.REFERENCE_RAW_MS / raw_ms:.2f}",
+            flush=True,
+        )
         results = []
         for mode in args.modes:
             result = asyncio.run(run_mode(mode, emulator, args.requests, args.duration, args.submit_budget))
+            result["core_pct_at_reference"] = round(result["core_pct"] * _bench.REFERENCE_RAW_MS / raw_ms, 1)
             results.append(result)
             print(result, flush=True)
         print("\n| " + " | ".join(title for _, title in COLUMNS) + " |")
