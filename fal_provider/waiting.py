@@ -295,7 +295,8 @@ class AdaptiveInterval:
     Detection bound (poll mode): a completion is seen at most the running bound after it happens
     (plus one call and one :data:`POLL_TICK`; the jitter only shortens), except for a request that ends before its
     app's expected run time, which is seen within ``(D - t) / 2`` (t: time it had run at the last
-    poll), capped at ``ceiling``.
+    poll), capped at ``ceiling``. On a loop with more pollers than ``5 s x max_poll_rate`` (10,000 by
+    default) the bound is their spacing, ``pollers / max_poll_rate`` (see :class:`PollLoad`).
     """
 
     def __init__(
@@ -442,7 +443,16 @@ class PollPolicy:
     everything in that loop that is not I/O, so both count errors, back off and report alike.
     """
 
-    def __init__(self, ref: FalRequestRef, policy: WaitPolicy, log: logging.Logger | Any) -> None:
+    def __init__(
+        self,
+        ref: FalRequestRef,
+        policy: WaitPolicy,
+        log: logging.Logger | Any,
+        *,
+        load: PollLoad | None = None,
+    ) -> None:
+        """``load``: the pollers of the event loop this one shares (a trigger's), which space their
+        polls out together; ``None`` for a waiter alone in its process."""
         self.ref = ref
         self.log = log
         self.interval = AdaptiveInterval(
@@ -450,6 +460,7 @@ class PollPolicy:
         )
         self.reporter = StatusReporter(log, policy.log_fal_logs, ref)
         self.errors = ErrorTolerance(policy.max_consecutive_errors)
+        self.load = load
 
     def observed(self, status: Status) -> dict[str, Any] | float:
         """A status arrived: the final event, or the (jittered) wait before the next poll."""
@@ -460,7 +471,8 @@ class PollPolicy:
             return completed_event(status, self.ref)
         if self.interval.expected is None and isinstance(status, InProgressStatus):
             self.interval.expected = RUN_TIMES.expected(self.ref.app_id)  # a peer may have finished
-        return jittered(self.interval.next(status))
+        wait = self.interval.next(status)
+        return jittered(wait if self.load is None else max(wait, self.load.spacing()))
 
     def _learn(self, status: CompletedStatus) -> None:
         """Record how long this request ran: fal's ``inference_time``, else what this wait saw."""
@@ -484,6 +496,48 @@ class PollPolicy:
             err,
         )
         return float(getattr(err, "retry_after", None) or self.interval.next(None))
+
+
+#: Status polls a second that the poll waiters of one event loop make together at most
+#: (``[fal] max_poll_rate``; 0: no limit), by spacing each one's polls ``pollers / rate`` s apart at
+#: least. The adaptive interval asks a fresh request every second at first: 10,000 waiters started
+#: together (a fan-out, a triggerer restart) asked 10,000 times a second for seconds, more than a
+#: loop (or fal) answers, and the backlog delayed every poll behind it by seconds long after.
+DEFAULT_MAX_POLL_RATE = 2000.0
+
+
+class PollLoad:
+    """The poll waiters one event loop holds, and the spacing that keeps them under ``rate``."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.pollers = 0
+
+    def spacing(self) -> float:
+        """The shortest wait between two polls of one waiter while this many poll."""
+        return self.pollers / self.rate if self.rate > 0 else 0.0
+
+
+_poll_loads: weakref.WeakKeyDictionary[Any, PollLoad] = weakref.WeakKeyDictionary()
+
+
+def max_poll_rate() -> float:
+    from fal_provider._compat import conf
+
+    try:
+        value = conf.getfloat("fal", "max_poll_rate", fallback=DEFAULT_MAX_POLL_RATE)
+    except (ValueError, TypeError):
+        return DEFAULT_MAX_POLL_RATE
+    return max(0.0, float(value))
+
+
+def poll_load() -> PollLoad:
+    """The running loop's poll load (created with the configured rate on first use)."""
+    loop = asyncio.get_running_loop()
+    load = _poll_loads.get(loop)
+    if load is None:
+        load = _poll_loads[loop] = PollLoad(max_poll_rate())
+    return load
 
 
 #: Status streams one event loop keeps open before further waiters poll instead

@@ -22,6 +22,7 @@ from fal_provider.waiting import (
     WaitPolicy,
     backstop_event,
     error_event,
+    poll_load,
     sleep_on_tick,
     stream_slots,
     timeout_event,
@@ -132,17 +133,22 @@ class FalRequestTrigger(BaseTrigger):
         return await self._wait_poll(hook, ref)
 
     async def _wait_poll(self, hook: Any, ref: FalRequestRef) -> dict[str, Any]:
-        policy = PollPolicy(ref, self.policy, self.log)
-        while True:
-            try:
-                status = await hook.aget_status(ref, logs=self.policy.log_fal_logs)
-            except Exception as err:
-                step = policy.failed(err)
-            else:
-                step = policy.observed(status)
-            if isinstance(step, dict):
-                return step
-            await sleep_on_tick(step)
+        load = poll_load()
+        policy = PollPolicy(ref, self.policy, self.log, load=load)
+        load.pollers += 1
+        try:
+            while True:
+                try:
+                    status = await hook.aget_status(ref, logs=self.policy.log_fal_logs)
+                except Exception as err:
+                    step = policy.failed(err)
+                else:
+                    step = policy.observed(status)
+                if isinstance(step, dict):
+                    return step
+                await sleep_on_tick(step)
+        finally:
+            load.pollers -= 1
 
     async def _wait_stream(self, hook: Any, ref: FalRequestRef) -> dict[str, Any] | None:
         """Follow fal's status SSE; ``None`` means polling takes over (the stream broke, or this

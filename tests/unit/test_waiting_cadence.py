@@ -11,12 +11,14 @@ from fal_provider.waiting import (
     POLL_JITTER,
     RUNNING_DETECTION_BOUND,
     AdaptiveInterval,
+    PollLoad,
     PollPolicy,
     RunTimes,
     StreamSlots,
     WaitPolicy,
     jittered,
     next_tick,
+    poll_load,
     sleep_on_tick,
     stream_slots,
 )
@@ -124,6 +126,50 @@ async def test_stream_slots_are_per_loop_and_read_the_configured_limit(
     monkeypatch.setenv("AIRFLOW__FAL__MAX_STATUS_STREAMS", "3")
     slots = stream_slots()
     assert slots is stream_slots() and slots.limit == 3
+
+
+def test_many_pollers_on_one_loop_space_their_polls_to_the_loop_rate() -> None:
+    load = PollLoad(rate=2000.0)
+    policy = PollPolicy(make_ref(), WaitPolicy(), log=_Log(), load=load)
+    load.pollers = 100  # few: the adaptive interval's first-second polls stand
+    assert policy.observed(running()) <= 1.0
+    load.pollers = 10_000  # a fan-out: 10,000 x 1 s polls would be 10,000 a second
+    waits = [policy.observed(running()) for _ in range(20)]
+    assert all(5.0 * (1 - POLL_JITTER) <= w <= 5.0 for w in waits)  # 10,000 / 2,000 per s, jittered
+    assert len(set(waits)) > 1  # still spread, not in lockstep
+    assert PollLoad(rate=0).spacing() == 0.0  # 0: no limit
+
+
+async def test_the_poll_load_is_per_loop_and_reads_the_configured_rate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AIRFLOW__FAL__MAX_POLL_RATE", "50")
+    load = poll_load()
+    assert load is poll_load() and load.rate == 50.0
+
+
+async def test_a_polling_trigger_counts_itself_on_its_loop_while_it_waits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fal_provider.triggers.fal import FalRequestTrigger
+
+    seen: list[int] = []
+
+    class Hook:
+        async def aget_status(self, ref: object, logs: bool = False) -> object:
+            seen.append(poll_load().pollers)
+            return done() if len(seen) == 3 else running()
+
+    monkeypatch.setattr("fal_provider.waiting.sleep_on_tick", _no_sleep)
+    monkeypatch.setattr("fal_provider.triggers.fal.sleep_on_tick", _no_sleep)
+    trigger = FalRequestTrigger(request=make_ref().to_xcom(), wait_mode="poll")
+    event = await trigger._wait_poll(Hook(), make_ref())
+    assert event["status"] == "success" and seen == [1, 1, 1]
+    assert poll_load().pollers == 0
+
+
+async def _no_sleep(seconds: float) -> None:
+    await asyncio.sleep(0)
 
 
 def test_a_new_loop_gets_its_own_slots() -> None:
