@@ -18,9 +18,9 @@ import random
 import time
 import weakref
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from fal_provider import exceptions as fal_exceptions
 from fal_provider._compat import AirflowException
@@ -518,26 +518,9 @@ class PollLoad:
         return self.pollers / self.rate if self.rate > 0 else 0.0
 
 
-_poll_loads: weakref.WeakKeyDictionary[Any, PollLoad] = weakref.WeakKeyDictionary()
-
-
-def max_poll_rate() -> float:
-    from fal_provider._compat import conf
-
-    try:
-        value = conf.getfloat("fal", "max_poll_rate", fallback=DEFAULT_MAX_POLL_RATE)
-    except (ValueError, TypeError):
-        return DEFAULT_MAX_POLL_RATE
-    return max(0.0, float(value))
-
-
 def poll_load() -> PollLoad:
     """The running loop's poll load (created with the configured rate on first use)."""
-    loop = asyncio.get_running_loop()
-    load = _poll_loads.get(loop)
-    if load is None:
-        load = _poll_loads[loop] = PollLoad(max_poll_rate())
-    return load
+    return _of_running_loop(PollLoad, lambda: PollLoad(_fal_number("max_poll_rate", DEFAULT_MAX_POLL_RATE)))
 
 
 #: Status streams one event loop keeps open before further waiters poll instead
@@ -571,28 +554,34 @@ class StreamSlots:
         return STREAM_OPEN_SPREAD * min(1.0, self.open / max(1, self.limit)) * rng.random()
 
 
-_stream_slots: weakref.WeakKeyDictionary[Any, StreamSlots] = weakref.WeakKeyDictionary()
+def stream_slots() -> StreamSlots:
+    """The running loop's stream slots (created with the configured limit on first use)."""
+    return _of_running_loop(
+        StreamSlots, lambda: StreamSlots(int(_fal_number("max_status_streams", DEFAULT_MAX_STATUS_STREAMS)))
+    )
 
 
-def max_status_streams() -> int:
+#: What each event loop's waiters share (its :class:`PollLoad`, its :class:`StreamSlots`), by kind.
+_per_loop: weakref.WeakKeyDictionary[Any, dict[type, Any]] = weakref.WeakKeyDictionary()
+_T = TypeVar("_T")
+
+
+def _of_running_loop(kind: type[_T], make: Callable[[], _T]) -> _T:
+    shared = _per_loop.setdefault(asyncio.get_running_loop(), {})
+    if kind not in shared:
+        shared[kind] = make()
+    return cast("_T", shared[kind])
+
+
+def _fal_number(name: str, default: float) -> float:
+    """``[fal] name`` as a number of at least 0; ``default`` when unset or not a number."""
     from fal_provider._compat import conf
 
     try:
-        value = conf.getint("fal", "max_status_streams", fallback=DEFAULT_MAX_STATUS_STREAMS)
+        value = conf.getfloat("fal", name, fallback=default)
     except (ValueError, TypeError):
-        return DEFAULT_MAX_STATUS_STREAMS
-    return max(0, int(value))
-
-
-def stream_slots() -> StreamSlots:
-    """The running loop's stream slots (created with the configured limit on first use)."""
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    slots = _stream_slots.get(loop)
-    if slots is None:
-        slots = _stream_slots[loop] = StreamSlots(max_status_streams())
-    return slots
+        return default
+    return max(0.0, float(value))
 
 
 class StreamFollower:

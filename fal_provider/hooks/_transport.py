@@ -80,7 +80,7 @@ PER_SHARD = 8
 KEEPALIVE_EXPIRY = 30.0
 #: Long-lived streams being opened (connect and answer headers) at once per loop.
 MAX_CONNECTING_STREAMS = 32
-DEFAULT_PORTS = {"http": 80, "https": 443}
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @lru_cache(maxsize=1)
@@ -276,13 +276,13 @@ def plain_target(url: str) -> Target | None:
     if parsed is None:
         return None
     scheme = parsed.scheme
-    if scheme not in DEFAULT_PORTS or parsed.userinfo or parsed.query or parsed.fragment:
+    if scheme not in _DEFAULT_PORTS or parsed.userinfo or parsed.query or parsed.fragment:
         return None
     path = parsed.raw_path.decode("ascii")
     host = parsed.raw_host.decode("ascii").lower()
     if not host or not _PLAIN_PATH.match(path):
         return None
-    port = parsed.port or DEFAULT_PORTS[scheme]
+    port = parsed.port or _DEFAULT_PORTS[scheme]
     return scheme, host, port, parsed.netloc.decode("ascii"), path
 
 
@@ -1045,9 +1045,9 @@ def origin_of(url: str | httpx.URL) -> Origin | None:
         return None
     scheme = _HTTP_SCHEME_OF.get(parsed.scheme.lower(), parsed.scheme.lower())
     host = parsed.raw_host.decode("ascii", "replace").lower()
-    if scheme not in DEFAULT_PORTS or not host:
+    if scheme not in _DEFAULT_PORTS or not host:
         return None
-    return scheme, host, parsed.port or DEFAULT_PORTS[scheme]
+    return scheme, host, parsed.port or _DEFAULT_PORTS[scheme]
 
 
 def show_origin(origin: Origin | None) -> str:
@@ -1055,7 +1055,7 @@ def show_origin(origin: Origin | None) -> str:
         return "<not an http(s) URL>"
     scheme, host, port = origin
     host = f"[{host}]" if ":" in host else host
-    return f"{scheme}://{host}" + ("" if port == DEFAULT_PORTS[scheme] else f":{port}")
+    return f"{scheme}://{host}" + ("" if port == _DEFAULT_PORTS[scheme] else f":{port}")
 
 
 #: A worker's hook makes a handful of calls at a time.
