@@ -284,19 +284,24 @@ class AdaptiveInterval:
 
     * Queued: grows by ``factor`` per poll, and is at least ``floor`` x half the queue position
       (a request behind 50 others is asked every ``25 x floor`` s), up to ``ceiling``.
-    * Running, with an expected run time ``D`` (the app's observed run times): half of what is
-      left of ``D`` (so polls land closer and closer to the expected end), then, past ``D``, as
-      without an estimate.
+    * Running, with an expected run time ``D`` (the app's observed run times) and a known start:
+      half of what is left of ``D`` (so polls land closer and closer to the expected end), then,
+      past ``D``, as without an estimate. fal's status carries no start time, so the start is
+      known only to a waiter that saw the request queued: it counts from its last queued sighting
+      (never later than the real start, so what is left is never overestimated). A request already
+      running at the first poll (a triggerer restart, a warm runner) may have run for any time:
+      what is left of ``D`` is unknown, so it is polled as without an estimate.
     * Running, no estimate: :data:`RUNNING_RAMP` (half) of the time run so far, between ``floor``
       and the running bound ``max(floor, min(ceiling, RUNNING_DETECTION_BOUND))``: a request that
       has run 10 s is unlikely to end in the next second, and half keeps the extra wait of a short
       request at most half its run time (a quarter made 16 polls of a 30 s request, half makes 11).
 
     Detection bound (poll mode): a completion is seen at most the running bound after it happens
-    (plus one call and one :data:`POLL_TICK`; the jitter only shortens), except for a request that ends before its
-    app's expected run time, which is seen within ``(D - t) / 2`` (t: time it had run at the last
-    poll), capped at ``ceiling``. On a loop with more pollers than ``5 s x max_poll_rate`` (10,000 by
-    default) the bound is their spacing, ``pollers / max_poll_rate`` (see :class:`PollLoad`).
+    (plus one call and one :data:`POLL_TICK`; the jitter only shortens), except for a request seen
+    queued that ends before its app's expected run time, which is seen within ``(D - t) / 2`` (t:
+    time since its last queued sighting at the last poll), capped at ``ceiling``. On a loop with
+    more pollers than ``5 s x max_poll_rate`` (10,000 by default) the bound is their spacing,
+    ``pollers / max_poll_rate`` (see :class:`PollLoad`).
     """
 
     def __init__(
@@ -309,22 +314,26 @@ class AdaptiveInterval:
         self.expected = expected
         self.running_bound = max(floor, min(self.ceiling, RUNNING_DETECTION_BOUND))
         self.running_since: float | None = None
+        #: Last time the request was seen queued; set means the start of its run is bounded.
+        self.queued_at: float | None = None
 
     def next(self, status: Status | None, now: float | None = None) -> float:
         """The wait before the next poll, given the status just seen (``None``: an error)."""
         if isinstance(status, InProgressStatus):
             now = time.monotonic() if now is None else now
             if self.running_since is None:
-                self.running_since = now
+                self.running_since = now if self.queued_at is None else self.queued_at
             self.current = self._running_wait(now - self.running_since)
         else:
+            if isinstance(status, QueuedStatus) and self.running_since is None:
+                self.queued_at = time.monotonic() if now is None else now
             grown = self.current * self.factor
             position = getattr(status, "queue_position", None) or 0
             self.current = min(max(grown, self.floor * position / 2), self.ceiling)
         return self.current
 
     def _running_wait(self, elapsed: float) -> float:
-        if self.expected is not None and elapsed < self.expected:
+        if self.expected is not None and self.queued_at is not None and elapsed < self.expected:
             return min(max((self.expected - elapsed) / 2, self.floor), self.ceiling)
         return min(max(elapsed * RUNNING_RAMP, self.floor), self.running_bound)
 

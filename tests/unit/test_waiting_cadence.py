@@ -55,13 +55,33 @@ def test_detection_bound_respects_a_larger_floor_and_a_smaller_ceiling() -> None
     assert AdaptiveInterval(1.0, 2.0).running_bound == 2.0
 
 
+def _seen_queued(interval: AdaptiveInterval, at: float = 0.0) -> AdaptiveInterval:
+    interval.next(queued(0), now=at)
+    return interval
+
+
 def test_expected_run_time_polls_towards_the_expected_end_then_at_the_bound() -> None:
-    interval = AdaptiveInterval(1.0, 300.0, expected=600.0)
-    assert interval.next(running(), now=0.0) == 300.0  # half of what is left of 10 minutes
+    interval = _seen_queued(AdaptiveInterval(1.0, 300.0, expected=600.0))
+    assert interval.next(running(), now=1.0) == 299.5  # half of what is left of 10 minutes
     assert interval.next(running(), now=300.0) == 150.0
     assert interval.next(running(), now=599.5) == 1.0  # near the end: the floor
     assert interval.next(running(), now=800.0) == RUNNING_DETECTION_BOUND  # overdue: the bound
-    assert len(_running_waits(AdaptiveInterval(1.0, 300.0, expected=600.0), until=600)) < 15
+    assert len(_running_waits(_seen_queued(AdaptiveInterval(1.0, 300.0, expected=600.0)), until=600)) < 15
+
+
+def test_run_time_counts_from_the_last_queued_sighting_not_the_first_running_one() -> None:
+    interval = AdaptiveInterval(1.0, 300.0, expected=100.0)
+    interval.next(queued(3), now=0.0)
+    interval.next(queued(0), now=20.0)
+    assert interval.next(running(), now=30.0) == 45.0  # (100 - (30 - 20)) / 2: may have started at 20
+
+
+def test_a_request_already_running_at_the_first_poll_is_polled_within_the_bound() -> None:
+    # A triggerer restart (or a wait that began late) first sees a request that may have run for
+    # most of its expected time: waiting half of the expected time would miss its end by minutes.
+    interval = AdaptiveInterval(1.0, 300.0, expected=600.0)
+    waits = _running_waits(interval, until=120)
+    assert max(waits) == RUNNING_DETECTION_BOUND
 
 
 def test_jitter_only_shortens_and_spreads_waits() -> None:
@@ -94,8 +114,9 @@ def test_poll_policy_learns_from_fal_inference_time_and_uses_it_for_the_next_wai
     status.metrics["inference_time"] = 400.0
     assert isinstance(first.observed(status), dict)
     second = PollPolicy(ref, WaitPolicy(max_poll_interval=300), log=_Log())
+    second.observed(queued(0))
     wait = second.observed(running())
-    assert isinstance(wait, float) and 150.0 <= wait <= 200.0  # (400 - 0) / 2, jittered
+    assert isinstance(wait, float) and 150.0 <= wait <= 200.0  # (400 - ~0) / 2, jittered
 
 
 def test_a_failed_request_teaches_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
