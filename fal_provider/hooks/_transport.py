@@ -22,6 +22,7 @@ import random
 import re
 import socket
 import ssl
+import sys
 import threading
 import time
 import urllib.request
@@ -132,11 +133,21 @@ def dedicated_transport() -> httpx.AsyncBaseTransport:
     )
 
 
-async def _admit(admission: asyncio.Semaphore, request: httpx.Request) -> None:
-    """Wait for a free connection no longer than the request's pool timeout, like httpcore would."""
-    pool_timeout = (request.extensions.get("timeout") or {}).get("pool")
+async def _admit(slots: asyncio.Semaphore, pool_timeout: float | None) -> None:
+    """Wait for a free connection no longer than the pool timeout, like httpcore would.
+
+    ``asyncio.timeout`` where there is one (3.11+): ``wait_for`` wraps the wait in a task of its
+    own, and when 10,000 waiters queue at a full pool those tasks filled whole loop iterations.
+    """
+    if not slots.locked() or pool_timeout is None:
+        await slots.acquire()
+        return
     try:
-        await asyncio.wait_for(admission.acquire(), timeout=pool_timeout)
+        if sys.version_info >= (3, 11):
+            async with asyncio.timeout(pool_timeout):
+                await slots.acquire()
+        else:  # pragma: no cover - Python 3.10
+            await asyncio.wait_for(slots.acquire(), timeout=pool_timeout)
     except (asyncio.TimeoutError, TimeoutError):
         raise httpx.PoolTimeout("No free connection in the shared pool within the pool timeout") from None
 
@@ -173,7 +184,7 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         if self._admission is None:
             self._admission = asyncio.Semaphore(self._capacity)
         admission = self._admission
-        await _admit(admission, request)
+        await _admit(admission, (request.extensions.get("timeout") or {}).get("pool"))
         # Admission guarantees a shard below PER_SHARD in flight.
         shard = min(self._shards, key=lambda s: s.in_flight)
         shard.in_flight += 1
@@ -535,7 +546,9 @@ class WireLane:
         if plain is None:
             return None
         origin, request, _ = plain
-        await self._admit(timeout.pool)
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self._max)
+        await _admit(self._slots, timeout.pool)
         try:
             answer = await self._exchange(origin, request, timeout)
         finally:
@@ -590,17 +603,6 @@ class WireLane:
         finally:
             timer.cancel()
         return conn.status, conn.headers
-
-    async def _admit(self, pool_timeout: float | None) -> None:
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self._max)
-        if not self._slots.locked():
-            await self._slots.acquire()
-            return
-        try:
-            await asyncio.wait_for(self._slots.acquire(), timeout=pool_timeout)
-        except (asyncio.TimeoutError, TimeoutError):
-            raise httpx.PoolTimeout("No free connection in the shared pool within the pool timeout") from None
 
     async def _exchange(
         self, origin: Origin, request: bytes, timeout: httpx.Timeout

@@ -265,3 +265,20 @@ async def test_a_garbled_answer_is_a_protocol_error_retried_then_a_connection_er
     with pytest.raises(FalConnectionError):
         await poll(hook, ref)
     assert len(script.requests) == 3 and len(waits) == 2
+
+
+async def test_a_call_queued_at_a_full_lane_waits_without_a_task_and_times_out_as_a_pool_timeout() -> None:
+    lane = _transport.WireLane(ssl_context=lambda: None, max_connections=1)  # type: ignore[arg-type,return-value]
+    lane._slots = asyncio.Semaphore(1)
+    await lane._slots.acquire()  # the one connection is busy
+    tasks_before = len(asyncio.all_tasks())
+    queued = asyncio.ensure_future(
+        lane.get("http://127.0.0.1:9/status", {}, {}, httpx.Timeout(5.0, pool=0.2))
+    )
+    await asyncio.sleep(0.05)
+    # 10,000 waiters queued at a full pool: a task each (asyncio.wait_for) filled whole loop iterations
+    assert len(asyncio.all_tasks()) == tasks_before + 1  # only the caller's own
+    with pytest.raises(httpx.PoolTimeout):
+        await queued
+    lane._slots.release()
+    assert not lane._slots.locked()
