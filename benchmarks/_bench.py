@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,14 +177,18 @@ class Heartbeat:
 
     period: float = 0.05
     lags: list[float] = field(default_factory=list)
+    #: When each lag was measured, seconds since :meth:`start` (where in the run the worst one was).
+    at: list[float] = field(default_factory=list)
     _task: asyncio.Task[None] | None = None
 
     async def _beat(self) -> None:
         loop = asyncio.get_running_loop()
+        started = loop.time()
         while True:
             due = loop.time() + self.period
             await asyncio.sleep(self.period)
             self.lags.append(max(0.0, loop.time() - due))
+            self.at.append(loop.time() - started)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._beat())
@@ -198,7 +202,12 @@ class Heartbeat:
                 pass
 
     def summary(self) -> dict[str, float]:
-        return {"lag_p99_s": round(pct(self.lags, 0.99), 3), "lag_max_s": round(max(self.lags, default=0), 3)}
+        worst = max(range(len(self.lags)), key=self.lags.__getitem__, default=None)
+        return {
+            "lag_p99_s": round(pct(self.lags, 0.99), 3),
+            "lag_max_s": round(self.lags[worst], 3) if worst is not None else 0.0,
+            "lag_max_at_s": round(self.at[worst], 1) if worst is not None else 0.0,
+        }
 
 
 class GcTimer:
@@ -208,6 +217,7 @@ class GcTimer:
         self.seconds = 0.0
         self.by_generation = [0.0, 0.0, 0.0]
         self.passes = [0, 0, 0]
+        self.longest = 0.0  # the longest single pass, CPU s: the loop stands still that long
         self._start = 0.0
 
     def _callback(self, phase: str, info: dict[str, Any]) -> None:
@@ -218,6 +228,7 @@ class GcTimer:
             self.seconds += spent
             self.by_generation[info["generation"]] += spent
             self.passes[info["generation"]] += 1
+            self.longest = max(self.longest, spent)
 
     def __enter__(self) -> GcTimer:
         gc.callbacks.append(self._callback)
@@ -225,6 +236,18 @@ class GcTimer:
 
     def __exit__(self, *exc: object) -> None:
         gc.callbacks.remove(self._callback)
+
+
+async def start_like_triggerer(waiters: list[Coroutine[Any, Any, None]]) -> list[asyncio.Task[None]]:
+    """One task per waiter, created the way Airflow's triggerer creates trigger tasks: one at a time,
+    yielding to the loop twice between two (``TriggerRunner.create_triggers``), so 10,000 new
+    triggers never take their first step in one loop iteration."""
+    tasks = []
+    for waiter in waiters:
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        tasks.append(asyncio.get_running_loop().create_task(waiter))
+    return tasks
 
 
 async def drive(one: Callable[[int], Awaitable[None]], calls: int, concurrency: int) -> float:
