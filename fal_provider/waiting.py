@@ -533,9 +533,11 @@ def poll_load() -> PollLoad:
 
 
 #: Status streams one event loop keeps open before further waiters poll instead
-#: (``[fal] max_status_streams``): each open stream is a socket and a connection the triggerer
-#: holds for the whole wait, and a loop with thousands of them spends its time on keep-alives.
-DEFAULT_MAX_STATUS_STREAMS = 2000
+#: (``[fal] max_status_streams``), and never more than half the process's open-file limit
+#: (:func:`stream_limit`): each open stream holds a socket for the whole wait. 10,000 streams cost
+#: a triggerer less CPU than 10,000 pollers and see completions ten times sooner
+#: (``benchmarks/triggers_1000.py``), so the default covers a full triggerer.
+DEFAULT_MAX_STATUS_STREAMS = 10000
 #: New streams are opened over up to this many seconds once many are open, not all at once.
 STREAM_OPEN_SPREAD = 1.0
 
@@ -564,10 +566,25 @@ class StreamSlots:
 
 
 def stream_slots() -> StreamSlots:
-    """The running loop's stream slots (created with the configured limit on first use)."""
-    return _of_running_loop(
-        StreamSlots, lambda: StreamSlots(int(_fal_number("max_status_streams", DEFAULT_MAX_STATUS_STREAMS)))
-    )
+    """The running loop's stream slots (created with :func:`stream_limit` on first use)."""
+    return _of_running_loop(StreamSlots, lambda: StreamSlots(stream_limit()))
+
+
+def stream_limit() -> int:
+    """``[fal] max_status_streams``, capped at half the soft ``RLIMIT_NOFILE``.
+
+    Many hosts start the triggerer with 1,024 open files; 2,000 streams there failed to connect
+    and starved the poll connections and the metadata database of descriptors. Half leaves the
+    rest to them; raise the limit (``ulimit -n``) to stream more.
+    """
+    configured = int(_fal_number("max_status_streams", DEFAULT_MAX_STATUS_STREAMS))
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):  # no such limit (Windows)
+        return configured
+    return configured if soft == resource.RLIM_INFINITY else min(configured, soft // 2)
 
 
 #: What each event loop's waiters share (its :class:`PollLoad`, its :class:`StreamSlots`), by kind.

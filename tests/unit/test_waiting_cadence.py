@@ -20,6 +20,7 @@ from fal_provider.waiting import (
     next_tick,
     poll_load,
     sleep_on_tick,
+    stream_limit,
     stream_slots,
 )
 from tests.unit.operators.fakes import done, make_ref, queued, running
@@ -147,6 +148,18 @@ async def test_stream_slots_are_per_loop_and_read_the_configured_limit(
     monkeypatch.setenv("AIRFLOW__FAL__MAX_STATUS_STREAMS", "3")
     slots = stream_slots()
     assert slots is stream_slots() and slots.limit == 3
+
+
+def test_streams_never_take_more_than_half_the_open_file_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import resource
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (1024, 4096))
+    assert stream_limit() == 512  # the default 10,000 would exhaust descriptors at 1,024
+    monkeypatch.setenv("AIRFLOW__FAL__MAX_STATUS_STREAMS", "100")
+    assert stream_limit() == 100
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    monkeypatch.setenv("AIRFLOW__FAL__MAX_STATUS_STREAMS", "20000")
+    assert stream_limit() == 20000
 
 
 def test_many_pollers_on_one_loop_space_their_polls_to_the_loop_rate() -> None:
