@@ -9,6 +9,7 @@ import pytest
 
 from fal_provider.waiting import (
     POLL_JITTER,
+    POLL_TICK,
     RUNNING_DETECTION_BOUND,
     AdaptiveInterval,
     PollLoad,
@@ -222,11 +223,12 @@ class _Log:
 def test_waits_due_within_one_tick_end_on_the_same_instant() -> None:
     # Two waiters due 0.04 s apart inside one 0.1 s tick get the very same deadline (one loop
     # wake-up for both); none ends before it was due; the next tick is a different instant.
-    first, second = next_tick(10.03, 1.0), next_tick(10.07, 0.99)
-    assert first == second == next_tick(11.05, 0.0)
+    first, second = next_tick(10.03, 1.0, 0.1), next_tick(10.07, 0.99, 0.1)
+    assert first == second == next_tick(11.05, 0.0, 0.1)
     assert first >= 11.03 and second >= 11.06
-    assert next_tick(10.13, 1.0) > first
+    assert next_tick(10.13, 1.0, 0.1) > first
     assert next_tick(5.0, -1.0) == next_tick(5.0, 0.0)  # a negative wait is no wait
+    assert 11.03 <= next_tick(10.03, 1.0) <= 11.03 + POLL_TICK  # never more than a tick late
 
 
 async def test_sleep_on_tick_wakes_the_waiters_of_a_tick_in_one_loop_iteration() -> None:
