@@ -15,11 +15,13 @@ Waiters start one per loop iteration or two, the way Airflow's triggerer creates
 
 Printed first: what a raw HTTP/1.1 status GET costs on this machine now (the speed of this VM has
 varied twofold between sessions), and per mode the client CPU scaled to the machine issue 10 was
-measured on ("at reference speed"). Printed per mode: this process's CPU as a share of one core over the wait, the emulator's share
-(another process; its own line so it is never mistaken for the client's), peak RSS, failures,
+measured on ("at reference speed"). Printed per mode: this process's CPU as a share of one core
+over the wait, the emulator's share and RSS (another process; columns of their own so they are
+never mistaken for the client's), peak RSS, failures,
 fal HTTP calls per request, detection latency (fal marks the request COMPLETED -> the waiter has
-its event) p50/p99, event-loop lag p99/max from a 50 ms heartbeat task, and the share of this
-process's CPU spent in the garbage collector (``gc.callbacks``; GC settings are not changed).
+its event) p50/p99, event-loop lag p99/max from a 50 ms heartbeat task (and when in the run the
+worst lag was), the share of this process's CPU spent in the garbage collector and its longest
+single pass (``gc.callbacks``; GC settings are not changed).
 
 A measurement, not a test: figures depend on the machine (its load average is printed).
 """
@@ -116,6 +118,7 @@ async def run_mode(
             cpu1, wall = _bench.cpu_now(), time.monotonic() - started
         await heartbeat.stop()
         emu_cpu = emulator.cpu_seconds() - emu_cpu0
+        emu_rss = emulator.rss_mib()
         failures += [f"{type(r).__name__}: {r}"[:200] for r in results if isinstance(r, BaseException)]
         after = (await admin.get("/_emulator/stats")).json()
         latencies = []
@@ -135,6 +138,7 @@ async def run_mode(
         "core_pct": round(100 * cpu / wall, 1),
         "emulator_core_pct": round(100 * emu_cpu / wall, 1),
         "peak_rss_mib": round(_bench.peak_rss_mib(), 0),
+        "emulator_rss_mib": round(emu_rss, 0),
         "failures": len(failures),
         "first_failure": failures[0] if failures else None,
         "calls_per_request": round((fal_calls(after) - fal_calls(before)) / n, 1),
@@ -156,6 +160,7 @@ COLUMNS = (
     ("core_pct_at_reference", "client % at reference speed"),
     ("emulator_core_pct", "emulator % of a core"),
     ("peak_rss_mib", "peak RSS MiB"),
+    ("emulator_rss_mib", "emulator RSS MiB"),
     ("failures", "failures"),
     ("calls_per_request", "HTTP calls/request"),
     ("detect_p50_s", "detect p50 s"),
