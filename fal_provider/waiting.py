@@ -575,9 +575,9 @@ def stream_slots() -> StreamSlots:
 def stream_limit() -> int:
     """``[fal] max_status_streams``, capped at half the soft ``RLIMIT_NOFILE``.
 
-    Many hosts start the triggerer with 1,024 open files; 2,000 streams there failed to connect
-    and starved the poll connections and the metadata database of descriptors. Half leaves the
-    rest to them; raise the limit (``ulimit -n``) to stream more.
+    Many hosts start the triggerer with 1,024 open files; more streams than that cannot all
+    connect, and would take the descriptors the poll connections and the metadata database need.
+    Half leaves the rest to them; raise the limit (``ulimit -n``) to stream more.
     """
     configured = int(_fal_number("max_status_streams", DEFAULT_MAX_STATUS_STREAMS))
     try:
