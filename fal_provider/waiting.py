@@ -396,7 +396,7 @@ class StatusReporter:
         # Only a waiter that copies fal's logs needs the de-duplication window (10,000 waiters on
         # one loop would otherwise each hold an empty deque and set for the collector to walk).
         self._seen: deque[tuple[Any, str]] | None = deque(maxlen=512) if enabled else None
-        self._seen_set: set[tuple[Any, str]] = set()
+        self._seen_set: set[tuple[Any, str]] | None = set() if enabled else None
 
     def report(self, status: Status) -> None:
         if status.status != self._last_state:
@@ -407,16 +407,16 @@ class StatusReporter:
         if isinstance(status, QueuedStatus) and status.queue_position != self._last_position:
             self._last_position = status.queue_position
             self.log.info("fal request %s: queue position %s", self.ref.request_id, status.queue_position)
-        seen = self._seen
-        assert seen is not None
+        seen, seen_set = self._seen, self._seen_set
+        assert seen is not None and seen_set is not None
         for entry in status.logs or []:
             key = (entry.timestamp, entry.message)
-            if key in self._seen_set:
+            if key in seen_set:
                 continue
             if len(seen) == seen.maxlen:
-                self._seen_set.discard(seen[0])
+                seen_set.discard(seen[0])
             seen.append(key)
-            self._seen_set.add(key)
+            seen_set.add(key)
             self.log.info("[fal %s] %s", entry.level or "LOG", entry.message)
 
 

@@ -111,7 +111,9 @@ class FalRequestTrigger(BaseTrigger):
             yield TriggerEvent(timeout_event(ref, self.policy.end_time))
             return
         try:
-            event = await asyncio.wait_for(self._wait(hook, ref), timeout=remaining)
+            # No deadline: await the wait itself (wait_for would add a coroutine per waiter for nothing).
+            wait = self._wait(hook, ref)
+            event = await (wait if remaining is None else asyncio.wait_for(wait, timeout=remaining))
         except (asyncio.TimeoutError, TimeoutError):
             event = timeout_event(ref, self.policy.end_time)
         except asyncio.CancelledError:
