@@ -57,8 +57,8 @@ def test_detection_bound_respects_a_larger_floor_and_a_smaller_ceiling() -> None
     assert AdaptiveInterval(1.0, 2.0).running_bound == 2.0
 
 
-def _seen_queued(interval: AdaptiveInterval, at: float = 0.0) -> AdaptiveInterval:
-    interval.next(queued(0), now=at)
+def _seen_queued(interval: AdaptiveInterval) -> AdaptiveInterval:
+    interval.next(queued(0), now=0.0)
     return interval
 
 
